@@ -1,0 +1,75 @@
+"""Chat templates from GGUF metadata, rendered in jinja2's sandbox.
+
+Besides plain prompt formatting, scorers need the text a template puts *around* an assistant
+answer (what comes before it, and the end-of-turn after it), so answers can be fed
+incrementally between a fixed prefix and a fixed suffix. `around_answer` finds both by
+rendering a marker in the answer's place.
+"""
+from datetime import datetime
+
+from jinja2 import TemplateError as JinjaError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from .errors import TemplateError
+
+# Used when a GGUF file carries no template: the widespread ChatML layout.
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+_MARK = "\u2063SPECREJ-ANSWER\u2063"
+
+
+def _raise(message):
+    raise JinjaError(message)
+
+
+class ChatFormat:
+    """Renders conversations with one model's template (or none, in raw mode)."""
+
+    def __init__(self, template, bos_token: str = "", eos_token: str = "", raw: bool = False):
+        self.raw = raw
+        self.bos_token, self.eos_token = bos_token, eos_token
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        env.globals["raise_exception"] = _raise
+        env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+        try:
+            self.template = env.from_string(template or CHATML)
+        except JinjaError as e:
+            raise TemplateError(f"the chat template does not parse: {e}") from None
+
+    def render(self, messages, add_generation_prompt: bool) -> str:
+        try:
+            return self.template.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                        bos_token=self.bos_token, eos_token=self.eos_token)
+        except Exception as e:  # a template may raise anything; the user needs one line
+            raise TemplateError(f"the chat template failed to render: {e}") from None
+
+    @staticmethod
+    def conversation(prompt: str, system=None) -> list:
+        head = [{"role": "system", "content": system}] if system else []
+        return head + [{"role": "user", "content": prompt}]
+
+    def prompt(self, prompt: str, system=None) -> str:
+        """The text a generator continues from."""
+        if self.raw:
+            return f"{system}\n\n{prompt}" if system else prompt
+        return self.render(self.conversation(prompt, system), add_generation_prompt=True)
+
+    def around_answer(self, prompt: str, system=None, follow_up=None):
+        """(before, after): the text around an assistant answer to `prompt`.
+
+        With `follow_up`, `after` also holds a next user turn and the generation prompt, so a
+        model can be asked a question about the answer it just gave.
+        """
+        messages = self.conversation(prompt, system) + [{"role": "assistant", "content": _MARK}]
+        if self.raw:
+            before = self.prompt(prompt, system)
+            return before, (f"\n\n{follow_up}\n" if follow_up else "")
+        if follow_up:
+            messages.append({"role": "user", "content": follow_up})
+        text = self.render(messages, add_generation_prompt=bool(follow_up))
+        if text.count(_MARK) != 1:
+            raise TemplateError("the chat template does not render the assistant's answer verbatim")
+        before, after = text.split(_MARK)
+        return before, after

@@ -1,0 +1,215 @@
+"""Speculative Rejection (Sun et al., NeurIPS 2024) and Best-of-N, over an engine and a scorer.
+
+    start N sequences from one prompt
+    repeat:
+        generate until the KV budget is full or no sequence is live
+        score every partial answer; rank it together with the finished ones
+        keep the best round((1 - alpha) * pool) and free the rest
+    return the finished answer with the highest reward
+
+alpha = 0 never rejects, which is Best-of-N. Nothing here calls llama.cpp: the engine
+(`engine.Engine`) grows and frees sequences, the scorer (`scoring.Scorer`) rewards them.
+"""
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+from .engine import MAX_SEQUENCES
+from .errors import BadInput, ContextTooSmall, SpecRejError
+from .sampling import Sampling
+
+METHODS = ("specrej", "bon")
+FIRST_CUT_TOKENS = 64  # default budget: room for every sequence to write this much before a first cut
+
+
+@dataclass
+class Settings:
+    n: int = 16                          # sequences started (Best-of-N's N)
+    alpha: float = 0.5                   # rejection rate at each cut
+    method: str = "specrej"              # "bon" = alpha 0 with a budget that never cuts
+    max_tokens: int = 256                # per answer
+    kv_budget: Optional[int] = None      # KV cells for all sequences; None = chosen from the prompt
+    sampling: Sampling = field(default_factory=Sampling)
+    stop: tuple = ()                     # user stop strings
+    system: Optional[str] = None
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise BadInput(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.method == "bon":
+            self.alpha = 0.0
+        if not 1 <= self.n <= MAX_SEQUENCES:
+            raise BadInput(f"n must be between 1 and {MAX_SEQUENCES}, got {self.n}")
+        if not 0 <= self.alpha < 1:
+            raise BadInput(f"alpha must be in [0, 1), got {self.alpha}")
+        if self.max_tokens < 1:
+            raise BadInput(f"max-tokens must be at least 1, got {self.max_tokens}")
+        self.stop = tuple(self.stop)
+
+    def budget(self, prompt_tokens: int) -> int:
+        """The KV budget in cells; a too-small explicit one is an error, never a crash."""
+        P, n, T = prompt_tokens, self.n, self.max_tokens
+        full = P + n * T  # what Best-of-N holds at its peak
+        if self.kv_budget is None:
+            return full if self.alpha == 0 else min(full, P + max(n * FIRST_CUT_TOKENS, T))
+        if self.kv_budget < P + n:
+            raise ContextTooSmall(f"--kv-budget {self.kv_budget} cannot hold the prompt ({P} tokens) plus one "
+                                  f"token for each of {n} sequences: use at least {P + n}")
+        if self.alpha == 0 and self.kv_budget < full:
+            raise ContextTooSmall(f"Best-of-N (alpha 0) never frees memory: --kv-budget must be at least "
+                                  f"{full} (prompt {P} + {n} x {T} tokens), got {self.kv_budget}")
+        return self.kv_budget
+
+
+def keep_count(pool: int, alpha: float) -> int:
+    """round((1 - alpha) * pool), halves rounded up, and at least one."""
+    return max(1, math.floor((1 - alpha) * pool + 0.5))
+
+
+@dataclass
+class Candidate:
+    id: int
+    text: str
+    reward: Optional[float]        # at its last scoring
+    tokens: int
+    finish_reason: str             # "stop", "length", "budget", "rejected", "interrupted"
+    rejected_at: Optional[int]     # the round that rejected it
+
+
+@dataclass
+class Result:
+    text: str
+    reward: Optional[float]
+    finish_reason: str
+    candidates: list
+    stats: dict
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class RoundEvent:
+    round: int
+    survivors: int        # live sequences after the cut
+    finished: int         # finished answers still competing
+    tokens: int           # generated so far, all sequences
+    best_reward: float
+    kv_used: int
+
+
+class Interrupted(SpecRejError):
+    """Ctrl-C during a run; `partial` holds the result as it stood (best finished answer, if any)."""
+
+    def __init__(self, partial: "Result"):
+        super().__init__("interrupted")
+        self.partial = partial
+
+
+class Run:
+    """One prompt decoded with Speculative Rejection; `run()` is the algorithm."""
+
+    def __init__(self, engine, scorer, settings: Settings, on_round: Optional[Callable] = None):
+        self.engine, self.scorer, self.s, self.on_round = engine, scorer, settings, on_round
+        self.reward: dict = {}
+        self.rejected_at: dict = {}
+        self.finished: list = []  # finished answers still competing
+        self.rounds = 0
+        self.reward_s = 0.0
+        self.peak = 0
+
+    def run(self, prompt: str) -> Result:
+        e, s = self.engine, self.s
+        self.t0 = time.perf_counter()
+        P = e.load_prompt(prompt, s.system)
+        self.budget = s.budget(P)
+        self.scorer.begin(prompt, s.system, s.n)
+        try:
+            e.start(s.n, self.budget, s.max_tokens, s.sampling, s.stop)
+            self._finish(self._ended())
+            while e.live():
+                # 1. generate until the KV budget is full or every sequence has finished
+                while e.live() and e.kv_used() + len(e.live()) <= self.budget:
+                    done = e.step()
+                    self.peak = max(self.peak, e.kv_used())
+                    self._finish(done)
+                if e.live():
+                    # 2. score partial answers, rank them with finished ones, keep the best
+                    self._cut()
+        except KeyboardInterrupt:
+            raise Interrupted(self._result(interrupted=True)) from None
+        return self._result()
+
+    def _ended(self) -> list:
+        """Sequences that ended on their first token, in the prompt pass."""
+        return [i for i, q in self.engine.sequences.items() if not q.live]
+
+    def _finish(self, ids):
+        """Final rewards of answers that just finished; they compete in every later cut."""
+        if ids:
+            self._score(ids)
+            self.scorer.drop(ids)
+            self.finished += ids
+
+    def _cut(self):
+        e = self.engine
+        self.rounds += 1
+        live = e.live()
+        self._score(live)
+        pool = live + self.finished
+        ranked = sorted(pool, key=lambda i: (-self.reward[i], i))  # ties: the older id wins
+        losers = ranked[keep_count(len(pool), self.s.alpha):]
+        freed = [i for i in losers if i in live]
+        if not freed and len(live) > 1:
+            # The cut freed no memory (tiny alpha or a small pool): the worst live one has to go.
+            freed = [max(live, key=ranked.index)]
+            losers.append(freed[0])
+        elif not freed:
+            # One sequence left and no room for it to grow: its answer ends here, as just scored.
+            e.drop(live, reason="budget")
+            self.scorer.drop(live)
+            self.finished += live
+        for i in losers:
+            self.rejected_at[i] = self.rounds
+        e.drop(freed)
+        self.scorer.drop(freed)
+        self.finished = [i for i in self.finished if i not in self.rejected_at]
+        if self.on_round:
+            self.on_round(RoundEvent(self.rounds, len(e.live()), len(self.finished), self._generated(),
+                                     max(self.reward[i] for i in pool), e.kv_used()))
+
+    def _score(self, ids):
+        t = time.perf_counter()
+        seqs = self.engine.sequences
+        r = self.scorer.score(ids, [seqs[i].text for i in ids])
+        self.reward.update(zip(ids, np.asarray(r, dtype=float).tolist()))
+        self.reward_s += time.perf_counter() - t
+
+    def _generated(self) -> int:
+        return sum(len(q.tokens) for q in self.engine.sequences.values())
+
+    def _result(self, interrupted: bool = False) -> Result:
+        e, s = self.engine, self.s
+        cands = []
+        for i, q in sorted(e.sequences.items()):
+            reason = q.finish_reason or "interrupted"
+            if i in self.rejected_at:
+                reason = "rejected"
+            cands.append(Candidate(i, q.text, self.reward.get(i), len(q.tokens), reason, self.rejected_at.get(i)))
+        best = max(self.finished, key=lambda i: (self.reward[i], -i), default=None)
+        stats = dict(n=s.n, alpha=s.alpha, method=s.method, rounds=self.rounds, prompt_tokens=e.prompt_tokens,
+                     generated_tokens=self._generated(), reward_tokens=self.scorer.tokens_fed,
+                     peak_kv_cells=self.peak, kv_budget=self.budget, wall_s=time.perf_counter() - self.t0,
+                     decode_s=e.decode_s, sample_s=e.sample_s, reward_s=self.reward_s)
+        if best is None:
+            return Result("", None, "interrupted" if interrupted else "none", cands, stats)
+        q = e.sequences[best]
+        return Result(q.text, self.reward[best], q.finish_reason, cands, stats)
+
+
+def decode(engine, scorer, prompt: str, settings: Optional[Settings] = None, on_round=None) -> Result:
+    """Best-of-N (alpha 0) or Speculative Rejection of one prompt."""
+    return Run(engine, scorer, settings or Settings(), on_round).run(prompt)

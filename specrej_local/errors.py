@@ -1,0 +1,49 @@
+"""Typed errors. The library raises these; only the CLI turns them into one-line messages."""
+
+
+class SpecRejError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class BadInput(SpecRejError, ValueError):
+    """A setting or an input the user gave is out of range or malformed."""
+
+
+class PromptTooLong(BadInput):
+    """The prompt does not fit the context the settings allow."""
+
+
+class ContextTooSmall(BadInput):
+    """The KV budget cannot hold the prompt plus one token per sequence (or a full Best-of-N run)."""
+
+
+class UnknownModelError(BadInput):
+    """A model alias that is neither in the registry nor a path nor an hf: source."""
+
+
+class ModelFileError(SpecRejError):
+    """A model file is missing, not GGUF, truncated, or cannot be loaded by llama.cpp."""
+
+
+class ChecksumMismatch(ModelFileError):
+    """A downloaded file's sha256 differs from the registry's; the file has been deleted."""
+
+
+class DownloadError(SpecRejError):
+    """A model could not be fetched from its source."""
+
+
+class CacheDirError(SpecRejError):
+    """The cache directory cannot be created or written."""
+
+
+class ResourceError(SpecRejError):
+    """llama.cpp could not allocate a context (KV budget or GPU offload too large)."""
+
+
+class RewardError(SpecRejError):
+    """A reward model failed on a candidate (raised, returned NaN, or has no score head)."""
+
+
+class TemplateError(SpecRejError):
+    """A chat template could not be rendered."""

@@ -1,0 +1,208 @@
+"""Direct, thin wrappers over llama.cpp's C API: a loaded model and a multi-sequence context.
+
+Everything that touches `llama_cpp` lives here (and in the engine and scorers built on it), so
+the decoders above never see a pointer. Errors become the package's typed exceptions: llama.cpp
+must never abort the process, so batches are always cut to `n_batch` before `llama_decode`.
+"""
+import ctypes
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import llama_cpp as lc
+
+from .engine import MAX_SEQUENCES
+from .errors import ModelFileError, ResourceError, SpecRejError
+
+
+@lc.llama_log_callback
+def _quiet_log(level, text, user_data):
+    if os.environ.get("SPECREJ_VERBOSE"):
+        print(text.decode("utf-8", "replace"), end="", flush=True)
+
+
+lc.llama_log_set(_quiet_log, ctypes.c_void_p(0))
+lc.llama_backend_init()
+
+
+def default_threads() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+class Model:
+    """A GGUF model loaded once; tokenizer, metadata and token pieces come from here."""
+
+    def __init__(self, path, n_gpu_layers: int = 0):
+        self.path = Path(path)
+        params = lc.llama_model_default_params()
+        params.n_gpu_layers = n_gpu_layers if n_gpu_layers >= 0 else 2**31 - 1
+        self.ptr = lc.llama_model_load_from_file(str(self.path).encode(), params)
+        if not self.ptr:
+            raise ModelFileError(f"llama.cpp could not load {self.path} (corrupt file or unsupported architecture)")
+        self.vocab = lc.llama_model_get_vocab(self.ptr)
+        self.n_vocab = lc.llama_vocab_n_tokens(self.vocab)
+        self.n_embd = lc.llama_model_n_embd(self.ptr)
+        self.n_ctx_train = lc.llama_n_ctx_train(self.ptr)
+        self._pieces: dict = {}
+
+    def meta(self, key: str):
+        """A metadata value as a string, or None when the key is absent."""
+        size = 1 << 16
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            n = lc.llama_model_meta_val_str(self.ptr, key.encode(), buf, size)
+            if n < 0:
+                return None
+            if n < size:
+                return buf.value.decode("utf-8", "replace")
+            size = n + 1
+
+    def tokenize(self, text: str, add_special: bool = False, parse_special: bool = True) -> list:
+        data = text.encode("utf-8")
+        cap = len(data) + 16
+        buf = (lc.llama_token * cap)()
+        n = lc.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
+        if n < 0:
+            cap = -n
+            buf = (lc.llama_token * cap)()
+            n = lc.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
+        return list(buf[:n])
+
+    def piece(self, token: int) -> bytes:
+        """The bytes a token stands for (control tokens render as nothing); cached per id."""
+        got = self._pieces.get(token)
+        if got is None:
+            buf = ctypes.create_string_buffer(256)
+            n = lc.llama_token_to_piece(self.vocab, token, buf, 256, 0, False)
+            got = buf.raw[: max(n, 0)]
+            self._pieces[token] = got
+        return got
+
+    def token_text(self, token: int) -> str:
+        """A token rendered with special tokens shown (for building stop lists, not answers)."""
+        buf = ctypes.create_string_buffer(256)
+        n = lc.llama_token_to_piece(self.vocab, token, buf, 256, 0, True)
+        return buf.raw[: max(n, 0)].decode("utf-8", "replace")
+
+    def is_eog(self, token: int) -> bool:
+        return bool(lc.llama_vocab_is_eog(self.vocab, token))
+
+    def special_text(self, which: str) -> str:
+        """The text of the BOS or EOS token ("" when the vocabulary has none)."""
+        tok = lc.llama_vocab_bos(self.vocab) if which == "bos" else lc.llama_vocab_eos(self.vocab)
+        return self.token_text(tok) if tok >= 0 else ""
+
+    @property
+    def adds_bos(self) -> bool:
+        return bool(lc.llama_vocab_get_add_bos(self.vocab))
+
+    def close(self):
+        if self.ptr:
+            lc.llama_model_free(self.ptr)
+            self.ptr = None
+
+    def __del__(self):
+        self.close()
+
+
+class Context:
+    """One llama.cpp context holding many sequences in a unified KV cache.
+
+    `decode` takes any number of (token, position, sequence, wants-output) rows, feeds them in
+    `n_batch`-sized chunks, and returns the output rows (logits, or hidden states in embeddings
+    mode) in the order they were asked for.
+    """
+
+    def __init__(self, model: Model, n_ctx: int, n_seq_max: int, n_batch: int = 512,
+                 n_threads=None, flash_attn=None, embeddings: bool = False):
+        if not 1 <= n_seq_max <= MAX_SEQUENCES:
+            raise SpecRejError(f"n_seq_max must be in 1..{MAX_SEQUENCES}, got {n_seq_max}")
+        self.model = model
+        p = lc.llama_context_default_params()
+        p.n_ctx = n_ctx
+        p.n_batch = p.n_ubatch = n_batch
+        p.n_seq_max = n_seq_max
+        p.kv_unified = True  # sequences share cells: the prompt is stored once for all of them
+        p.n_threads = p.n_threads_batch = n_threads or default_threads()
+        p.flash_attn_type = {None: lc.LLAMA_FLASH_ATTN_TYPE_AUTO, True: lc.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+                             False: lc.LLAMA_FLASH_ATTN_TYPE_DISABLED}[flash_attn]
+        p.embeddings = embeddings
+        p.pooling_type = lc.LLAMA_POOLING_TYPE_NONE  # we read one chosen row, never a pooled mean
+        p.no_perf = True
+        self.ptr = lc.llama_init_from_model(model.ptr, p)
+        if not self.ptr:
+            raise ResourceError(
+                f"llama.cpp could not allocate a context of {n_ctx} KV cells for {n_seq_max} sequences: "
+                "lower --kv-budget or -n, or offload fewer layers with --n-gpu-layers")
+        self.n_ctx = lc.llama_n_ctx(self.ptr)
+        self.n_batch = lc.llama_n_batch(self.ptr)
+        self.embeddings = embeddings
+        self.width = model.n_embd if embeddings else model.n_vocab
+        self.mem = lc.llama_get_memory(self.ptr)
+        self._batch = lc.llama_batch_init(self.n_batch, 0, 1)
+        b = self._batch
+        self._tok = np.ctypeslib.as_array(b.token, shape=(self.n_batch,))
+        self._pos = np.ctypeslib.as_array(b.pos, shape=(self.n_batch,))
+        self._nseq = np.ctypeslib.as_array(b.n_seq_id, shape=(self.n_batch,))
+        self._out = np.ctypeslib.as_array(b.logits, shape=(self.n_batch,))
+        self._seq = [b.seq_id[i] for i in range(self.n_batch)]
+        self.decode_s = 0.0
+        self.tokens_decoded = 0
+
+    def decode(self, tokens, positions, seqs, outputs) -> np.ndarray:
+        """Feed rows; return a float32 array with one row per True in `outputs`."""
+        tokens = np.asarray(tokens, dtype=np.int32)
+        positions = np.asarray(positions, dtype=np.int32)
+        outputs = np.asarray(outputs, dtype=bool)
+        seqs = np.asarray(seqs, dtype=np.int32)
+        rows = []
+        for a in range(0, len(tokens), self.n_batch):
+            z = min(len(tokens), a + self.n_batch)
+            n = z - a
+            self._tok[:n] = tokens[a:z]
+            self._pos[:n] = positions[a:z]
+            self._nseq[:n] = 1
+            self._out[:n] = outputs[a:z]
+            for i, s in enumerate(seqs[a:z].tolist()):
+                self._seq[i][0] = s
+            self._batch.n_tokens = n
+            t0 = time.perf_counter()
+            rc = lc.llama_decode(self.ptr, self._batch)
+            self.decode_s += time.perf_counter() - t0
+            if rc == 1:
+                raise ResourceError(f"the KV cache ({self.n_ctx} cells) is full: raise --kv-budget")
+            if rc != 0:
+                raise SpecRejError(f"llama_decode failed with status {rc}")
+            self.tokens_decoded += n
+            k = int(outputs[a:z].sum())
+            if k:
+                ptr = lc.llama_get_embeddings(self.ptr) if self.embeddings else lc.llama_get_logits(self.ptr)
+                rows.append(np.ctypeslib.as_array(ptr, shape=(k, self.width)).copy())
+        if not rows:
+            return np.zeros((0, self.width), dtype=np.float32)
+        return rows[0] if len(rows) == 1 else np.concatenate(rows)
+
+    def copy_seq(self, src: int, dst: int):
+        """dst shares all of src's cells (no copy of the data in a unified cache)."""
+        lc.llama_memory_seq_cp(self.mem, src, dst, -1, -1)
+
+    def remove(self, seq: int, p0: int = -1, p1: int = -1):
+        """Free seq's cells in positions [p0, p1) (-1: open end); cells shared with others stay."""
+        lc.llama_memory_seq_rm(self.mem, seq, p0, p1)
+
+    def clear(self):
+        lc.llama_memory_clear(self.mem, True)
+
+    def pos_max(self, seq: int) -> int:
+        """Highest position stored for seq, -1 when it holds no cell (llama.cpp's own count)."""
+        return lc.llama_memory_seq_pos_max(self.mem, seq)
+
+    def close(self):
+        if getattr(self, "ptr", None):
+            lc.llama_batch_free(self._batch)
+            lc.llama_free(self.ptr)
+            self.ptr = None
+
+    def __del__(self):
+        self.close()

@@ -1,0 +1,67 @@
+"""The reward interface the decoders use, and the plain-Python scorer.
+
+A scorer keeps per-sequence state between cuts so it can score partial answers incrementally:
+`score` is called again and again with each sequence's whole text so far, and a scorer backed by
+a model feeds only what changed since the last call. Model-backed scorers live in `judges.py`
+and `reward_model.py`; `fakes.FakeScorer` serves tests.
+"""
+import math
+from typing import Callable, Optional, Protocol, Sequence
+
+import numpy as np
+
+from .errors import RewardError
+
+
+class Scorer(Protocol):
+    tokens_fed: int  # tokens this scorer's model has decoded so far (0 without a model)
+
+    def begin(self, prompt: str, system: Optional[str], n: int) -> None:
+        """Get ready for up to n candidate answers to this prompt."""
+
+    def score(self, ids: Sequence[int], texts: Sequence[str]) -> np.ndarray:
+        """Rewards of these candidates' answers as they stand now (higher is better)."""
+
+    def drop(self, ids: Sequence[int]) -> None:
+        """Forget these candidates and free whatever they held."""
+
+
+def checked(ids, values) -> np.ndarray:
+    """Rewards as floats, with a clear error naming the first candidate whose reward is not finite."""
+    r = np.asarray(values, dtype=np.float64).reshape(-1)
+    if len(r) != len(ids):
+        raise RewardError(f"the reward returned {len(r)} values for {len(ids)} candidates")
+    for i, v in zip(ids, r):
+        if not math.isfinite(v):
+            raise RewardError(f"the reward for candidate {i} is {v}, not a finite number")
+    return r
+
+
+class CallableScorer:
+    """Wraps `fn(prompt, response) -> float`, or with `batched=True`
+    `fn(prompt, [responses]) -> [floats]`: rewards from hobby code or a verifier."""
+
+    tokens_fed = 0
+
+    def __init__(self, fn: Callable, batched: bool = False):
+        self.fn, self.batched = fn, batched
+
+    def begin(self, prompt, system, n):
+        self.prompt = prompt
+
+    def score(self, ids, texts):
+        values = []
+        try:
+            if self.batched:
+                return checked(ids, self.fn(self.prompt, list(texts)))
+            for t in texts:
+                values.append(self.fn(self.prompt, t))
+        except RewardError:
+            raise
+        except Exception as e:
+            where = f"candidate {ids[len(values)]}" if not self.batched else "the batch"
+            raise RewardError(f"the reward function raised on {where}: {type(e).__name__}: {e}") from e
+        return checked(ids, values)
+
+    def drop(self, ids):
+        pass

@@ -1,0 +1,144 @@
+"""The Speculative Rejection controller, on the fake engine and scorer (no model, fast)."""
+import pytest
+
+from specrej_local.decoder import Interrupted, Settings, decode, keep_count
+from specrej_local.errors import BadInput, ContextTooSmall, RewardError
+from specrej_local.fakes import FakeEngine, FakeScorer
+
+P = 10  # the fake prompt's length in tokens
+
+
+def by_id(rewards):
+    """A scorer whose reward depends only on the candidate id."""
+    return FakeScorer(lambda i, text: rewards[i])
+
+
+def run(lengths, scorer, **settings):
+    events = []
+    engine = FakeEngine(lengths, prompt_tokens=P)
+    result = decode(engine, scorer, "a prompt", Settings(**settings), on_round=events.append)
+    return result, engine, events
+
+
+@pytest.mark.parametrize("pool, alpha, keep", [
+    (16, 0.5, 8), (8, 0.5, 4), (5, 0.5, 3), (3, 0.5, 2), (1, 0.5, 1),
+    (16, 0.75, 4), (10, 0.9, 1), (2, 0.9, 1), (16, 0.0, 16),
+])
+def test_keep_count_is_round_of_one_minus_alpha_times_pool(pool, alpha, keep):
+    assert keep_count(pool, alpha) == keep
+
+
+def test_cuts_halve_the_pool_when_the_budget_fills():
+    # 8 sequences that never finish early; budget lets each write 4 tokens before the first cut.
+    rewards = [float(i) for i in range(8)]  # higher id = better
+    result, engine, events = run([100] * 8, by_id(rewards), n=8, alpha=0.5, max_tokens=30, kv_budget=P + 32)
+    assert [e.survivors for e in events][:3] == [4, 2, 1]
+    # the first cut happens when 8 x 4 cells are in use, and it drops the four worst
+    assert sorted(engine.dropped[:4]) == [0, 1, 2, 3]
+    assert result.text.startswith("7.0")
+    assert result.finish_reason == "length"
+    assert {c.id: c.rejected_at for c in result.candidates}[0] == 1
+    assert result.stats["peak_kv_cells"] <= P + 32
+
+
+def test_finished_answers_keep_competing_in_later_cuts():
+    # Candidate 0 finishes early with the best reward; the live ones cannot beat it.
+    rewards = {0: 10.0, 1: 1.0, 2: 2.0, 3: 3.0}
+    result, engine, events = run([2, 100, 100, 100], by_id(rewards), n=4, alpha=0.5, max_tokens=12, kv_budget=P + 12)
+    assert result.text == "0.0 0.1"
+    assert result.reward == 10.0
+    winner = [c for c in result.candidates if c.id == 0][0]
+    assert winner.rejected_at is None and winner.finish_reason == "stop"
+    # pool at the first cut = 3 live + 1 finished -> keep 2: the finished one and the best live one
+    assert events[0].survivors == 1 and events[0].finished == 1
+
+
+def test_ties_are_broken_by_the_lower_id():
+    result, engine, events = run([100] * 4, by_id([1.0] * 4), n=4, alpha=0.5, max_tokens=8, kv_budget=P + 8)
+    assert sorted(engine.dropped[:2]) == [2, 3]
+    assert result.text.startswith("0.0")
+
+
+def test_budget_reached_on_the_first_step():
+    result, engine, events = run([100] * 4, by_id([0.0, 1.0, 2.0, 3.0]), n=4, alpha=0.5, max_tokens=5, kv_budget=P + 4)
+    assert events[0].round == 1 and events[0].tokens == 4 * 2  # one token in KV + one pending each
+    assert result.text.startswith("3.0")
+
+
+def test_all_finished_before_any_cut_means_no_rounds():
+    result, engine, events = run([3, 1, 2], by_id([0.5, 0.9, 0.1]), n=3, alpha=0.5, max_tokens=8)
+    assert result.stats["rounds"] == 0 and events == []
+    assert result.text == "1.0" and result.reward == 0.9
+    assert engine.dropped == []
+
+
+def test_n_equal_one_returns_its_only_answer():
+    result, _, _ = run([5], by_id([0.3]), n=1, alpha=0.5, max_tokens=8)
+    assert result.text == "0.0 0.1 0.2 0.3 0.4" and result.stats["rounds"] == 0
+
+
+def test_a_lone_survivor_without_room_ends_with_reason_budget():
+    result, engine, _ = run([100], by_id([0.3]), n=1, alpha=0.5, max_tokens=50, kv_budget=P + 5)
+    assert result.finish_reason == "budget"
+    assert len(result.candidates[0].text.split()) == 6  # 5 cells + the pending token
+
+
+def test_alpha_zero_never_rejects_and_is_best_of_n():
+    rewards = [0.2, 0.7, 0.1, 0.5]
+    bon, engine_b, _ = run([4, 6, 100, 3], by_id(rewards), n=4, method="bon", max_tokens=10)
+    a0, engine_a, _ = run([4, 6, 100, 3], by_id(rewards), n=4, alpha=0.0, max_tokens=10)
+    assert engine_b.dropped == [] and engine_a.dropped == []
+    assert all(c.rejected_at is None for c in a0.candidates)
+    assert [c.text for c in a0.candidates] == [c.text for c in bon.candidates]
+    assert a0.text == bon.text == "1.0 1.1 1.2 1.3 1.4 1.5"
+
+
+def test_specrej_generates_fewer_tokens_than_best_of_n():
+    rewards = [float(i % 5) for i in range(16)]
+    bon, _, _ = run([1000] * 16, by_id(rewards), n=16, method="bon", max_tokens=256)
+    sr, _, _ = run([1000] * 16, by_id(rewards), n=16, alpha=0.5, max_tokens=256)
+    assert sr.stats["generated_tokens"] < bon.stats["generated_tokens"]
+    assert sr.stats["rounds"] >= 2
+
+
+def test_kv_after_each_cut_is_prompt_plus_survivors_cells():
+    seen = []
+    engine = FakeEngine([100] * 8, prompt_tokens=P)
+
+    def check(event):
+        live = engine.live()
+        seen.append(event.kv_used == P + sum(engine.sequences[i].cells for i in live))
+
+    decode(engine, by_id([float(i) for i in range(8)]), "q", Settings(n=8, max_tokens=32, kv_budget=P + 40), check)
+    assert seen and all(seen)
+
+
+def test_a_reward_that_is_nan_names_the_candidate():
+    with pytest.raises(RewardError, match="candidate 2"):
+        run([3] * 4, FakeScorer(lambda i, t: float("nan") if i == 2 else 1.0), n=4, max_tokens=8)
+
+
+def test_ctrl_c_keeps_the_best_finished_answer():
+    def reward(i, text):
+        if i == 3:
+            raise KeyboardInterrupt
+        return float(i)
+
+    with pytest.raises(Interrupted) as err:
+        run([1, 2, 3, 100], FakeScorer(reward), n=4, alpha=0.5, max_tokens=50, kv_budget=P + 40)
+    assert err.value.partial.text == "2.0 2.1 2.2"
+
+
+@pytest.mark.parametrize("settings, error, words", [
+    (dict(alpha=1.0), BadInput, "alpha"),
+    (dict(alpha=-0.1), BadInput, "alpha"),
+    (dict(n=0), BadInput, "n must be"),
+    (dict(n=257), BadInput, "n must be"),
+    (dict(max_tokens=0), BadInput, "max-tokens"),
+    (dict(method="greedy"), BadInput, "method"),
+    (dict(n=4, kv_budget=P + 3), ContextTooSmall, "at least 14"),
+    (dict(n=4, method="bon", max_tokens=8, kv_budget=P + 20), ContextTooSmall, "at least 42"),
+])
+def test_bad_settings_raise_a_typed_error_with_a_clear_message(settings, error, words):
+    with pytest.raises(error, match=words):
+        run([5] * settings.get("n", 4), by_id([0.0] * 300), **settings)
