@@ -2,29 +2,15 @@
 
 Only this module turns the library's typed errors into one-line messages and exit codes.
 """
-import contextlib
+import json
+import sys
 
 import click
 from click_default_group import DefaultGroup
 
 from . import __version__, registry
-from .errors import SpecRejError
-
-
-class CliError(click.ClickException):
-    """An expected failure: click prints 'Error: <message>' on one line of stderr, exits 2, no traceback."""
-
-    exit_code = 2
-
-
-@contextlib.contextmanager
-def friendly_errors():
-    """Turn the library's typed errors into CliError. Use `with friendly_errors():` or decorate a
-    command with `@friendly_errors()`; anything else (a real bug) still shows its traceback."""
-    try:
-        yield
-    except SpecRejError as exc:
-        raise CliError(" ".join(str(exc).split()) or type(exc).__name__) from None
+from .cli_common import CliError, decoding_options, friendly_errors, load, model_options, result_record
+from .decoder import Interrupted
 
 
 @click.group(cls=DefaultGroup, default="run", default_if_no_args=True)
@@ -70,6 +56,63 @@ def models_path(alias):
     """Print the local path of ALIAS, downloading it first if needed."""
     click.echo(registry.resolve(alias))
 
+# --- run: one prompt (the default command) ------------------------------------------------
+def progress_printer(quiet: bool):
+    """Round events on stderr, only for a person watching a terminal."""
+    if quiet or not sys.stderr.isatty():
+        return None
+
+    def show(e):
+        click.echo(f"round {e.round}: {e.survivors} live, {e.finished} finished, {e.tokens} tokens, "
+                   f"best reward {e.best_reward:.3f}", err=True)
+    return show
+
+
+def read_prompt(prompt) -> str:
+    if prompt in (None, "-"):
+        data = sys.stdin.buffer.read()
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise CliError(f"the prompt on stdin is not UTF-8 text (byte {e.start})") from None
+    return prompt
+
+
+@cli.command("run")
+@click.argument("prompt", required=False)
+@model_options
+@decoding_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: answer, candidates and stats.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
+def run(prompt, generator, reward, n_gpu_layers, threads, flash_attn, no_chat_template, as_json, quiet, **decoding):
+    """Answer PROMPT with the best of N sampled answers (PROMPT '-' or absent: read stdin).
+
+    \b
+    Examples:
+      specrej-local "Write a haiku about autumn"
+      specrej-local -n 32 --alpha 0.75 "Explain TCP slow start"
+      specrej-local -g qwen2.5-1.5b -r skywork-v2-qwen3-0.6b -ngl -1 "..."
+      echo "What is 17 * 23?" | specrej-local --json -q
+    """
+    with friendly_errors():
+        text = read_prompt(prompt)
+        with load(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_template) as s:
+            try:
+                result = s.generate(text, on_round=progress_printer(quiet), **decoding)
+            except Interrupted as e:
+                if as_json:
+                    click.echo(json.dumps(result_record(e.partial, generator, reward, decoding["seed"])))
+                click.echo("Interrupted.", err=True)
+                sys.exit(130)
+    if as_json:
+        click.echo(json.dumps(result_record(result, generator, reward, decoding["seed"])))
+    else:
+        click.echo(result.text)
+
 
 def main():
-    cli()
+    try:
+        cli()
+    except KeyboardInterrupt:  # outside a run (e.g. while loading): no traceback
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)

@@ -124,6 +124,7 @@ class Run:
     def run(self, prompt: str) -> Result:
         e, s = self.engine, self.s
         self.t0 = time.perf_counter()
+        self.background0 = getattr(self.scorer, "background_s", 0.0)
         P = e.load_prompt(prompt, s.system)
         self.budget = s.budget(P)
         self.scorer.begin(prompt, s.system, s.n)
@@ -203,7 +204,8 @@ class Run:
         stats = dict(n=s.n, alpha=s.alpha, method=s.method, rounds=self.rounds, prompt_tokens=e.prompt_tokens,
                      generated_tokens=self._generated(), reward_tokens=self.scorer.tokens_fed,
                      peak_kv_cells=self.peak, kv_budget=self.budget, wall_s=time.perf_counter() - self.t0,
-                     decode_s=e.decode_s, sample_s=e.sample_s, reward_s=self.reward_s)
+                     decode_s=e.decode_s, sample_s=e.sample_s,
+                     reward_s=self.reward_s + getattr(self.scorer, "background_s", 0.0) - self.background0)
         if best is None:
             return Result("", None, "interrupted" if interrupted else "none", cands, stats)
         q = e.sequences[best]

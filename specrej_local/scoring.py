@@ -15,6 +15,7 @@ from .errors import RewardError
 
 class Scorer(Protocol):
     tokens_fed: int  # tokens this scorer's model has decoded so far (0 without a model)
+    # optional: background_s, seconds spent scoring outside score() (e.g. in an engine callback)
 
     def begin(self, prompt: str, system: Optional[str], n: int) -> None:
         """Get ready for up to n candidate answers to this prompt."""
