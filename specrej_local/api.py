@@ -38,7 +38,7 @@ class SpecRej:
     """Loaded generator and reward model, reused for every prompt (loading is the slow part)."""
 
     def __init__(self, generator: str = DEFAULT_GENERATOR, reward: Union[str, Callable] = DEFAULT_REWARD,
-                 n_gpu_layers: int = 0, n_threads: Optional[int] = None, flash_attn: Optional[bool] = None,
+                 n_gpu_layers: int = 0, n_threads: Optional[int] = None, flash_attn: bool = True,
                  chat_template: bool = True):
         self.generator, self.reward = generator, reward
         opts = dict(n_threads=n_threads, flash_attn=flash_attn)

@@ -36,7 +36,7 @@ def model_options(f):
         click.option("--n-gpu-layers", "-ngl", type=int, default=0, show_default=True, envvar="SPECREJ_N_GPU_LAYERS",
                      help="Layers to offload to the GPU (-1 = all); needs a CUDA/Metal build of llama-cpp-python."),
         click.option("-t", "--threads", type=int, default=None, help="CPU threads (default: all cores)."),
-        click.option("--flash-attn/--no-flash-attn", default=None, help="Flash attention (default: llama.cpp decides)."),
+        click.option("--flash-attn/--no-flash-attn", default=True, show_default=True, help="Flash attention."),
         click.option("--no-chat-template", is_flag=True, help="Feed the prompt raw, without the model's chat template."),
     ]):
         f = opt(f)

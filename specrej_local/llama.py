@@ -43,7 +43,7 @@ class Model:
         self.vocab = lc.llama_model_get_vocab(self.ptr)
         self.n_vocab = lc.llama_vocab_n_tokens(self.vocab)
         self.n_embd = lc.llama_model_n_embd(self.ptr)
-        self.n_ctx_train = lc.llama_n_ctx_train(self.ptr)
+        self.n_ctx_train = lc.llama_model_n_ctx_train(self.ptr)
         self._pieces: dict = {}
 
     def meta(self, key: str):
@@ -115,7 +115,7 @@ class Context:
     """
 
     def __init__(self, model: Model, n_ctx: int, n_seq_max: int, n_batch: int = 512,
-                 n_threads=None, flash_attn=None, embeddings: bool = False):
+                 n_threads=None, flash_attn: bool = True, embeddings: bool = False):
         if not 1 <= n_seq_max <= MAX_SEQUENCES:
             raise SpecRejError(f"n_seq_max must be in 1..{MAX_SEQUENCES}, got {n_seq_max}")
         self.model = model
@@ -125,8 +125,9 @@ class Context:
         p.n_seq_max = n_seq_max
         p.kv_unified = True  # sequences share cells: the prompt is stored once for all of them
         p.n_threads = p.n_threads_batch = n_threads or default_threads()
-        p.flash_attn_type = {None: lc.LLAMA_FLASH_ATTN_TYPE_AUTO, True: lc.LLAMA_FLASH_ATTN_TYPE_ENABLED,
-                             False: lc.LLAMA_FLASH_ATTN_TYPE_DISABLED}[flash_attn]
+        # On by default: measured on CPU, its results do not depend on how sequences share a
+        # batch, so N batched sequences reproduce single-sequence greedy text; off, they drift.
+        p.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
         p.embeddings = embeddings
         p.pooling_type = lc.LLAMA_POOLING_TYPE_NONE  # we read one chosen row, never a pooled mean
         p.no_perf = True

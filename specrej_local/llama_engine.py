@@ -20,7 +20,7 @@ from .sampling import Sampling, sample
 class LlamaEngine:
     """All sequences of one prompt in one llama.cpp context."""
 
-    def __init__(self, model: Model, raw: bool = False, n_threads=None, flash_attn=None, n_batch: int = 512):
+    def __init__(self, model: Model, raw: bool = False, n_threads=None, flash_attn: bool = True, n_batch: int = 512):
         self.model = model
         self.n_threads, self.flash_attn, self.n_batch = n_threads, flash_attn, n_batch
         bos = model.special_text("bos")

@@ -57,7 +57,7 @@ class AnswerScorer:
     """A judge or reward model on its own context, fed incrementally (see module doc)."""
 
     def __init__(self, model: Model, readout, follow_up=None, embeddings: bool = False,
-                 raw: bool = False, n_threads=None, flash_attn=None, n_batch: int = 512):
+                 raw: bool = False, n_threads=None, flash_attn: bool = True, n_batch: int = 512):
         self.model, self.readout, self.follow_up, self.embeddings = model, readout, follow_up, embeddings
         self.chat = ChatFormat(model.meta("tokenizer.chat_template"), bos_token=model.special_text("bos"),
                                eos_token=model.special_text("eos"), raw=raw)
