@@ -114,14 +114,15 @@ class Context:
     mode) in the order they were asked for.
     """
 
-    def __init__(self, model: Model, n_ctx: int, n_seq_max: int, n_batch: int = 512,
+    def __init__(self, model: Model, n_ctx: int, n_seq_max: int, n_batch: int = 512, n_ubatch=None,
                  n_threads=None, flash_attn: bool = True, embeddings: bool = False):
         if not 1 <= n_seq_max <= MAX_SEQUENCES:
             raise SpecRejError(f"n_seq_max must be in 1..{MAX_SEQUENCES}, got {n_seq_max}")
         self.model = model
         p = lc.llama_context_default_params()
         p.n_ctx = n_ctx
-        p.n_batch = p.n_ubatch = n_batch
+        p.n_batch = n_batch
+        p.n_ubatch = min(n_ubatch or n_batch, n_batch)
         p.n_seq_max = n_seq_max
         p.kv_unified = True  # sequences share cells: the prompt is stored once for all of them
         p.n_threads = p.n_threads_batch = n_threads or default_threads()

@@ -23,6 +23,11 @@ from .scoring import checked
 JUDGE_QUESTION = ("Is the answer above correct, helpful and complete? "
                   "Reply with one word: yes or no.")
 GROUP = 16  # sequences judged per decode on the generator's context (bounds the room it borrows)
+# Measured on CPU (SmolLM2, flash attention): llama.cpp computes micro-batches of 64 rows or more
+# with a kernel whose rounding depends on how sequences share the batch (0.1-0.25 in a judge's
+# log-odds); below that, results do not depend on batch layout, so a score read incrementally
+# equals the from-scratch score exactly. Scorers use small micro-batches for that reason.
+SCORER_UBATCH = 32
 
 
 def _common_prefix(a: list, b: list) -> int:
@@ -61,7 +66,8 @@ class AnswerScorer:
         self.model, self.readout, self.follow_up, self.embeddings = model, readout, follow_up, embeddings
         self.chat = ChatFormat(model.meta("tokenizer.chat_template"), bos_token=model.special_text("bos"),
                                eos_token=model.special_text("eos"), raw=raw)
-        self.opts = dict(n_threads=n_threads, flash_attn=flash_attn, n_batch=n_batch, embeddings=embeddings)
+        self.opts = dict(n_threads=n_threads, flash_attn=flash_attn, n_batch=n_batch, n_ubatch=SCORER_UBATCH,
+                         embeddings=embeddings)
         self.ctx = None
         self.tokens_fed = 0
 
