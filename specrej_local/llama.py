@@ -152,15 +152,17 @@ class Context:
         self.decode_s = 0.0
         self.tokens_decoded = 0
 
-    def decode(self, tokens, positions, seqs, outputs) -> np.ndarray:
-        """Feed rows; return a float32 array with one row per True in `outputs`."""
+    def decode(self, tokens, positions, seqs, outputs, chunk=None) -> np.ndarray:
+        """Feed rows, at most `chunk` (default n_batch) per llama_decode call; return a float32
+        array with one row per True in `outputs`."""
         tokens = np.asarray(tokens, dtype=np.int32)
         positions = np.asarray(positions, dtype=np.int32)
         outputs = np.asarray(outputs, dtype=bool)
         seqs = np.asarray(seqs, dtype=np.int32)
         rows = []
-        for a in range(0, len(tokens), self.n_batch):
-            z = min(len(tokens), a + self.n_batch)
+        step = min(chunk or self.n_batch, self.n_batch)
+        for a in range(0, len(tokens), step):
+            z = min(len(tokens), a + step)
             n = z - a
             self._tok[:n] = tokens[a:z]
             self._pos[:n] = positions[a:z]

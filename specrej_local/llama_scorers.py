@@ -69,7 +69,8 @@ class AnswerScorer:
         self.opts = dict(n_threads=n_threads, flash_attn=flash_attn, n_batch=n_batch, n_ubatch=SCORER_UBATCH,
                          embeddings=embeddings)
         self.ctx = None
-        self.tokens_fed = 0
+        self.tokens_fed = 0    # every token decoded: prompt, answers and the read-out suffix
+        self.suffix_fed = 0    # of which the suffix, appended and removed at each read
 
     def begin(self, prompt, system, n):
         before, after = self.chat.around_answer(prompt, system, self.follow_up)
@@ -129,6 +130,7 @@ class AnswerScorer:
             rows[2].extend([i] * len(feed))
             rows[3].extend([False] * (len(feed) - 1) + [True])
         out = self._feed(*rows)
+        self.suffix_fed += S * len(plans)
         for i, toks, _ in plans:
             self.ctx.remove(i, P + len(toks), -1)  # take the suffix back out
             self.fed[i] = toks
@@ -187,7 +189,7 @@ class SelfJudge:
                 rows[1].extend(range(P + s.cells, P + s.cells + len(feed)))
                 rows[2].extend([i] * len(feed))
                 rows[3].extend([False] * (len(feed) - 1) + [True])
-            out.append(e.ctx.decode(*rows))
+            out.append(e.ctx.decode(*rows, chunk=SCORER_UBATCH))
             self.tokens_fed += len(rows[0])
             for i in group:
                 e.ctx.remove(i, P + e.sequences[i].cells, -1)

@@ -1,0 +1,98 @@
+"""Judges that score partial answers incrementally, on the real default model."""
+import numpy as np
+import pytest
+
+from specrej_local.decoder import Settings, decode
+from specrej_local.errors import RewardError
+from specrej_local.llama import Context, Model
+from specrej_local.llama_engine import LlamaEngine
+from specrej_local.llama_scorers import JUDGE_QUESTION, AnswerScorer, SelfJudge, yes_no_readout
+from specrej_local.sampling import Sampling
+from specrej_local.scoring import CallableScorer
+
+PROMPT = "Give me three tips for staying healthy."
+ANSWERS = [
+    "1. Drink plenty of water every day. 2. Sleep at least eight hours. 3. Exercise for thirty minutes daily.",
+    "Eat vegetables, walk every day, and avoid sugar: three habits that keep you healthy.",
+    "Paris is the capital of France.",
+    "Stay active.",
+]
+
+
+@pytest.fixture(scope="module")
+def model(default_model):
+    m = Model(default_model)
+    yield m
+    m.close()
+
+
+def judge(model):
+    return AnswerScorer(model, yes_no_readout(model), follow_up=JUDGE_QUESTION)
+
+
+def close(a, b):
+    """Relative difference of two reward vectors, against the spread of the rewards."""
+    return np.abs(np.asarray(a) - np.asarray(b)).max() / max(1.0, np.abs(b).max())
+
+
+def test_incremental_judge_scores_equal_scores_from_scratch(model):
+    ids = list(range(len(ANSWERS)))
+    inc, fresh = judge(model), judge(model)
+    inc.begin(PROMPT, None, len(ANSWERS))
+    for cut in (12, 30, 60, 1000):  # the answers grow between cuts, as in a run
+        partial = inc.score(ids, [a[:cut] for a in ANSWERS])
+        fresh.begin(PROMPT, None, len(ANSWERS))  # forgets everything: scores from scratch
+        assert close(partial, fresh.score(ids, [a[:cut] for a in ANSWERS])) <= 1e-3
+    assert len(set(np.round(partial, 4))) > 1, "different answers get different rewards"
+
+
+def test_judge_feeds_only_new_tokens(model):
+    # Ten cuts as two answers grow; the judge's own prompt is decoded once for both.
+    j = judge(model)
+    j.begin(PROMPT, None, 2)
+    a, b = (model.tokenize(t, parse_special=False) for t in ANSWERS[:2])
+
+    def text(tokens):  # answers grow token by token, so a cut ends on a token boundary
+        return b"".join(model.piece(t) for t in tokens).decode("utf-8", "replace")
+
+    for cut in range(2, 22, 2):
+        j.score([0, 1], [text(a[:cut]), text(b[:cut])])
+    unique = len(a[:20]) + len(b[:20])
+    assert j.tokens_fed - j.suffix_fed <= 1.15 * (len(j.prefix) + unique)
+    assert j.tokens_fed - j.suffix_fed >= len(j.prefix) + unique
+
+
+def test_dropped_candidates_free_their_reward_kv(model):
+    j = judge(model)
+    j.begin(PROMPT, None, 3)
+    j.score([0, 1, 2], ANSWERS[:3])
+    j.drop([1])
+    assert j.ctx.pos_max(1) == -1
+    assert j.ctx.pos_max(0) == len(j.prefix) + len(model.tokenize(ANSWERS[0], parse_special=False)) - 1
+
+
+def test_self_judge_reads_the_same_score_as_a_fresh_pass_over_the_same_tokens(model):
+    engine = LlamaEngine(model)
+    sj = SelfJudge(engine)
+    result = decode(engine, sj, PROMPT, Settings(n=4, alpha=0.5, max_tokens=24, kv_budget=None,
+                                                 sampling=Sampling(seed=4)))
+    readout = yes_no_readout(model)
+    ctx = Context(model, 1024, 1)
+    for c in result.candidates:
+        toks = engine.prompt_ids + engine.sequences[c.id].tokens + sj.suffix
+        row = ctx.decode(toks, range(len(toks)), [0] * len(toks), [False] * (len(toks) - 1) + [True], chunk=32)
+        ctx.clear()
+        assert abs(readout(row)[0] - c.reward) <= 1e-3 * max(1.0, abs(c.reward))
+    engine.close()
+
+
+def test_a_callable_that_raises_names_the_candidate():
+    def reward(prompt, answer):
+        if "bad" in answer:
+            raise ValueError("cannot score")
+        return 1.0
+
+    s = CallableScorer(reward)
+    s.begin("q", None, 3)
+    with pytest.raises(RewardError, match="candidate 7: ValueError: cannot score"):
+        s.score([5, 7], ["good", "bad"])
