@@ -44,6 +44,10 @@ class Model:
         self.n_vocab = lc.llama_vocab_n_tokens(self.vocab)
         self.n_embd = lc.llama_model_n_embd(self.ptr)
         self.n_ctx_train = lc.llama_model_n_ctx_train(self.ptr)
+        self.on_gpu = n_gpu_layers != 0
+        head_dim = self.n_embd // max(1, lc.llama_model_n_head(self.ptr))
+        # K and V, f16, every layer: what one KV cell costs
+        self.kv_cell_bytes = 2 * lc.llama_model_n_layer(self.ptr) * lc.llama_model_n_head_kv(self.ptr) * head_dim * 2
         self._pieces: dict = {}
 
     def meta(self, key: str):
@@ -106,6 +110,29 @@ class Model:
         self.close()
 
 
+def free_memory_bytes():
+    """Memory the system can still give (Linux); None where that cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(model: Model, n_ctx: int):
+    """Refuse a KV cache that cannot fit before asking llama.cpp, which may take minutes to fail
+    (or be killed) on a huge allocation, and whose 32-bit n_ctx would silently wrap."""
+    need = n_ctx * model.kv_cell_bytes
+    free = None if model.on_gpu else free_memory_bytes()
+    if n_ctx >= 2**32 or (free is not None and need > 0.9 * free):
+        have = f"{free / 2**30:.1f} GiB free" if free is not None else "more than llama.cpp can address"
+        raise ResourceError(f"a KV cache of {n_ctx} cells needs {need / 2**30:.1f} GiB, {have}: "
+                            "lower --kv-budget or -n")
+
+
 class Context:
     """One llama.cpp context holding many sequences in a unified KV cache.
 
@@ -119,6 +146,7 @@ class Context:
         if not 1 <= n_seq_max <= MAX_SEQUENCES:
             raise SpecRejError(f"n_seq_max must be in 1..{MAX_SEQUENCES}, got {n_seq_max}")
         self.model = model
+        check_memory(model, n_ctx)
         p = lc.llama_context_default_params()
         p.n_ctx = n_ctx
         p.n_batch = n_batch
@@ -152,9 +180,10 @@ class Context:
         self.decode_s = 0.0
         self.tokens_decoded = 0
 
-    def decode(self, tokens, positions, seqs, outputs, chunk=None) -> np.ndarray:
+    def decode(self, tokens, positions, seqs, outputs, chunk=None, read: bool = True):
         """Feed rows, at most `chunk` (default n_batch) per llama_decode call; return a float32
-        array with one row per True in `outputs`."""
+        array with one row per True in `outputs` (with `read=False` they stay in llama.cpp,
+        where `Samplers` reads the last call's rows in place)."""
         tokens = np.asarray(tokens, dtype=np.int32)
         positions = np.asarray(positions, dtype=np.int32)
         outputs = np.asarray(outputs, dtype=bool)
@@ -180,9 +209,11 @@ class Context:
                 raise SpecRejError(f"llama_decode failed with status {rc}")
             self.tokens_decoded += n
             k = int(outputs[a:z].sum())
-            if k:
+            if k and read:
                 ptr = lc.llama_get_embeddings(self.ptr) if self.embeddings else lc.llama_get_logits(self.ptr)
                 rows.append(np.ctypeslib.as_array(ptr, shape=(k, self.width)).copy())
+        if not read:
+            return None
         if not rows:
             return np.zeros((0, self.width), dtype=np.float32)
         return rows[0] if len(rows) == 1 else np.concatenate(rows)
@@ -210,3 +241,47 @@ class Context:
 
     def __del__(self):
         self.close()
+
+
+class Samplers:
+    """One llama.cpp sampler chain per sequence, reading logits in place inside llama.cpp.
+
+    Measured at 64 sequences x 49k vocabulary: 9-14 ms a step against 24-26 ms for the same
+    filters vectorised in numpy (plus a 12 MB copy of the logits). The chain is llama.cpp's own
+    order: top-k, top-p, min-p, temperature, then a draw from a per-sequence random stream.
+    """
+
+    def __init__(self, sampling, ids):
+        self.chains = {}
+        for i in ids:
+            chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+            add = lambda smpl: lc.llama_sampler_chain_add(chain, smpl)  # noqa: E731
+            if sampling.temperature == 0:
+                add(lc.llama_sampler_init_greedy())
+            else:
+                if sampling.top_k > 0:
+                    add(lc.llama_sampler_init_top_k(sampling.top_k))
+                if sampling.top_p < 1:
+                    add(lc.llama_sampler_init_top_p(sampling.top_p, 1))
+                if sampling.min_p > 0:
+                    add(lc.llama_sampler_init_min_p(sampling.min_p, 1))
+                add(lc.llama_sampler_init_temp(sampling.temperature))
+                add(lc.llama_sampler_init_dist(stream_seed(sampling.seed, i)))
+            self.chains[i] = chain
+
+    def sample(self, ctx: Context, seq: int, row: int) -> int:
+        """The next token of `seq`, from row `row` of the last decode call (-1: its last row)."""
+        return lc.llama_sampler_sample(self.chains[seq], ctx.ptr, row)
+
+    def close(self):
+        for chain in self.chains.values():
+            lc.llama_sampler_free(chain)
+        self.chains = {}
+
+    def __del__(self):
+        self.close()
+
+
+def stream_seed(seed: int, i: int) -> int:
+    """A distinct 32-bit seed per sequence (never llama.cpp's 'random' value 0xFFFFFFFF)."""
+    return ((seed * 1_000_003 + i * 7_919 + 12_345) & 0xFFFFFFFF) % 0xFFFFFFFF

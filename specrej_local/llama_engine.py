@@ -3,18 +3,16 @@
 The prompt is decoded once on sequence 0 and shared with the others through
 `llama_memory_seq_cp` (a unified KV cache stores it once); each step feeds one token per live
 sequence in a single `llama_decode`; finished and rejected sequences are freed at once and
-their cells reused. Sampling is vectorised over the batch (`sampling.sample`).
+their cells reused. Each sequence samples with its own llama.cpp sampler chain.
 """
 import time
 from typing import Callable, Optional
 
-import numpy as np
-
 from .chat import ChatFormat
 from .engine import Sequence, StopWatcher, check_start
 from .errors import BadInput, PromptTooLong
-from .llama import Context, Model
-from .sampling import Sampling, sample
+from .llama import Context, Model, Samplers
+from .sampling import Sampling
 
 
 class LlamaEngine:
@@ -62,14 +60,15 @@ class LlamaEngine:
         t0 = self.ctx.decode_s
         last = [False] * P
         last[-1] = True
-        row = self.ctx.decode(self.prompt_ids, range(P), [0] * P, last)  # the prompt, once
+        self.ctx.decode(self.prompt_ids, range(P), [0] * P, last, read=False)  # the prompt, once
         for i in range(1, n):
             self.ctx.copy_seq(0, i)  # shares the prompt's cells
         self.decode_s += self.ctx.decode_s - t0
         self.sequences = {i: Sequence(i) for i in range(n)}
-        self._rng = sampling.streams(range(n))
+        self._close_samplers()
+        self._samplers = Samplers(sampling, range(n))
         self._text = {i: StopWatcher(stop) for i in range(n)}
-        self._advance(list(range(n)), np.repeat(row, n, axis=0))
+        self._advance(list(range(n)), [-1] * n)  # every first token from the one prompt pass
         return list(self.sequences.values())
 
     def step(self) -> list:
@@ -79,19 +78,19 @@ class LlamaEngine:
         P = self.prompt_tokens
         seqs = [self.sequences[i] for i in ids]
         t0 = self.ctx.decode_s
-        logits = self.ctx.decode([s.tokens[-1] for s in seqs], [P + s.cells for s in seqs], ids, [True] * len(ids))
+        self.ctx.decode([s.tokens[-1] for s in seqs], [P + s.cells for s in seqs], ids, [True] * len(ids),
+                        read=False)
         self.decode_s += self.ctx.decode_s - t0
         for s in seqs:
             s.cells += 1
-        return self._advance(ids, logits)
+        return self._advance(ids, range(len(ids)))
 
-    def _advance(self, ids, logits) -> list:
-        """Sample one token per sequence, extend its text, and end the ones that are done."""
+    def _advance(self, ids, rows) -> list:
+        """Sample one token per sequence from its logits row, extend its text, end the ones that are done."""
         t0 = time.perf_counter()
-        u = np.array([self._rng[i].random() for i in ids])
-        picks = sample(logits, u, self.sampling).tolist()
         done = []
-        for i, tok in zip(ids, picks):
+        for i, row in zip(ids, rows):
+            tok = self._samplers.sample(self.ctx, i, row)
             s = self.sequences[i]
             if self.model.is_eog(tok):
                 s.finish_reason = "stop"
@@ -136,11 +135,17 @@ class LlamaEngine:
             c.clear()
             return
         self.close()
-        self.ctx = Context(self.model, cells, n, n_batch=self.n_batch, n_threads=self.n_threads,
+        # a step feeds one token per sequence in a single call, so n_batch must hold all of them
+        self.ctx = Context(self.model, cells, n, n_batch=max(self.n_batch, n), n_threads=self.n_threads,
                            flash_attn=self.flash_attn)
         self._n_seq = n
 
+    def _close_samplers(self):
+        if getattr(self, "_samplers", None) is not None:
+            self._samplers.close()
+
     def close(self):
+        self._close_samplers()
         if self.ctx is not None:
             self.ctx.close()
             self.ctx = None

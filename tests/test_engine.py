@@ -54,12 +54,13 @@ def test_kv_cells_are_counted_exactly_and_freed(engine):
     for _ in range(k):
         engine.step()
     live = engine.live()
-    assert len(live) == n, "a high temperature keeps every sequence going for a few steps"
-    assert engine.kv_used() == P + n * k
-    assert [ctx.pos_max(i) for i in range(n)] == [P + k - 1] * n  # llama.cpp's own view
+    assert len(live) >= n // 2, "a high temperature keeps most sequences going for a few steps"
+    assert engine.kv_used() == P + len(live) * k  # every live sequence holds k cells of its own
+    assert [ctx.pos_max(i) for i in live] == [P + k - 1] * len(live)  # llama.cpp's own view
+    assert all(ctx.pos_max(i) == -1 for i in range(n) if i not in live)  # finished: none
     half = live[: n // 2]
     engine.drop(half)
-    assert engine.kv_used() == P + (n // 2) * k
+    assert engine.kv_used() == P + (len(live) - len(half)) * k
     assert all(ctx.pos_max(i) == -1 for i in half)
     run_to_end(engine)
     assert engine.kv_used() == P  # finished sequences hold no cells
