@@ -98,7 +98,9 @@ class SpecRej:
 
 
 def generate(prompt: str, generator: str = DEFAULT_GENERATOR, reward: Union[str, Callable] = DEFAULT_REWARD,
-             n_gpu_layers: int = 0, **settings) -> Result:
+             n_gpu_layers: int = 0, n_threads: Optional[int] = None, flash_attn: bool = True,
+             chat_template: bool = True, **settings) -> Result:
     """Load the models, decode one prompt, free everything. See `SpecRej.generate` for settings."""
-    with SpecRej(generator, reward, n_gpu_layers=n_gpu_layers) as s:
+    with SpecRej(generator, reward, n_gpu_layers=n_gpu_layers, n_threads=n_threads, flash_attn=flash_attn,
+                 chat_template=chat_template) as s:
         return s.generate(prompt, **settings)

@@ -61,7 +61,7 @@ class Settings:
         if self.alpha == 0 and self.kv_budget < full:
             raise ContextTooSmall(f"Best-of-N (alpha 0) never frees memory: --kv-budget must be at least "
                                   f"{full} (prompt {P} + {n} x {T} tokens), got {self.kv_budget}")
-        return self.kv_budget
+        return min(self.kv_budget, full)  # more than Best-of-N's peak would never be used
 
 
 def keep_count(pool: int, alpha: float) -> int:
@@ -125,6 +125,7 @@ class Run:
         e, s = self.engine, self.s
         self.t0 = time.perf_counter()
         self.background0 = getattr(self.scorer, "background_s", 0.0)
+        self.fed0 = self.scorer.tokens_fed  # a scorer reused across prompts keeps counting
         P = e.load_prompt(prompt, s.system)
         self.budget = s.budget(P)
         self.scorer.begin(prompt, s.system, s.n)
@@ -202,7 +203,7 @@ class Run:
             cands.append(Candidate(i, q.text, self.reward.get(i), len(q.tokens), reason, self.rejected_at.get(i)))
         best = max(self.finished, key=lambda i: (self.reward[i], -i), default=None)
         stats = dict(n=s.n, alpha=s.alpha, method=s.method, rounds=self.rounds, prompt_tokens=e.prompt_tokens,
-                     generated_tokens=self._generated(), reward_tokens=self.scorer.tokens_fed,
+                     generated_tokens=self._generated(), reward_tokens=self.scorer.tokens_fed - self.fed0,
                      peak_kv_cells=self.peak, kv_budget=self.budget, wall_s=time.perf_counter() - self.t0,
                      decode_s=e.decode_s, sample_s=e.sample_s,
                      reward_s=self.reward_s + getattr(self.scorer, "background_s", 0.0) - self.background0)

@@ -28,14 +28,25 @@ class Scorer(Protocol):
 
 
 def checked(ids, values) -> np.ndarray:
-    """Rewards as floats, with a clear error naming the first candidate whose reward is not finite."""
-    r = np.asarray(values, dtype=np.float64).reshape(-1)
-    if len(r) != len(ids):
-        raise RewardError(f"the reward returned {len(r)} values for {len(ids)} candidates")
-    for i, v in zip(ids, r):
-        if not math.isfinite(v):
-            raise RewardError(f"the reward for candidate {i} is {v}, not a finite number")
-    return r
+    """Rewards as floats, with a clear error naming the first candidate whose reward is not a
+    finite number."""
+    if isinstance(values, np.ndarray):
+        values = values.reshape(-1)
+    try:
+        values = list(values)
+    except TypeError:
+        raise RewardError(f"the reward must give one number per candidate, got {values!r:.60}") from None
+    if len(values) != len(ids):
+        raise RewardError(f"the reward returned {len(values)} values for {len(ids)} candidates")
+    out = np.empty(len(values))
+    for k, (i, v) in enumerate(zip(ids, values)):
+        try:
+            out[k] = float(v)
+        except (TypeError, ValueError):
+            raise RewardError(f"the reward for candidate {i} is {v!r:.60}, not a number") from None
+        if not math.isfinite(out[k]):
+            raise RewardError(f"the reward for candidate {i} is {out[k]}, not a finite number")
+    return out
 
 
 class CallableScorer:
