@@ -110,6 +110,36 @@ def run(prompt, generator, reward, n_gpu_layers, threads, flash_attn, no_chat_te
         click.echo(result.text)
 
 
+from .bench import bench_command  # noqa: E402
+cli.add_command(bench_command)
+
+
+# --- convert-reward ---
+@cli.command("convert-reward")
+@click.argument("src")
+@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the GGUF file.")
+@click.option("-t", "--type", "out_type", type=click.Choice(["f16", "q8_0", "f32"]), default="f16",
+              show_default=True, help="Storage type of the weight matrices (norms and the head stay f32).")
+@friendly_errors()
+def convert_reward(src, out, out_type):
+    """Convert a Hugging Face sequence-classification reward model (SRC: a checkpoint folder or
+    hf:owner/repo) into one GGUF file holding the backbone, tokenizer, chat template and score head.
+
+    \b
+      specrej-local convert-reward hf:Skywork/Skywork-Reward-V2-Qwen3-0.6B -o skywork.gguf
+      specrej-local convert-reward ./my-rm -o my-rm.gguf --type q8_0
+      specrej-local --reward my-rm.gguf "Name three prime numbers."
+    """
+    from . import convert  # pulls in gguf: only when converting
+
+    click.echo(convert.convert_source(src, out, out_type))
+
+
+from .batch import batch_command  # noqa: E402
+cli.add_command(batch_command)
+
+
 def main():
     try:
         cli()

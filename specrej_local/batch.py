@@ -1,0 +1,389 @@
+"""`specrej-local batch`: answer a file of prompts with the models loaded once.
+
+IN, by its file name:
+
+    *.jsonl  one JSON object a line: {"id", "prompt", optional "system", "n", "alpha",
+             "max_tokens", "seed"}; "id" defaults to the line number, and "instruction" (plus a
+             non-empty "input" after a blank line) stands in for a missing "prompt"
+    *.json   a JSON list of such objects (or of plain strings), e.g. an AlpacaFarm prompt set;
+             "id" defaults to the item's position, counted from 1
+    other    plain text, one prompt a line, id = line number; blank lines are skipped
+
+OUT is JSON Lines, one line per prompt, written, flushed and fsync'ed the moment it finishes:
+
+    {"id", "text", "reward", ...}   the fields of `run --json`, plus the id
+    {"id", "line", "error"}         a bad input line or a failing prompt ("id" null when the line
+                                    is not JSON; "line" is the line, or the item of a JSON list)
+
+Resume: run the same command again. Ids with an answer in OUT are skipped; everything else runs,
+errors included: their old error lines are removed first, so an id never gets a second answer
+line. A last line without its newline (a run killed mid-write) is dropped and redone the same
+way. Ctrl-C abandons the prompt in progress and exits 130 with everything finished on disk.
+OUT.lock, next to OUT, holds an advisory lock: a second batch on the same OUT refuses to start.
+"""
+import codecs
+import contextlib
+import json
+import os
+import signal
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional
+
+import click
+
+from .cli_common import decoding_options, friendly_errors, load, model_options, result_record
+from .decoder import Interrupted
+from .errors import SpecRejError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, so nothing stops two runs on one OUT
+    fcntl = None
+
+# Per-prompt settings an input object may give, overriding the command's options.
+OVERRIDES = {"n": int, "alpha": float, "max_tokens": int, "seed": int, "system": str}
+
+
+class BatchFileError(SpecRejError):
+    """IN cannot be read, or OUT cannot be written, is damaged or is in use by another batch."""
+
+
+@dataclass
+class Item:
+    """One prompt of IN, or (with `error`) an entry that could not be read as one."""
+    line: int                 # line number in IN, or position in a JSON list (from 1)
+    where: str                # "line 3" / "item 3", for messages
+    id: object = None         # str or int; None when unknown (a line that is not JSON)
+    prompt: str = ""
+    settings: dict = field(default_factory=dict)
+    error: Optional[str] = None
+
+
+# --- reading IN ----------------------------------------------------------------------------
+def read_items(path) -> list:
+    """Every entry of IN, in order. Raises BatchFileError when the file as a whole is unusable;
+    a bad line only becomes an Item with an `error`."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise BatchFileError(f"cannot read {path}: {e.strerror or e}") from None
+    suffix = path.suffix.lower()
+    items = _json_list(path, data) if suffix == ".json" else list(_lines(data, jsonl=suffix == ".jsonl"))
+    first = {}
+    for it in items:
+        if it.error is None and it.id in first:
+            it.error = f"{it.where}: duplicate id {it.id!r} (first at {first[it.id]})"
+        elif it.error is None:
+            first[it.id] = it.where
+    return items
+
+
+def _lines(data: bytes, jsonl: bool) -> Iterator[Item]:
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    for number, raw in enumerate(data.splitlines(), 1):
+        where = f"line {number}"
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            yield Item(number, where, None if jsonl else number,
+                       error=f"{where} is not UTF-8 text (byte {e.start + 1} of the line)")
+            continue
+        if not text.strip():
+            continue
+        if not jsonl:
+            yield Item(number, where, number, prompt=text)
+            continue
+        try:
+            obj = json.loads(text)
+        except ValueError as e:
+            msg = f"{e.msg} at column {e.colno}" if isinstance(e, json.JSONDecodeError) else str(e)
+            yield Item(number, where, error=f"{where}: invalid JSON ({msg})")
+            continue
+        yield _from_object(obj, number, where)
+
+
+def _json_list(path: Path, data: bytes) -> list:
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise BatchFileError(f"{path} is not UTF-8 text (line {line})") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise BatchFileError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    if not isinstance(doc, list):
+        raise BatchFileError(f"{path} must hold a JSON list of prompts, not a JSON {type(doc).__name__}")
+    return [Item(i, f"item {i}", i, prompt=obj) if isinstance(obj, str) else _from_object(obj, i, f"item {i}")
+            for i, obj in enumerate(doc, 1)]
+
+
+def _from_object(obj, number: int, where: str) -> Item:
+    def bad(problem, id=None):
+        return Item(number, where, id, error=f"{where}: {problem}")
+
+    if not isinstance(obj, dict):
+        return bad(f"expected a JSON object with a \"prompt\", got {json.dumps(obj)[:40]}")
+    id = obj.get("id", number)
+    if isinstance(id, bool) or not isinstance(id, (int, str)):
+        return bad(f"\"id\" must be a string or an integer, got {json.dumps(id)[:40]}")
+    prompt = obj.get("prompt")
+    if prompt is None and "instruction" in obj:  # Alpaca layout: instruction, optional input
+        prompt, extra = obj["instruction"], obj.get("input") or ""
+        if not isinstance(prompt, str) or not isinstance(extra, str):
+            return bad("\"instruction\" and \"input\" must be strings", id)
+        prompt = f"{prompt}\n\n{extra}" if extra.strip() else prompt
+    if prompt is None:
+        return bad("no \"prompt\" (or \"instruction\")", id)
+    if not isinstance(prompt, str):
+        return bad(f"\"prompt\" must be a string, got {json.dumps(prompt)[:40]}", id)
+    settings = {}
+    for key, kind in OVERRIDES.items():
+        value = obj.get(key)
+        if value is None:  # absent or null: the command's option
+            continue
+        if kind is str:
+            ok = isinstance(value, str)
+        else:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            ok = ok and (kind is float or float(value).is_integer())
+        if not ok:
+            noun = {int: "an integer", float: "a number", str: "a string"}[kind]
+            return bad(f"\"{key}\" must be {noun}, got {json.dumps(value)[:40]}", id)
+        settings[key] = value if kind is str else kind(value)
+    return Item(number, where, id, prompt=prompt, settings=settings)
+
+
+# --- writing OUT ---------------------------------------------------------------------------
+class ResultsFile:
+    """OUT opened for appending, under an advisory lock; `done` holds the ids answered already,
+    `answered` and `failed` count the lines this run has written."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self._fd = None
+        self.answered = self.failed = 0
+        try:
+            self._lock()
+            self.done = self._recover()
+            created = not self.path.exists()
+            self.f = open(self.path, "ab")
+            if created:
+                _fsync_dir(self.path.parent)
+        except OSError as e:
+            self._unlock()
+            raise BatchFileError(f"cannot write {self.path}: {e.strerror or e}") from None
+        except BaseException:
+            self._unlock()
+            raise
+
+    def _lock(self):
+        if fcntl is None:
+            return
+        while True:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid = os.read(fd, 32).decode("ascii", "replace").strip()
+                os.close(fd)
+                who = f"another batch (pid {pid})" if pid.isdigit() else "another batch"
+                raise BatchFileError(f"{who} is writing {self.path}; wait for it to end or choose "
+                                     f"another -o (lock file {self.lock_path})") from None
+            # The last holder may have deleted the lock file between our open and our lock: then
+            # we hold a lock nobody else can see, so start again on the file now at that path.
+            try:
+                st = os.stat(self.lock_path)
+                mine = os.fstat(fd)
+                if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def _unlock(self):
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.lock_path)  # while still locked, so nobody can have locked it meanwhile
+            os.close(self._fd)
+            self._fd = None
+
+    def _recover(self) -> set:
+        """Ids answered in OUT. Error lines and a last line cut off mid-write are removed (those
+        prompts run again); any other unreadable line stops the run rather than lose data."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return set()
+        lines = data.split(b"\n")
+        tail = lines.pop()  # b"" unless the last line has no newline: a write cut off by a kill
+        keep, done, drop = [], set(), bool(tail)
+        for number, raw in enumerate(lines, 1):
+            if not raw.strip():
+                drop = True
+                continue
+            try:
+                rec = json.loads(raw)
+            except ValueError:
+                rec = None
+            if not isinstance(rec, dict) or isinstance(rec.get("id"), (bool, list, dict, float)):
+                raise BatchFileError(f"{self.path} line {number} is not a batch result line; "
+                                     "remove that line (or choose another -o) and run again")
+            if "error" in rec:
+                drop = True
+                continue
+            done.add(rec["id"])
+            keep.append(raw)
+        if drop:
+            self._rewrite(keep)
+        return done
+
+    def _rewrite(self, lines):
+        """Replace OUT by `lines` atomically: a kill at any moment leaves the old or the new file."""
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(b"".join(line + b"\n" for line in lines))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        _fsync_dir(self.path.parent)
+
+    def append(self, record: dict):
+        """Write one result line and make sure it is on disk before going on."""
+        data = (json.dumps(record) + "\n").encode()
+        try:
+            with _sigint_deferred():  # the line and its count, or neither
+                self.f.write(data)
+                self.f.flush()
+                os.fsync(self.f.fileno())
+                if "error" in record:
+                    self.failed += 1
+                else:
+                    self.answered += 1
+        except OSError as e:
+            raise BatchFileError(f"cannot write {self.path}: {e.strerror or e}") from None
+
+    def close(self):
+        if getattr(self, "f", None) is not None:
+            self.f.close()
+            self.f = None
+        self._unlock()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _fsync_dir(path: Path):
+    """Make a file's creation or rename durable (a no-op where directories cannot be opened)."""
+    with contextlib.suppress(OSError, AttributeError):
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def _sigint_deferred():
+    """Hold Ctrl-C back while a result line is written, so OUT never ends in half a line."""
+    if threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    caught = []
+    signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if caught:
+        raise KeyboardInterrupt
+
+
+# --- the loop ------------------------------------------------------------------------------
+def pending(items, out: ResultsFile) -> list:
+    """The items still to do: everything whose id has no answer in OUT."""
+    return [it for it in items if it.id is None or it.id not in out.done]
+
+
+def answer_all(s, items, out: ResultsFile, options: dict, generator: str, reward) -> Iterator[dict]:
+    """Answer each item with the loaded SpecRej `s`, append its line to OUT as soon as it is
+    ready, and yield it. Ctrl-C (Interrupted / KeyboardInterrupt) abandons the current prompt."""
+    for it in items:
+        if it.error:
+            rec = dict(id=it.id, line=it.line, error=it.error)
+        else:
+            opts = {**options, **it.settings}
+            try:
+                result = s.generate(it.prompt, **opts)
+            except Interrupted:
+                raise
+            except SpecRejError as e:
+                rec = dict(id=it.id, line=it.line, error=f"{it.where}: {' '.join(str(e).split())}")
+            else:
+                rec = dict(id=it.id, **result_record(result, generator, reward, opts["seed"]))
+        out.append(rec)
+        yield rec
+
+
+# --- the command ---------------------------------------------------------------------------
+@click.command("batch")
+@click.argument("source", metavar="IN", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-o", "--output", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Results, one JSON line per prompt; an existing file is resumed.")
+@model_options
+@decoding_options
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary on stderr.")
+def batch_command(source, out_path, generator, reward, n_gpu_layers, threads, flash_attn, no_chat_template,
+                  quiet, **decoding):
+    """Answer every prompt in IN (.jsonl, .json list, or text: one a line), one JSON line each in OUT.
+
+    Models load once. Each line is on disk as soon as its prompt is done; run the same command
+    again to resume (answered ids are skipped, failed ones retried). Exit status: 0 all
+    answered, 1 some prompts failed (see their "error" lines), 2 could not start, 130 Ctrl-C.
+
+    \b
+    Examples:
+      specrej-local batch prompts.jsonl -o answers.jsonl
+      specrej-local batch questions.txt -o answers.jsonl -n 8 --max-tokens 128
+      specrej-local batch alpaca_farm_100.json -o af.jsonl -g qwen2.5-1.5b -q
+    """
+    from tqdm import tqdm
+
+    interrupted = False
+    with friendly_errors():
+        if out_path.exists() and out_path.resolve() == source.resolve():
+            raise BatchFileError(f"the output file {out_path} is the input file; choose another -o")
+        items = read_items(source)
+        with ResultsFile(out_path) as out:
+            todo = pending(items, out)
+            skipped = len(items) - len(todo)
+            if todo:
+                with load(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_template) as s, \
+                        tqdm(total=len(items), initial=skipped, unit="prompt", file=sys.stderr,
+                             disable=quiet or not sys.stderr.isatty()) as bar:
+                    try:
+                        for _ in answer_all(s, todo, out, decoding, generator, reward):
+                            bar.update()
+                    except (Interrupted, KeyboardInterrupt):
+                        interrupted = True
+    done = f"{out.answered} answered, {out.failed} failed, {skipped} already in {out_path}"
+    if interrupted:
+        click.echo(f"Interrupted: {done}; run the same command again to resume.", err=True)
+        sys.exit(130)
+    if not quiet:
+        click.echo(f"Done: {done}.", err=True)
+    if out.failed:
+        sys.exit(1)

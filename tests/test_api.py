@@ -1,0 +1,225 @@
+"""The Python API: `generate()` for one prompt, `SpecRej` to keep the models loaded, Python
+callables as rewards, and a typed exception for everything that can go wrong."""
+import importlib.util
+import math
+import resource
+
+import pytest
+
+import specrej_local
+from specrej_local import (
+    BadInput, ContextTooSmall, Interrupted, ModelFileError, PromptTooLong, ResourceError, RewardError,
+    SpecRej, SpecRejError, TemplateError, UnknownModelError, batched_reward, generate,
+)
+from specrej_local.chat import ChatFormat
+
+TINY = dict(n=2, max_tokens=4)
+has_reward_models = importlib.util.find_spec("specrej_local.reward_model") is not None
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    """llama.cpp on one thread: the test machine's cores are shared, and busy cores make
+    llama.cpp's spinning threads very slow. (generate() has no thread setting of its own.)"""
+    monkeypatch.setattr("specrej_local.llama.default_threads", lambda: 1)
+
+
+@pytest.fixture(scope="module")
+def spec(default_model):
+    """One SpecRej, loaded once and shared by the tests of this module."""
+    with SpecRej(str(default_model), n_threads=1) as s:
+        yield s
+
+
+def test_generate_answers_one_prompt(default_model):
+    result = generate("What is 2+2?", generator=str(default_model), **TINY)
+    assert isinstance(result, specrej_local.Result)
+    assert result.text and result.finish_reason in ("stop", "length")
+    assert len(result.candidates) == 2 and result.stats["n"] == 2
+    assert result.reward == max(c.reward for c in result.candidates if c.rejected_at is None)
+
+
+def test_a_specrej_answers_many_prompts_as_if_each_were_the_first(spec, default_model):
+    first = spec.generate("What is 2+2?", **TINY)
+    second = spec.generate("Name a color.", **TINY)
+    with SpecRej(str(default_model), n_threads=1) as fresh:
+        alone = fresh.generate("Name a color.", **TINY)
+    assert second.text == alone.text and second.reward == pytest.approx(alone.reward)
+    assert [c.text for c in second.candidates] == [c.text for c in alone.candidates]
+    assert first.stats["prompt_tokens"] != second.stats["prompt_tokens"]
+
+
+def test_stats_of_a_reused_specrej_count_only_that_prompt(spec):
+    first = spec.generate("What is 2+2?", n=1, max_tokens=1)
+    again = spec.generate("What is 2+2?", n=1, max_tokens=1)
+    assert again.stats["reward_tokens"] == first.stats["reward_tokens"]
+
+
+# --- Python rewards ----------------------------------------------------------------------------
+def test_a_python_callable_is_a_reward(default_model):
+    seen = []
+
+    def longest(prompt, response):
+        seen.append((prompt, response))
+        return float(len(response))
+
+    with SpecRej(str(default_model), reward=longest, n_threads=1) as s:
+        result = s.generate("Name a color.", n=3, max_tokens=6)
+    assert result.reward == len(result.text)
+    assert result.text == max((c.text for c in result.candidates if c.rejected_at is None), key=len)
+    assert {p for p, _ in seen} == {"Name a color."}
+    assert result.stats["reward_tokens"] == 0  # no model was asked
+
+
+def test_batched_reward_scores_a_list_of_answers_at_once(default_model):
+    calls = []
+
+    @batched_reward
+    def shortest(prompt, responses):
+        calls.append(list(responses))
+        return [-len(r) for r in responses]
+
+    with SpecRej(str(default_model), reward=shortest, n_threads=1) as s:
+        result = s.generate("Name a color.", n=3, max_tokens=6)
+    assert all(isinstance(c, list) for c in calls)
+    assert result.reward == -len(result.text)
+
+
+@pytest.mark.parametrize("reward, message", [
+    (lambda p, r: 1 / 0, "the reward function raised on candidate 0: ZeroDivisionError: division by zero"),
+    (lambda p, r: math.nan, "the reward for candidate 0 is nan, not a finite number"),
+    (lambda p, r: "high", "the reward for candidate 0 is 'high', not a number"),
+    (batched_reward(lambda p, rs: [1.0]), "the reward returned 1 values for 2 candidates"),
+    (batched_reward(lambda p, rs: [1.0, math.inf]), "the reward for candidate 1 is inf, not a finite number"),
+])
+def test_a_reward_that_raises_or_returns_nan_is_a_reward_error_naming_the_candidate(default_model, reward, message):
+    with SpecRej(str(default_model), reward=reward, n_threads=1) as s:
+        with pytest.raises(RewardError) as e:
+            s.generate("Name a color.", n=2, max_tokens=2, temperature=0)
+    assert message in str(e.value)
+
+
+# --- Ctrl-C ------------------------------------------------------------------------------------
+def interrupt_on_call(k):
+    """A reward that acts as if Ctrl-C were pressed during its k-th call (and only then)."""
+    calls = []
+
+    def reward(prompt, response):
+        calls.append(response)
+        if len(calls) == k:
+            raise KeyboardInterrupt
+        return 1.0
+
+    return reward
+
+
+def test_ctrl_c_raises_interrupted_holding_the_best_answer_finished_so_far(default_model):
+    # The first answer to finish is scored (call 1); Ctrl-C comes while the second is scored.
+    with SpecRej(str(default_model), reward=interrupt_on_call(2), n_threads=1) as s:
+        with pytest.raises(Interrupted) as e:
+            s.generate("What is the capital of France?", n=4, max_tokens=24)
+        partial = e.value.partial
+        scored = [c for c in partial.candidates if c.reward is not None]
+        assert len(scored) == 1 and scored[0].finish_reason in ("stop", "length")
+        assert (partial.text, partial.reward) == (scored[0].text, 1.0)
+        assert {c.finish_reason for c in partial.candidates} <= {"stop", "length", "interrupted"}
+        # and the SpecRej is still good for the next prompt (the reward interrupts only once)
+        assert s.generate("Name a color.", **TINY).text
+
+
+def test_ctrl_c_before_any_answer_finished_gives_an_empty_partial_result(default_model):
+    with SpecRej(str(default_model), reward=interrupt_on_call(1), n_threads=1) as s:
+        with pytest.raises(Interrupted) as e:
+            s.generate("What is the capital of France?", n=2, max_tokens=4)
+    assert (e.value.partial.text, e.value.partial.reward, e.value.partial.finish_reason) == ("", None, "interrupted")
+
+
+# --- typed errors ------------------------------------------------------------------------------
+@pytest.mark.parametrize("settings, error, message", [
+    (dict(n=0), BadInput, "n must be between 1 and 256, got 0"),
+    (dict(n=257), BadInput, "n must be between 1 and 256, got 257"),
+    (dict(alpha=1.0), BadInput, "alpha must be in [0, 1), got 1.0"),
+    (dict(alpha=-0.5), BadInput, "alpha must be in [0, 1), got -0.5"),
+    (dict(temperature=-0.1), BadInput, "temperature must be >= 0, got -0.1"),
+    (dict(top_p=0.0), BadInput, "top-p must be in (0, 1], got 0.0"),
+    (dict(top_p=1.01), BadInput, "top-p must be in (0, 1], got 1.01"),
+    (dict(max_tokens=0), BadInput, "max-tokens must be at least 1, got 0"),
+    (dict(method="beam"), BadInput, "method must be one of specrej, bon, got 'beam'"),
+    (dict(n=4, kv_budget=20), ContextTooSmall, "--kv-budget 20 cannot hold the prompt (37 tokens)"),
+])
+def test_settings_out_of_range_raise_typed_errors(spec, settings, error, message):
+    with pytest.raises(error) as e:
+        spec.generate("What is 2+2?", **settings)
+    assert message in str(e.value)
+    assert isinstance(e.value, SpecRejError) and isinstance(e.value, ValueError)
+
+
+@pytest.mark.parametrize("prompt, error, message", [
+    ("", BadInput, "the prompt is empty"),
+    (" \n\t", BadInput, "the prompt is empty"),
+    ("hello " * 9000, PromptTooLong, "the prompt is 9031 tokens long; this model's context holds 8192"),
+])
+def test_bad_prompts_raise_typed_errors(spec, prompt, error, message):
+    with pytest.raises(error, match=message):
+        spec.generate(prompt, **TINY)
+
+
+def test_bad_model_files_raise_model_file_errors(tmp_path, tiny_gguf):
+    with pytest.raises(UnknownModelError, match="unknown model 'no-such-model'"):
+        SpecRej("no-such-model")
+    with pytest.raises(ModelFileError, match="does not exist"):
+        SpecRej(str(tmp_path / "missing.gguf"))
+    (tmp_path / "notes.gguf").write_text("hello")
+    with pytest.raises(ModelFileError, match="is not a GGUF file"):
+        SpecRej(str(tmp_path / "notes.gguf"))
+    (tmp_path / "cut.gguf").write_bytes(tiny_gguf.read_bytes()[:-1])
+    with pytest.raises(ModelFileError, match="is truncated"):
+        SpecRej(str(tmp_path / "cut.gguf"))
+    with pytest.raises(ModelFileError, match="llama.cpp could not load"):
+        SpecRej(str(tiny_gguf))
+
+
+def test_a_reward_that_is_neither_a_name_nor_a_callable(default_model):
+    with pytest.raises(BadInput, match="reward must be a model name, 'self', 'judge' or a callable, got 3"):
+        SpecRej(str(default_model), reward=3)
+
+
+@pytest.mark.skipif(not has_reward_models, reason="specrej_local.reward_model is not written yet")
+def test_a_generator_is_not_a_reward_model(default_model):
+    with pytest.raises(RewardError, match="has no score head"):
+        SpecRej(str(default_model), reward=str(default_model))
+
+
+def test_a_chat_template_that_raises_is_a_template_error():
+    chat = ChatFormat("{% if messages[0]['role'] == 'system' %}"
+                      "{{ raise_exception('System role not supported') }}{% endif %}{{ messages[0]['content'] }}")
+    assert chat.prompt("hi") == "hi"
+    with pytest.raises(TemplateError, match="the chat template failed to render: System role not supported"):
+        chat.prompt("hi", system="Be brief.")
+    with pytest.raises(TemplateError, match="the chat template does not parse"):
+        ChatFormat("{% for %}")
+
+
+def test_a_context_that_cannot_be_allocated_is_a_resource_error(spec):
+    # A temporary address-space limit makes the allocation fail at once (see test_cli for why
+    # the unlimited case is never run).
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    with open("/proc/self/statm") as f:
+        size = int(f.read().split()[0]) * resource.getpagesize()
+    resource.setrlimit(resource.RLIMIT_AS, (size + (1 << 30), hard))
+    try:
+        # 500k cells (~11 GB for this model): under the free memory of a 24 GB machine, over the limit
+        with pytest.raises(ResourceError, match="--kv-budget"):
+            spec.generate("hi", n=64, max_tokens=8000, kv_budget=500_000)
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    assert spec.generate("What is 2+2?", **TINY).text  # and the SpecRej still works
+
+
+def test_a_kv_cache_larger_than_free_memory_is_refused_before_allocating(spec):
+    # Best-of-N with 256 answers of 8000 tokens needs ~47 GB of KV for this model.
+    from specrej_local.llama import free_memory_bytes
+    if (free_memory_bytes() or 0) > 50 * 2**30:
+        pytest.skip("this machine could really allocate it")
+    with pytest.raises(ResourceError, match=r"a KV cache of 204\d{4} cells needs 4\d\.\d GiB, .* free: lower --kv-budget or -n"):
+        spec.generate("hi", n=256, max_tokens=8000, method="bon")

@@ -1,0 +1,239 @@
+"""The `specrej-local` command (its default `run` command): the answer on stdout, `--json`,
+stdin, exit codes, and one-line errors for everything a user can get wrong.
+
+Each behaviour is shown through click's CliRunner; the ones that depend on a real process
+(signals, the console script, a memory limit) run `specrej-local` as a subprocess.
+"""
+import importlib.util
+import json
+import os
+import pty
+import re
+import resource
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from specrej_local.cli import cli
+
+SCRIPT = str(Path(sys.executable).with_name("specrej-local"))
+# Small runs, on one thread: the test machine's cores are shared, and llama.cpp's threads spin.
+FAST = ["-n", "2", "--max-tokens", "4", "-t", "1"]
+RESULT_KEYS = ["text", "reward", "finish_reason", "method", "generator", "reward_model", "seed",
+               "candidates", "stats"]
+STATS_KEYS = ["n", "alpha", "method", "rounds", "prompt_tokens", "generated_tokens", "reward_tokens",
+              "peak_kv_cells", "kv_budget", "wall_s", "decode_s", "sample_s", "reward_s"]
+CANDIDATE_KEYS = ["id", "text", "reward", "tokens", "finish_reason", "rejected_at"]
+has_reward_models = importlib.util.find_spec("specrej_local.reward_model") is not None
+
+
+@pytest.fixture
+def model(default_model) -> str:
+    return str(default_model)
+
+
+def specrej(*args, input=None):
+    """`specrej-local ARGS` in-process."""
+    return CliRunner().invoke(cli, [str(a) for a in args], input=input)
+
+
+def specrej_process(*args, input=None, **kwargs):
+    """`specrej-local ARGS` as a real process."""
+    return subprocess.run([SCRIPT, *map(str, args)], input=input, capture_output=True, text=True, **kwargs)
+
+
+def assert_one_line_error(result, message):
+    """Exit 2 and exactly `Error: <message>` on stderr: one line, no traceback, nothing on stdout."""
+    stderr = result.stderr
+    code = result.exit_code if hasattr(result, "exit_code") else result.returncode
+    assert (code, stderr) == (2, f"Error: {message}\n")
+    assert result.stdout == ""
+
+
+# --- the answer ------------------------------------------------------------------------------
+def test_the_answer_is_printed_on_stdout_and_matches_json_text(model):
+    plain = specrej("-g", model, *FAST, "-q", "What is 2+2?")
+    assert plain.exit_code == 0, plain.output
+    as_json = specrej("-g", model, *FAST, "-q", "--json", "What is 2+2?")
+    record = json.loads(as_json.stdout)
+    assert plain.stdout == record["text"] + "\n"
+    assert plain.stderr == ""  # -q, and progress is only ever shown on a terminal
+
+
+def test_json_is_one_object_with_the_answer_first_then_how_it_was_obtained(model):
+    result = specrej("-g", model, *FAST, "--json", "What is 2+2?")
+    record = json.loads(result.stdout)
+    assert list(record) == RESULT_KEYS
+    assert list(record["stats"]) == STATS_KEYS
+    assert [list(c) for c in record["candidates"]] == [CANDIDATE_KEYS] * 2
+    assert record["method"] == record["stats"]["method"] == "specrej"
+    assert (record["generator"], record["reward_model"], record["seed"]) == (model, "self", 0)
+    assert (record["stats"]["n"], record["stats"]["alpha"]) == (2, 0.5)
+    assert record["finish_reason"] in ("stop", "length")
+    best = max((c for c in record["candidates"] if c["rejected_at"] is None), key=lambda c: c["reward"])
+    assert (record["text"], record["reward"]) == (best["text"], best["reward"])
+    assert record["stats"]["generated_tokens"] == sum(c["tokens"] for c in record["candidates"])
+
+
+@pytest.mark.parametrize("args", [["-"], []], ids=["dash", "absent"])
+def test_the_prompt_is_read_from_stdin_when_it_is_dash_or_absent(model, args):
+    result = specrej("-g", model, *FAST, "--json", *args, input="What is 2+2?")
+    with_argument = specrej("-g", model, *FAST, "--json", "What is 2+2?")
+    assert json.loads(result.stdout)["text"] == json.loads(with_argument.stdout)["text"]
+
+
+def test_the_real_command_answers_an_argument_and_stdin(model):
+    argument = specrej_process("-g", model, *FAST, "--json", "What is 2+2?")
+    assert argument.returncode == 0, argument.stderr
+    stdin = specrej_process("-g", model, *FAST, input="What is 2+2?")
+    assert (stdin.returncode, stdin.stderr) == (0, "")
+    assert stdin.stdout == json.loads(argument.stdout)["text"] + "\n"
+
+
+# --- bad input: one line on stderr, exit 2 ---------------------------------------------------
+@pytest.mark.parametrize("args, message", [
+    (["-n", "0"], "n must be between 1 and 256, got 0"),
+    (["-n", "257"], "n must be between 1 and 256, got 257"),
+    (["--alpha", "1"], "alpha must be in [0, 1), got 1.0"),
+    (["--alpha", "-0.1"], "alpha must be in [0, 1), got -0.1"),
+    (["--temperature", "-1"], "temperature must be >= 0, got -1.0"),
+    (["--top-p", "0"], "top-p must be in (0, 1], got 0.0"),
+    (["--top-p", "1.5"], "top-p must be in (0, 1], got 1.5"),
+    (["--max-tokens", "0"], "max-tokens must be at least 1, got 0"),
+    (["-n", "4", "--kv-budget", "20"],
+     "--kv-budget 20 cannot hold the prompt (37 tokens) plus one token for each of 4 sequences: use at least 41"),
+    (["-m", "bon", "-n", "4", "--max-tokens", "8", "--kv-budget", "60"],
+     "Best-of-N (alpha 0) never frees memory: --kv-budget must be at least 69 (prompt 37 + 4 x 8 tokens), got 60"),
+])
+def test_settings_out_of_range(model, args, message):
+    assert_one_line_error(specrej("-g", model, "-t", "1", *args, "What is 2+2?"), message)
+
+
+@pytest.mark.parametrize("prompt", ["", "   \n"], ids=["empty", "blank"])
+def test_an_empty_prompt(model, prompt):
+    assert_one_line_error(specrej("-g", model, "-t", "1", input=prompt), "the prompt is empty")
+
+
+def test_a_prompt_longer_than_the_context_says_how_long_and_the_limit(model):
+    result = specrej("-g", model, "-t", "1", input="hello " * 9000)
+    assert_one_line_error(result, "the prompt is 9031 tokens long; this model's context holds 8192")
+
+
+def test_stdin_that_is_not_utf8(model):
+    result = specrej("-g", model, input=b"caf\xe9 au lait")
+    assert_one_line_error(result, "the prompt on stdin is not UTF-8 text (byte 3)")
+
+
+def test_an_unknown_model_alias_lists_the_known_ones():
+    result = specrej("-g", "no-such-model", "hi")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Error: unknown model 'no-such-model'; known aliases: ")
+    assert "smollm2-135m" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_model_files_that_are_missing_not_gguf_truncated_or_unloadable(tmp_path, tiny_gguf):
+    missing = tmp_path / "missing.gguf"
+    assert_one_line_error(specrej("-g", missing, "hi"), f"model file {missing} does not exist")
+
+    text = tmp_path / "notes.gguf"
+    text.write_text("hello")
+    assert_one_line_error(specrej("-g", text, "hi"), f"{text} is not a GGUF file (it starts with b'hell', not b'GGUF')")
+
+    cut = tmp_path / "cut.gguf"
+    data = tiny_gguf.read_bytes()
+    cut.write_bytes(data[:-100])
+    assert_one_line_error(specrej("-g", cut, "hi"), f"{cut} is truncated: its tensors need {len(data)} bytes but "
+                                                    f"it has {len(data) - 100}; delete it and download it again")
+
+    # a complete GGUF file that is not a model llama.cpp can run: an error, never an abort
+    assert_one_line_error(specrej("-g", tiny_gguf, "hi"),
+                          f"llama.cpp could not load {tiny_gguf} (corrupt file or unsupported architecture)")
+
+
+@pytest.mark.skipif(not has_reward_models, reason="specrej_local.reward_model is not written yet")
+def test_a_generator_given_as_the_reward_model_has_no_score_head(model):
+    result = specrej("-g", model, "-r", model, *FAST, "hi")
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"Error: {model} has no score head")
+
+
+@pytest.fixture(scope="module")
+def refusing_template_model(tmp_path_factory, default_model) -> Path:
+    """A copy of the default model whose chat template calls raise_exception (as real templates
+    do for conversations they refuse). Same length as the original, so the GGUF stays valid."""
+    data = bytearray(default_model.read_bytes())
+    key = b"tokenizer.chat_template"
+    at = data.index(key) + len(key) + 4  # skip the value type
+    length = int.from_bytes(data[at:at + 8], "little")
+    template = b"{{ raise_exception('This model only answers in Klingon.') }}"
+    data[at + 8:at + 8 + length] = template.ljust(length)
+    path = tmp_path_factory.mktemp("models") / "refusing-template.gguf"
+    path.write_bytes(data)
+    return path
+
+
+def test_a_chat_template_that_raises_is_a_one_line_error(refusing_template_model):
+    result = specrej("-g", refusing_template_model, *FAST, "hi")
+    assert_one_line_error(result, "the chat template failed to render: This model only answers in Klingon.")
+    # without the template, the same model works
+    assert specrej("-g", refusing_template_model, *FAST, "--no-chat-template", "hi").exit_code == 0
+
+
+def test_errors_are_one_line_in_a_real_process_too(model, tmp_path):
+    for args, kwargs, message in [
+        (["-g", "no-such-model", "hi"], {}, "Error: unknown model 'no-such-model'"),
+        (["-g", model, "-t", "1", "-n", "0", "hi"], {}, "Error: n must be between 1 and 256, got 0"),
+        (["-g", model, "-"], dict(input=b"caf\xe9", text=False), "Error: the prompt on stdin is not UTF-8"),
+    ]:
+        p = subprocess.run([SCRIPT, *args], capture_output=True, **{"text": True, **kwargs})
+        stderr = p.stderr if isinstance(p.stderr, str) else p.stderr.decode()
+        assert p.returncode == 2 and stderr.startswith(message) and stderr.count("\n") == 1, stderr
+
+
+def test_a_context_that_cannot_be_allocated_names_the_settings_to_change(model):
+    # Under a 4 GiB address-space limit, a KV cache of 500k cells (~11 GB for this model) cannot
+    # be allocated: it must be reported, never abort. (Without a limit the same budget may be
+    # attempted for real, so this test never runs one.)
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+    p = specrej_process("-g", model, "-t", "1", "-n", "64", "--max-tokens", "8000", "--kv-budget", "500000", "hi",
+                        preexec_fn=limit)
+    assert (p.returncode, p.stdout) == (2, "")
+    assert p.stderr.startswith("Error: ") and p.stderr.count("\n") == 1 and "--kv-budget" in p.stderr
+
+
+# --- Ctrl-C ------------------------------------------------------------------------------------
+def test_ctrl_c_exits_130_and_json_shows_the_best_answer_finished_so_far(model):
+    # Seed 0 on this prompt: six of eight candidates answer within 35 tokens, two ramble on. With
+    # a budget of 120 cells beyond the 37-token prompt, the first cut comes when the two ramblers
+    # have 60 tokens each; a small alpha keeps the finished answers and drops one rambler, and the
+    # other still has 60 tokens to go. Progress, shown on a terminal, says when that cut is done.
+    master, terminal = pty.openpty()
+    proc = subprocess.Popen([SCRIPT, "-g", model, "-t", "1", "-n", "8", "--alpha", "0.1", "--max-tokens", "2000",
+                             "--kv-budget", "157", "--json", "What is the capital of France?"],
+                            stdout=subprocess.PIPE, stderr=terminal, text=True)
+    os.close(terminal)
+    progress = ""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not re.search(r"round \d+: [1-9]\d* live, [1-9]\d* finished", progress):
+        if select.select([master], [], [], 0.5)[0]:
+            try:
+                progress += os.read(master, 4096).decode()
+            except OSError:  # the process has ended
+                break
+    proc.send_signal(signal.SIGINT)
+    stdout, _ = proc.communicate(timeout=60)
+    os.close(master)
+    assert proc.returncode == 130, progress
+    record = json.loads(stdout)
+    finished = [c for c in record["candidates"] if c["finish_reason"] in ("stop", "length", "budget")]
+    best = max(finished, key=lambda c: c["reward"])
+    assert (record["text"], record["finish_reason"]) == (best["text"], best["finish_reason"])
+    assert record["text"] and "interrupted" in [c["finish_reason"] for c in record["candidates"]]
