@@ -168,7 +168,6 @@ class Context:
         self.n_ctx = lc.llama_n_ctx(self.ptr)
         self.n_batch = lc.llama_n_batch(self.ptr)
         self.embeddings = embeddings
-        self.width = model.n_embd if embeddings else model.n_vocab
         self.mem = lc.llama_get_memory(self.ptr)
         self._batch = lc.llama_batch_init(self.n_batch, 0, 1)
         b = self._batch
@@ -209,14 +208,29 @@ class Context:
                 raise SpecRejError(f"llama_decode failed with status {rc}")
             self.tokens_decoded += n
             k = int(outputs[a:z].sum())
-            if k and read:
-                ptr = lc.llama_get_embeddings(self.ptr) if self.embeddings else lc.llama_get_logits(self.ptr)
+            if k and read and self.embeddings:
+                # In embeddings mode llama.cpp outputs every token of a batch whatever the flags
+                # say, so the rows asked for are read by their index in the batch.
+                for i in np.flatnonzero(outputs[a:z]).tolist():
+                    ptr = lc.llama_get_embeddings_ith(self.ptr, i)
+                    rows.append(np.ctypeslib.as_array(ptr, shape=(1, self.width)).copy())
+            elif k and read:
+                ptr = lc.llama_get_logits(self.ptr)
                 rows.append(np.ctypeslib.as_array(ptr, shape=(k, self.width)).copy())
         if not read:
             return None
         if not rows:
             return np.zeros((0, self.width), dtype=np.float32)
         return rows[0] if len(rows) == 1 else np.concatenate(rows)
+
+    @property
+    def width(self) -> int:
+        return self.model.n_embd if self.embeddings else self.model.n_vocab
+
+    def set_embeddings(self, on: bool):
+        """Output hidden states (on) or logits (off) from the next decode call."""
+        lc.llama_set_embeddings(self.ptr, on)
+        self.embeddings = on
 
     def copy_seq(self, src: int, dst: int):
         """dst shares all of src's cells (no copy of the data in a unified cache)."""

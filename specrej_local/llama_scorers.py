@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 from .chat import ChatFormat
+from .errors import TemplateError
 from .llama import Context, Model
 from .scoring import checked
 
@@ -36,6 +37,15 @@ def _common_prefix(a: list, b: list) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
+
+
+def _add(rows, tokens, start: int, seq: int, output: bool):
+    """Append one sequence's tokens at positions start.. to (tokens, positions, seqs, outputs),
+    asking for an output at the last one when `output`."""
+    rows[0].extend(tokens)
+    rows[1].extend(range(start, start + len(tokens)))
+    rows[2].extend([seq] * len(tokens))
+    rows[3].extend([False] * (len(tokens) - 1) + [output] if tokens else [])
 
 
 def _first_tokens(model: Model, words) -> list:
@@ -66,8 +76,7 @@ class AnswerScorer:
         self.model, self.readout, self.follow_up, self.embeddings = model, readout, follow_up, embeddings
         self.chat = ChatFormat(model.meta("tokenizer.chat_template"), bos_token=model.special_text("bos"),
                                eos_token=model.special_text("eos"), raw=raw)
-        self.opts = dict(n_threads=n_threads, flash_attn=flash_attn, n_batch=n_batch, n_ubatch=SCORER_UBATCH,
-                         embeddings=embeddings)
+        self.opts = dict(n_threads=n_threads, flash_attn=flash_attn, n_batch=n_batch, n_ubatch=SCORER_UBATCH)
         self.ctx = None
         self.tokens_fed = 0    # every token decoded: prompt, answers and the read-out suffix
         self.suffix_fed = 0    # of which the suffix, appended and removed at each read
@@ -78,6 +87,9 @@ class AnswerScorer:
         add_bos = self.model.adds_bos and not (bos and before.startswith(bos))
         self.prefix = self.model.tokenize(before, add_special=add_bos, parse_special=True)
         self.suffix = self.model.tokenize(after, add_special=False, parse_special=True)
+        if not self.suffix:
+            raise TemplateError("the scorer's chat template puts nothing after an answer to read a score "
+                                "from; use its chat template (drop --no-chat-template)")
         self.fed = {}  # candidate id -> its answer tokens in the KV
         self.gone = set()  # candidates dropped: their sequences hold nothing
         self.n = n
@@ -122,14 +134,19 @@ class AnswerScorer:
         need = sum(len(t) - k for _, t, k in plans) + S * len(plans)
         if self._used() + need > self.ctx.n_ctx:
             self._allocate(2 * (self._used() + need))
-        rows = ([], [], [], [])
+        tails, probes = ([], [], [], []), ([], [], [], [])
         for i, toks, keep in plans:
-            feed = toks[keep:] + self.suffix
-            rows[0].extend(feed)
-            rows[1].extend(range(P + keep, P + keep + len(feed)))
-            rows[2].extend([i] * len(feed))
-            rows[3].extend([False] * (len(feed) - 1) + [True])
-        out = self._feed(*rows)
+            _add(tails, toks[keep:], P + keep, i, output=False)         # what is new since the last cut
+            _add(probes, self.suffix, P + len(toks), i, output=True)    # the end of turn, read at its end
+        if self.embeddings:
+            # Hidden states only where a score is read: in embeddings mode llama.cpp would
+            # compute an output for every token fed.
+            self._feed(*tails)
+            self.ctx.set_embeddings(True)
+            out = self._feed(*probes)
+            self.ctx.set_embeddings(False)
+        else:
+            out = self._feed(*(a + b for a, b in zip(tails, probes)))
         self.suffix_fed += S * len(plans)
         for i, toks, _ in plans:
             self.ctx.remove(i, P + len(toks), -1)  # take the suffix back out
@@ -184,11 +201,8 @@ class SelfJudge:
             rows = ([], [], [], [])
             for i in group:
                 s = e.sequences[i]
-                feed = s.tokens[s.cells:] + self.suffix  # the pending token, then the question
-                rows[0].extend(feed)
-                rows[1].extend(range(P + s.cells, P + s.cells + len(feed)))
-                rows[2].extend([i] * len(feed))
-                rows[3].extend([False] * (len(feed) - 1) + [True])
+                # the token sampled but not yet in the KV, then the question, read at its end
+                _add(rows, s.tokens[s.cells:] + self.suffix, P + s.cells, i, output=True)
             out.append(e.ctx.decode(*rows, chunk=SCORER_UBATCH))
             self.tokens_fed += len(rows[0])
             for i in group:
