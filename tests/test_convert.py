@@ -1,0 +1,514 @@
+"""convert-reward and GGUF reward models, on tiny random HF checkpoints written here (offline, fast).
+
+Each supported architecture gets a 2-layer checkpoint with a real byte-level BPE tokenizer trained
+on a few sentences (split by the regex of the llama.cpp pre-tokenizer the converter must choose).
+Scores read through llama.cpp (`load_reward_model`, the real AnswerScorer) are compared with an
+independent numpy forward pass written from the HF modelling code's definitions.
+"""
+import hashlib
+import json
+import shutil
+import struct
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from safetensors.numpy import save_file
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from specrej_local import convert as conv, registry
+from specrej_local.cli import cli
+from specrej_local.errors import BadInput, RewardError
+from specrej_local.llama import Context, Model
+from specrej_local.reward_model import load_reward_model, read_bias, read_head
+from test_registry import FakeHub, FakeHubHandler, add_user_models, assert_one_line_error, run_cli_process
+
+QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+              r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+LLAMA3_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+                   "{{ m['content'] }}<|eot_id|>{% endfor %}"
+                   "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog while the cat sleeps.",
+    "Paris is the capital of France; Berlin is the capital of Germany.",
+    "It's 12345 degrees, isn't it? We'll see: they've said 3.14 and 2.71.",
+    "Answer: the sum of 17 and 25 is 42, because 17 + 25 = 42.",
+    "Rewards are read from the final hidden state of the last token.",
+    "  Indented text,\n\nnew lines\tand tabs... café, naïve, 東京!",
+]
+# (prompt, four answers): long enough that incremental cuts fall inside words and numbers
+PROMPT = "What is the capital of France, and why?"
+ANSWERS = [
+    "Paris is the capital of France. It's the largest city, and the government sits there since 987; "
+    "the quick brown fox agrees that 12345 reasons say so. Berlin is the capital of Germany, which is "
+    "another country, and the lazy dog sleeps in neither of them while the cat jumps over the fox.",
+    "The capital of France is Berlin, isn't it? No: Berlin is the capital of Germany, and Paris of France, "
+    "we'll see 3.14 more reasons tomorrow. They've said the sum of 17 and 25 is 42, because 17 + 25 = 42, "
+    "and that the final hidden state of the last token is where rewards are read from.",
+    "Lyon. The lazy dog said so while the cat sleeps, 42 times in a row, and the sum of 17 and 25 agrees. "
+    "It's 12345 degrees in Lyon, isn't it? We'll see: the quick brown fox jumps over the lazy dog, and "
+    "the capital of France stays where it is, whatever the dog says.",
+    "I don't know.  Maybe Paris?\n\nIt's a hard question: rewards are read from the final hidden state. "
+    "Indented text,\n\nnew lines\tand tabs... caf\u00e9, na\u00efve, \u6771\u4eac! The capital of Germany is Berlin, "
+    "and the capital of France is Paris, they've said 2.71 times.",
+]
+
+# name -> what the tiny checkpoint looks like; hidden sizes are multiples of 32 so q8_0 applies
+ARCHS = {
+    "qwen2": dict(arch="Qwen2ForSequenceClassification", split=QWEN_SPLIT, template=CHATML, dtype="F32",
+                  specials=["<|endoftext|>", "<|im_start|>", "<|im_end|>"], bos=None, eos="<|im_end|>",
+                  config=dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                              num_key_value_heads=2, rope_theta=10000.0, rms_norm_eps=1e-6), extra_rows=3,
+                  qkv_bias=True, qk_norm=False, num_labels=1, score_bias=False),
+    "qwen3": dict(arch="Qwen3ForSequenceClassification", split=QWEN_SPLIT, template=CHATML, dtype="BF16",
+                  specials=["<|endoftext|>", "<|im_start|>", "<|im_end|>"], bos=None, eos="<|im_end|>",
+                  config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                              num_key_value_heads=2, head_dim=32, rope_theta=1000000.0, rms_norm_eps=1e-6),
+                  extra_rows=0, qkv_bias=False, qk_norm=True, num_labels=1, score_bias=False),
+    "llama": dict(arch="LlamaForSequenceClassification", split=LLAMA3_SPLIT, template=LLAMA3_TEMPLATE, dtype="F16",
+                  specials=["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                            "<|eot_id|>"], bos="<|begin_of_text|>", eos="<|eot_id|>",
+                  config=dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                              num_key_value_heads=1, rope_theta=10000.0, rms_norm_eps=1e-5,
+                              rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
+                                                high_freq_factor=4.0, original_max_position_embeddings=256)),
+                  extra_rows=0, qkv_bias=False, qk_norm=False, num_labels=2, score_bias=True),
+}
+# Tolerances on max|llama.cpp - reference| / max|reference score|. llama.cpp keeps K and V in
+# float16, so even an f32 file differs from the float64 reference: measured 1.6e-4 to 3.5e-3 (f32),
+# 3.8e-4 (f16), 0.65e-2 to 1.2e-2 (q8_0). The bounds leave a margin of at least 3x.
+TOL_F32 = 1e-2
+TOL_F16 = 1e-2
+TOL_Q8_0 = 5e-2
+
+
+# --- a tiny HF checkpoint -------------------------------------------------------------------------
+def train_tokenizer(spec: dict) -> Tokenizer:
+    tok = Tokenizer(models.BPE(ignore_merges=spec["split"] == LLAMA3_SPLIT))  # as Llama 3's tokenizer.json
+    if spec["split"] == QWEN_SPLIT:
+        tok.normalizer = normalizers.NFC()  # as Qwen's tokenizer.json has (llama.cpp ignores it)
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(spec["split"]), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=420, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(CORPUS * 4, trainer)
+    tok.add_special_tokens(spec["specials"])
+    tok.add_tokens(["<think>"])  # a non-special added token, like Qwen3's
+    if spec["bos"]:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{spec['bos']} $A", pair=f"{spec['bos']} $A {spec['bos']} $B",
+            special_tokens=[(spec["bos"], tok.token_to_id(spec["bos"]))])
+    return tok
+
+
+def bf16_round(x: np.ndarray) -> np.ndarray:
+    """float32 values rounded to the nearest bfloat16 (ties to even), still as float32."""
+    u = x.astype(np.float32).view(np.uint32)
+    u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
+    return u.astype(np.uint32).view(np.float32)
+
+
+def save_bf16(path: Path, tensors: dict):
+    """A safetensors file in bfloat16, written by hand (numpy has no bfloat16)."""
+    header, blobs, at = {}, [], 0
+    for name, x in tensors.items():
+        blob = (bf16_round(x).view(np.uint32) >> 16).astype("<u2").tobytes()
+        header[name] = {"dtype": "BF16", "shape": list(x.shape), "data_offsets": [at, at + len(blob)]}
+        blobs.append(blob)
+        at += len(blob)
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"".join(blobs))
+
+
+def write_checkpoint(folder: Path, name: str, seed: int = 0):
+    """Write a random checkpoint of ARCHS[name]; returns (weights as stored, as float32; config; tokenizer)."""
+    spec = ARCHS[name]
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = train_tokenizer(spec)
+    tok.save(str(folder / "tokenizer.json"))
+    n_vocab = tok.get_vocab_size() + spec["extra_rows"]
+    c = dict(spec["config"], architectures=[spec["arch"]], vocab_size=n_vocab, max_position_embeddings=2048,
+             num_labels=spec["num_labels"], eos_token_id=tok.token_to_id(spec["eos"]),
+             bos_token_id=tok.token_to_id(spec["bos"] or spec["specials"][0]), torch_dtype="float32")
+    (folder / "config.json").write_text(json.dumps(c))
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"bos_token": spec["bos"], "eos_token": spec["eos"], "pad_token": spec["specials"][0],
+         "chat_template": spec["template"]}))
+
+    rng = np.random.default_rng(seed)
+    E, F, L = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
+    H, KV = c["num_attention_heads"], c["num_key_value_heads"]
+    D = c.get("head_dim", E // H)
+
+    def mat(rows, cols):
+        return rng.normal(0, 1 / np.sqrt(cols), (rows, cols)).astype(np.float32)
+
+    def vec(n, mean=0.0, sd=0.1):
+        return (mean + rng.normal(0, sd, n)).astype(np.float32)
+
+    w = {"model.embed_tokens.weight": rng.normal(0, 1, (n_vocab, E)).astype(np.float32),
+         "model.norm.weight": vec(E, 1.0), "score.weight": mat(spec["num_labels"], E)}
+    if spec["score_bias"]:
+        w["score.bias"] = vec(spec["num_labels"], 0.0, 1.0)
+    for i in range(L):
+        p = f"model.layers.{i}."
+        w.update({p + "input_layernorm.weight": vec(E, 1.0), p + "post_attention_layernorm.weight": vec(E, 1.0),
+                  p + "self_attn.q_proj.weight": mat(H * D, E) * 2, p + "self_attn.k_proj.weight": mat(KV * D, E) * 2,
+                  p + "self_attn.v_proj.weight": mat(KV * D, E), p + "self_attn.o_proj.weight": mat(E, H * D),
+                  p + "mlp.gate_proj.weight": mat(F, E), p + "mlp.up_proj.weight": mat(F, E),
+                  p + "mlp.down_proj.weight": mat(E, F)})
+        if spec["qkv_bias"]:
+            w.update({p + "self_attn.q_proj.bias": vec(H * D, 0, 0.5),
+                      p + "self_attn.k_proj.bias": vec(KV * D, 0, 0.5),
+                      p + "self_attn.v_proj.bias": vec(KV * D, 0, 0.5)})
+        if spec["qk_norm"]:
+            w.update({p + "self_attn.q_norm.weight": vec(D, 1.0), p + "self_attn.k_norm.weight": vec(D, 1.0)})
+    if spec["dtype"] == "BF16":
+        save_bf16(folder / "model.safetensors", w)
+        w = {k: bf16_round(v) for k, v in w.items()}
+    elif spec["dtype"] == "F16":
+        w = {k: v.astype(np.float16) for k, v in w.items()}
+        save_file(w, str(folder / "model.safetensors"))
+        w = {k: v.astype(np.float32) for k, v in w.items()}
+    else:
+        save_file(w, str(folder / "model.safetensors"))
+    return w, c, tok
+
+
+# --- the reference forward pass (float64, HF's definitions) --------------------------------------
+def rms_norm(x, weight, eps):
+    return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * weight
+
+
+def inverse_frequencies(c, D):
+    inv = 1.0 / c["rope_theta"] ** (np.arange(0, D, 2, dtype=np.float64) / D)
+    s = c.get("rope_scaling")
+    if s:  # Llama 3: long wavelengths are slowed down by `factor`, with a smooth band in between
+        wavelen = 2 * np.pi / inv
+        low_wl = s["original_max_position_embeddings"] / s["low_freq_factor"]
+        high_wl = s["original_max_position_embeddings"] / s["high_freq_factor"]
+        slow = np.where(wavelen > low_wl, inv / s["factor"], inv)
+        t = (s["original_max_position_embeddings"] / wavelen - s["low_freq_factor"]) / (
+            s["high_freq_factor"] - s["low_freq_factor"])
+        medium = (wavelen >= high_wl) & (wavelen <= low_wl)
+        inv = np.where(medium, (1 - t) * inv / s["factor"] + t * inv, slow)
+    return inv
+
+
+def rotate(x, inv):
+    """HF RoPE: x is [T, heads, D]; the pairs are (i, i + D/2)."""
+    ang = np.arange(len(x))[:, None] * inv[None, :]
+    cos = np.cos(np.concatenate([ang, ang], -1))[:, None, :]
+    sin = np.sin(np.concatenate([ang, ang], -1))[:, None, :]
+    half = x.shape[-1] // 2
+    return x * cos + np.concatenate([-x[..., half:], x[..., :half]], -1) * sin
+
+
+def reference_scores(w, c, ids) -> np.ndarray:
+    """All labels' logits at the last token of `ids`."""
+    w = {k: v.astype(np.float64) for k, v in w.items()}
+    H, KV, eps = c["num_attention_heads"], c["num_key_value_heads"], c["rms_norm_eps"]
+    D = c.get("head_dim", c["hidden_size"] // H)
+    inv = inverse_frequencies(c, D)
+    T = len(ids)
+    h = w["model.embed_tokens.weight"][ids]
+    causal = np.triu(np.full((T, T), -np.inf), 1)
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        x = rms_norm(h, w[p + "input_layernorm.weight"], eps)
+        q, k, v = (x @ w[p + f"self_attn.{n}_proj.weight"].T + w.get(p + f"self_attn.{n}_proj.bias", 0)
+                   for n in "qkv")
+        q, k, v = q.reshape(T, H, D), k.reshape(T, KV, D), v.reshape(T, KV, D)
+        if p + "self_attn.q_norm.weight" in w:
+            q = rms_norm(q, w[p + "self_attn.q_norm.weight"], eps)
+            k = rms_norm(k, w[p + "self_attn.k_norm.weight"], eps)
+        q, k = rotate(q, inv), rotate(k, inv)
+        k, v = np.repeat(k, H // KV, axis=1), np.repeat(v, H // KV, axis=1)
+        a = np.einsum("thd,shd->hts", q, k) / np.sqrt(D) + causal
+        a = np.exp(a - a.max(-1, keepdims=True))
+        a /= a.sum(-1, keepdims=True)
+        h = h + np.einsum("hts,shd->thd", a, v).reshape(T, H * D) @ w[p + "self_attn.o_proj.weight"].T
+        x = rms_norm(h, w[p + "post_attention_layernorm.weight"], eps)
+        g = x @ w[p + "mlp.gate_proj.weight"].T
+        h = h + (g / (1 + np.exp(-g)) * (x @ w[p + "mlp.up_proj.weight"].T)) @ w[p + "mlp.down_proj.weight"].T
+    last = rms_norm(h, w["model.norm.weight"], eps)[-1]
+    return w["score.weight"] @ last + w.get("score.bias", 0)
+
+
+# --- fixtures -------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """name -> (checkpoint folder, weights, config, tokenizer, converted f32 GGUF)."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    out = {}
+    for seed, name in enumerate(ARCHS):
+        w, c, tok = write_checkpoint(root / name, name, seed)
+        out[name] = (root / name, w, c, tok, conv.convert(root / name, root / f"{name}-f32.gguf", "f32"))
+    return out
+
+
+def scorer_for(path, **opts):
+    return load_reward_model(path, n_threads=1, **opts)  # tiny models; 2 threads crawl on a loaded 2-core box
+
+
+def fed_ids(scorer, text):
+    return scorer.prefix + scorer.model.tokenize(text, add_special=False, parse_special=False) + scorer.suffix
+
+
+def relative_error(got, want) -> float:
+    """Largest difference, relative to the largest score (scores near zero would make a per-score
+    ratio meaningless)."""
+    want = np.asarray(want, dtype=np.float64)
+    return float(np.max(np.abs(np.asarray(got) - want)) / np.max(np.abs(want)))
+
+
+# --- scores -------------------------------------------------------------------------------------
+def test_embeddings_mode_returns_the_rows_asked_for(tiny):
+    """llama.cpp computes every token's row in embeddings mode whatever the output flags say;
+    Context.decode must still hand back the rows that were asked for, in order."""
+    model = Model(tiny["qwen2"][4])
+    ctx = Context(model, 128, 1, n_threads=1, embeddings=True)
+    try:
+        tokens = model.tokenize(CORPUS[0])
+        n = len(tokens)
+        every = ctx.decode(tokens, range(n), [0] * n, [True] * n)
+        ctx.clear()
+        asked = ctx.decode(tokens, range(n), [0] * n, [i in (3, n - 1) for i in range(n)])
+    finally:
+        ctx.close()
+        model.close()
+    np.testing.assert_allclose(asked, every[[3, n - 1]], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(ARCHS))
+def test_scores_match_a_numpy_forward_pass(tiny, name):
+    folder, w, c, tok, path = tiny[name]
+    scorer = scorer_for(path)
+    try:
+        scorer.begin(PROMPT, None, len(ANSWERS))
+        got = scorer.score(list(range(len(ANSWERS))), ANSWERS)
+        want = []
+        for text in ANSWERS:
+            ids = fed_ids(scorer, text)
+            # the ids llama.cpp was fed are the HF tokenizer's ids for the whole rendered conversation
+            before, after = scorer.chat.around_answer(PROMPT)
+            assert ids == tok.encode(before + text + after, add_special_tokens=False).ids
+            want.append(reference_scores(w, c, ids)[0])  # label 0 is the reward
+    finally:
+        scorer.close()
+    err = relative_error(got, np.array(want))
+    print(f"{name} f32: |llama.cpp - numpy| / max|score| = {err:.2e}")
+    assert err < TOL_F32, (got, want)
+    assert np.ptp(want) > 0.1  # the answers really get different scores
+
+
+@pytest.mark.parametrize("out_type, tol", [("f16", TOL_F16), ("q8_0", TOL_Q8_0)])
+def test_f16_and_q8_0_files_stay_close_to_the_reference(tiny, tmp_path, out_type, tol):
+    folder, w, c, tok, _ = tiny["qwen3"]
+    path = conv.convert(folder, tmp_path / f"rm-{out_type}.gguf", out_type)
+    scorer = scorer_for(path)
+    try:
+        scorer.begin(PROMPT, None, len(ANSWERS))
+        got = scorer.score(list(range(len(ANSWERS))), ANSWERS)
+        want = np.array([reference_scores(w, c, fed_ids(scorer, t))[0] for t in ANSWERS])
+    finally:
+        scorer.close()
+    err = relative_error(got, want)
+    print(f"qwen3 {out_type}: |llama.cpp - numpy| / max|score| = {err:.2e}")
+    assert err < tol
+
+
+def test_the_head_is_stored_exactly_and_read_fast(tiny):
+    for name, (folder, w, c, tok, path) in tiny.items():
+        np.testing.assert_array_equal(read_head(path), w["score.weight"])
+        bias = read_bias(path)
+        assert (bias is None) == ("score.bias" not in w)
+        if bias is not None:
+            np.testing.assert_array_equal(bias, w["score.bias"])
+    started = time.perf_counter()
+    for _ in range(10):
+        read_head(tiny["qwen3"][4])
+    assert time.perf_counter() - started < 0.5
+
+
+@pytest.mark.parametrize("name", list(ARCHS))
+def test_llama_cpp_tokenizes_like_the_hf_tokenizer(tiny, name):
+    folder, w, c, tok, path = tiny[name]
+    model = Model(path)
+    try:
+        for text in CORPUS + ANSWERS + ["", " ", "a", "  two  spaces", "x\n\n\ny", "12345678 1.5e-3",
+                                        "日本語 🙂 ünïcödé", "it's THEY'RE 'quoted'", "tabs\t\tand\r\nCRLF",
+                                        "<think> is an added token"]:
+            assert model.tokenize(text, add_special=False, parse_special=False) == \
+                tok.encode(text, add_special_tokens=False).ids, text
+        special = f"{ARCHS[name]['specials'][-1]}user\nhi there{ARCHS[name]['eos']}"
+        assert model.tokenize(special, parse_special=True) == tok.encode(special, add_special_tokens=False).ids
+        assert model.adds_bos == (ARCHS[name]["bos"] is not None)
+        assert model.meta("tokenizer.chat_template") == ARCHS[name]["template"]
+    finally:
+        model.close()
+
+
+# Incremental vs from-scratch scores (same measure as above). Without flash attention they agree to
+# <= 1e-5 here, so the 1e-3 bound holds with a wide margin. With flash attention (the scorers'
+# default) they agree exactly as long as no candidate is dropped, but a drop frees cells that the
+# other candidates' later tokens then fill, so their cells no longer lie in position order, and
+# llama.cpp's CPU flash-attention kernel (which walks the cells in storage order) rounds
+# differently: measured 6e-4 to 1.3e-3 after the drop in this test, so 1e-3 cannot be promised
+# with flash attention on; its bound is 5e-3.
+INCREMENTAL_TOL = {False: 1e-3, True: 5e-3}
+
+
+@pytest.mark.parametrize("flash_attn", [False, True], ids=["no-flash-attn", "flash-attn"])
+@pytest.mark.parametrize("name", list(ARCHS))
+def test_incremental_scoring_equals_scoring_from_scratch(tiny, name, flash_attn):
+    """Score growing prefixes of the answers (cuts inside words), dropping one candidate midway as
+    Speculative Rejection does; the last scores must equal a fresh scorer's on the final texts, and
+    the RM must not be fed much more than the prompt and each answer once."""
+    path = tiny[name][4]
+    ids = list(range(len(ANSWERS)))
+    scorer, fresh = scorer_for(path, flash_attn=flash_attn), scorer_for(path, flash_attn=flash_attn)
+    try:
+        scorer.begin(PROMPT, None, len(ANSWERS))
+        live, last = list(ids), {}
+        for cut in (0.23, 0.41, 0.67, 0.88, 1.0):
+            texts = [ANSWERS[i][:round(cut * len(ANSWERS[i]))] for i in live]
+            last.update(zip(live, scorer.score(live, texts)))
+            if cut == 0.41:
+                scorer.drop([2])
+                live.remove(2)
+        fresh.begin(PROMPT, None, len(live))
+        final = fresh.score(list(range(len(live))), [ANSWERS[i] for i in live])
+        answer_tokens = [len(scorer.model.tokenize(ANSWERS[i], parse_special=False)) for i in live]
+        answer_tokens.append(len(scorer.model.tokenize(ANSWERS[2][:round(0.41 * len(ANSWERS[2]))],
+                                                       parse_special=False)))
+        budget = 1.15 * (len(scorer.prefix) + sum(answer_tokens))
+        fed = scorer.tokens_fed
+    finally:
+        scorer.close()
+        fresh.close()
+    incremental = np.array([last[i] for i in live])
+    err = relative_error(incremental, final)
+    print(f"{name} flash_attn={flash_attn}: incremental vs from scratch, max relative difference {err:.1e}; "
+          f"tokens fed {fed} <= {budget:.0f}")
+    assert err <= INCREMENTAL_TOL[flash_attn], (incremental, final)
+    assert fed <= budget
+
+
+# --- errors ---------------------------------------------------------------------------------------
+def test_a_gguf_without_score_head_is_a_reward_error(tiny_gguf):
+    assert read_head(tiny_gguf) is None
+    with pytest.raises(RewardError) as caught:
+        load_reward_model(tiny_gguf)
+    message = str(caught.value)
+    assert "\n" not in message and "no score head" in message and f"judge:{tiny_gguf}" in message
+
+
+def test_unsupported_architecture_is_bad_input(tiny, tmp_path):
+    folder = tmp_path / "gpt2"
+    shutil.copytree(tiny["qwen2"][0], folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(dict(config, architectures=["GPT2ForSequenceClassification"])))
+    with pytest.raises(BadInput) as caught:
+        conv.convert(folder, tmp_path / "out.gguf")
+    assert "GPT2ForSequenceClassification" in str(caught.value)
+    assert all(a in str(caught.value) for a in conv.ARCHITECTURES)
+    assert not (tmp_path / "out.gguf").exists()
+
+
+def test_an_unknown_pre_tokenizer_is_bad_input(tiny, tmp_path):
+    folder = tmp_path / "odd"
+    shutil.copytree(tiny["qwen2"][0], folder)
+    text = (folder / "tokenizer.json").read_text().replace(r"\\p{N}|", r"\\p{N}{1,2}|")
+    (folder / "tokenizer.json").write_text(text)
+    with pytest.raises(BadInput, match="pre-tokenizer"):
+        conv.convert(folder, tmp_path / "out.gguf")
+
+
+def test_a_failed_conversion_leaves_no_file(tiny, tmp_path):
+    folder = tmp_path / "huge"
+    shutil.copytree(tiny["qwen2"][0], folder)
+    w = {k: v.copy() for k, v in tiny["qwen2"][1].items()}
+    w["model.layers.1.mlp.up_proj.weight"][0, 0] = 1e6  # too large for float16, fine in f32
+    save_file(w, str(folder / "model.safetensors"))
+    with pytest.raises(BadInput, match="float16"):
+        conv.convert(folder, tmp_path / "out" / "rm.gguf", "f16")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+# --- CLI and the registry's convert: entries ------------------------------------------------------
+def test_cli_convert_reward(tiny, tmp_path):
+    folder = tiny["llama"][0]
+    out = tmp_path / "rm.gguf"
+    result = CliRunner().invoke(cli, ["convert-reward", str(folder), "-o", str(out), "--type", "q8_0"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(out)
+    np.testing.assert_array_equal(read_head(out), tiny["llama"][1]["score.weight"])
+
+    assert_one_line_error(CliRunner().invoke(cli, ["convert-reward", str(tmp_path / "absent"), "-o", str(out)]),
+                          "absent")
+    bad = tmp_path / "bad"
+    shutil.copytree(folder, bad)
+    (bad / "config.json").write_text(json.dumps({"architectures": ["BertForSequenceClassification"]}))
+    assert_one_line_error(CliRunner().invoke(cli, ["convert-reward", str(bad), "-o", str(out)]),
+                          "BertForSequenceClassification", "Qwen3ForSequenceClassification")
+
+
+class RepoHubHandler(FakeHubHandler):
+    """The fake hub of test_registry, plus the two listing calls snapshot_download makes."""
+
+    def do_GET(self):
+        path, _, _ = self.path.partition("?")
+        parts = path.strip("/").split("/")
+        if parts[:2] != ["api", "models"]:
+            return super().do_GET()
+        self.server.requests.append((self.command, self.path))
+        repo = "/".join(parts[2:4])
+        files = {k[len(repo) + 1:]: v for k, v in self.server.files.items() if k.startswith(repo + "/")}
+        if parts[4] == "revision":
+            body = {"id": repo, "sha": hashlib.sha1(repo.encode()).hexdigest()}  # FakeHubHandler's commit
+        else:  # tree
+            body = [{"type": "file", "path": p, "size": len(data), "oid": "%040x" % i}
+                    for i, (p, data) in enumerate(sorted(files.items()))]
+        raw = json.dumps(body).encode()
+        self.send_response(200 if files else 404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+
+def test_a_convert_entry_is_downloaded_and_converted_once(tiny, tmp_path, isolated_cache):
+    folder = tiny["qwen3"][0]
+    files = {f"acme/tiny-rm/{p.name}": p.read_bytes() for p in folder.iterdir()}
+    files["acme/tiny-rm/pytorch_model.bin"] = b"not needed"
+    hub = FakeHub(files)
+    hub.RequestHandlerClass = RepoHubHandler
+    threading.Thread(target=hub.serve_forever, daemon=True).start()
+    try:
+        add_user_models(isolated_cache, "tiny-rm reward convert:hf:acme/tiny-rm - - mit test reward model")
+        first = run_cli_process("models", "pull", "tiny-rm", hub=hub, hf_cache=tmp_path / "hf-cache")
+        assert first.returncode == 0, first.stderr
+        path = Path(first.stdout.strip())
+        assert path == isolated_cache / "converted" / "acme" / "tiny-rm.gguf"
+        assert path.read_bytes() == conv.convert(folder, tmp_path / "local.gguf", "f16", name="tiny-rm").read_bytes()
+        assert not any("pytorch_model.bin" in p for _, p in hub.requests)
+        assert [p.name for p in path.parent.iterdir()] == ["tiny-rm.gguf"]  # no temporary file left
+
+        hub.requests.clear()
+        again = run_cli_process("models", "pull", "tiny-rm", hub=hub, hf_cache=tmp_path / "hf-cache")
+        assert again.returncode == 0 and again.stdout.strip() == str(path) and hub.requests == []
+        assert registry.is_downloaded(registry.load_registry()["tiny-rm"])
+    finally:
+        hub.shutdown()
+        hub.server_close()
