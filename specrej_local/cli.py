@@ -9,6 +9,8 @@ import click
 from click_default_group import DefaultGroup
 
 from . import __version__, registry
+from .batch import batch_command
+from .bench import bench_command
 from .cli_common import CliError, decoding_options, friendly_errors, load, model_options, result_record
 from .decoder import Interrupted
 
@@ -16,7 +18,15 @@ from .decoder import Interrupted
 @click.group(cls=DefaultGroup, default="run", default_if_no_args=True)
 @click.version_option(__version__, "--version", prog_name="specrej-local")
 def cli():
-    """Fast Best-of-N decoding with Speculative Rejection, on llama.cpp."""
+    """Fast Best-of-N decoding with Speculative Rejection, on llama.cpp.
+
+    \b
+    Examples:
+      specrej-local "Give me three tips for staying healthy."
+      specrej-local models
+      specrej-local batch prompts.jsonl -o answers.jsonl
+      specrej-local bench --limit 2
+    """
 
 
 # --- models: registry commands (see registry.py) -------------------------------------------
@@ -110,10 +120,6 @@ def run(prompt, generator, reward, n_gpu_layers, threads, flash_attn, no_chat_te
         click.echo(result.text)
 
 
-from .bench import bench_command  # noqa: E402
-cli.add_command(bench_command)
-
-
 # --- convert-reward ---
 @cli.command("convert-reward")
 @click.argument("src")
@@ -136,8 +142,8 @@ def convert_reward(src, out, out_type):
     click.echo(convert.convert_source(src, out, out_type))
 
 
-from .batch import batch_command  # noqa: E402
 cli.add_command(batch_command)
+cli.add_command(bench_command)
 
 
 def main():
