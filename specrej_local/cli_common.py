@@ -6,6 +6,7 @@ import contextlib
 
 import click
 
+from . import registry
 from .api import DEFAULT_GENERATOR, DEFAULT_REWARD, SpecRej
 from .errors import SpecRejError
 
@@ -65,7 +66,20 @@ def decoding_options(f):
     return f
 
 
+def announce_downloads(*specs):
+    """Say on stderr when a model is about to be fetched, so a first run's wait is explained."""
+    for spec in specs:
+        try:
+            entry = registry.entry_for(spec)
+        except SpecRejError:  # self, judge, a callable's name: nothing to fetch
+            continue
+        if entry.kind != "path" and not registry.is_downloaded(entry):
+            size = f" ({entry.size / 1e6:.0f} MB)" if entry.size else ""
+            click.echo(f"Fetching {entry.alias}{size} once; later runs use the cached copy.", err=True)
+
+
 def load(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_template) -> SpecRej:
+    announce_downloads(generator, reward)
     return SpecRej(generator, reward, n_gpu_layers=n_gpu_layers, n_threads=threads, flash_attn=flash_attn,
                    chat_template=not no_chat_template)
 

@@ -73,9 +73,9 @@ class StopWatcher:
         self.reach = max((len(s) for s in self.stop), default=0)
         self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
 
-    def add(self, seq: Sequence, piece: bytes, final: bool = False) -> bool:
+    def add(self, seq: Sequence, piece: bytes) -> bool:
         before = len(seq.text)
-        seq.text += self.decoder.decode(piece, final)
+        seq.text += self.decoder.decode(piece)  # an incomplete character waits for its next bytes
         if not self.stop:
             return False
         lo = max(0, before - self.reach + 1)

@@ -100,8 +100,7 @@ class LlamaEngine:
                     s.finish_reason = "stop"
                 elif len(s.tokens) >= self.max_tokens:
                     s.finish_reason = "length"
-            if s.finish_reason:
-                self._text[i].add(s, b"", final=True)
+            if s.finish_reason:  # a character cut off by max_tokens is left out, not shown as U+FFFD
                 done.append(i)
         self.sample_s += time.perf_counter() - t0
         if done:

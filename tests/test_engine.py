@@ -155,3 +155,13 @@ def test_a_prompt_longer_than_the_model_context_is_refused(engine):
 def test_invalid_sampling_values_raise(settings, words):
     with pytest.raises(BadInput, match=words):
         Sampling(**settings)
+
+
+def test_text_grows_by_whole_characters_and_stops_before_a_stop_string():
+    from specrej_local.engine import Sequence, StopWatcher
+
+    seq, watch = Sequence(0), StopWatcher(["END"])
+    assert watch.add(seq, "caf".encode()) is False
+    assert watch.add(seq, b"\xc3") is False and seq.text == "caf"  # half of 'é' waits for the rest
+    assert watch.add(seq, b"\xa9 E") is False and seq.text == "café E"
+    assert watch.add(seq, b"ND and more") is True and seq.text == "café "  # the stop string spans pieces
