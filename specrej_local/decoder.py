@@ -17,7 +17,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .engine import MAX_SEQUENCES
+from .engine import check_counts, check_start
 from .errors import BadInput, ContextTooSmall, SpecRejError
 from .sampling import Sampling
 
@@ -41,12 +41,9 @@ class Settings:
             raise BadInput(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.method == "bon":
             self.alpha = 0.0
-        if not 1 <= self.n <= MAX_SEQUENCES:
-            raise BadInput(f"n must be between 1 and {MAX_SEQUENCES}, got {self.n}")
+        check_counts(self.n, self.max_tokens)
         if not 0 <= self.alpha < 1:
             raise BadInput(f"alpha must be in [0, 1), got {self.alpha}")
-        if self.max_tokens < 1:
-            raise BadInput(f"max-tokens must be at least 1, got {self.max_tokens}")
         self.stop = tuple(self.stop)
 
     def budget(self, prompt_tokens: int) -> int:
@@ -55,9 +52,7 @@ class Settings:
         full = P + n * T  # what Best-of-N holds at its peak
         if self.kv_budget is None:
             return full if self.alpha == 0 else min(full, P + max(n * FIRST_CUT_TOKENS, T))
-        if self.kv_budget < P + n:
-            raise ContextTooSmall(f"--kv-budget {self.kv_budget} cannot hold the prompt ({P} tokens) plus one "
-                                  f"token for each of {n} sequences: use at least {P + n}")
+        check_start(n, self.kv_budget, P, T)
         if self.alpha == 0 and self.kv_budget < full:
             raise ContextTooSmall(f"Best-of-N (alpha 0) never frees memory: --kv-budget must be at least "
                                   f"{full} (prompt {P} + {n} x {T} tokens), got {self.kv_budget}")

@@ -52,12 +52,17 @@ class Engine(Protocol):
         """KV cells in use: the shared prompt plus every live sequence's own cells."""
 
 
-def check_start(n: int, kv_budget: int, prompt_tokens: int, max_tokens: int):
-    """The checks every engine makes before it allocates anything."""
+def check_counts(n: int, max_tokens: int):
+    """n and max-tokens in range: checked where the user gives them, and again by every engine."""
     if not 1 <= n <= MAX_SEQUENCES:
         raise BadInput(f"n must be between 1 and {MAX_SEQUENCES}, got {n}")
     if max_tokens < 1:
         raise BadInput(f"max-tokens must be at least 1, got {max_tokens}")
+
+
+def check_start(n: int, kv_budget: int, prompt_tokens: int, max_tokens: int):
+    """The checks every engine makes before it allocates anything."""
+    check_counts(n, max_tokens)
     if kv_budget < prompt_tokens + n:
         raise ContextTooSmall(
             f"--kv-budget {kv_budget} cannot hold the prompt ({prompt_tokens} tokens) plus one token for "

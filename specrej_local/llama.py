@@ -77,17 +77,17 @@ class Model:
         """The bytes a token stands for (control tokens render as nothing); cached per id."""
         got = self._pieces.get(token)
         if got is None:
-            buf = ctypes.create_string_buffer(256)
-            n = lc.llama_token_to_piece(self.vocab, token, buf, 256, 0, False)
-            got = buf.raw[: max(n, 0)]
-            self._pieces[token] = got
+            got = self._pieces[token] = self._to_piece(token, special=False)
         return got
 
     def token_text(self, token: int) -> str:
-        """A token rendered with special tokens shown (for building stop lists, not answers)."""
+        """A token rendered with special tokens shown (a template's BOS/EOS text, never an answer)."""
+        return self._to_piece(token, special=True).decode("utf-8", "replace")
+
+    def _to_piece(self, token: int, special: bool) -> bytes:
         buf = ctypes.create_string_buffer(256)
-        n = lc.llama_token_to_piece(self.vocab, token, buf, 256, 0, True)
-        return buf.raw[: max(n, 0)].decode("utf-8", "replace")
+        n = lc.llama_token_to_piece(self.vocab, token, buf, 256, 0, special)
+        return buf.raw[: max(n, 0)]
 
     def is_eog(self, token: int) -> bool:
         return bool(lc.llama_vocab_is_eog(self.vocab, token))

@@ -70,7 +70,7 @@ def test_kv_cells_are_counted_exactly_and_freed(engine):
 def test_freed_cells_are_reused_by_the_survivors(model):
     # A context with no spare room: the survivors can only keep growing in the cells freed by drop().
     e = LlamaEngine(model)
-    P = e.load_prompt(PROMPT)
+    e.load_prompt(PROMPT)
     n, budget = 8, 256
     e.start(n, budget, 200, Sampling(seed=3, temperature=1.5, top_k=0, top_p=1.0, min_p=0.0))
     assert e.ctx.n_ctx == budget
