@@ -60,7 +60,8 @@ def decoding_options(f):
         click.option("--system", default=None, help="System prompt."),
         click.option("--stop", multiple=True, help="Stop string (repeatable); not part of the answer."),
         click.option("--kv-budget", type=int, default=None,
-                     help="KV cells for all candidates together; a full cache triggers a cut (default: prompt + max(n x 64, max-tokens); Best-of-N: prompt + n x max-tokens)."),
+                     help="KV cells for all candidates together; a full cache triggers a cut (default: prompt + "
+                          "max(n x 64, max-tokens); Best-of-N: prompt + n x max-tokens)."),
     ]):
         f = opt(f)
     return f
