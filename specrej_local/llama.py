@@ -142,7 +142,7 @@ class Context:
     """
 
     def __init__(self, model: Model, n_ctx: int, n_seq_max: int, n_batch: int = 512, n_ubatch=None,
-                 n_threads=None, flash_attn: bool = True, embeddings: bool = False):
+                 n_threads=None, flash_attn: bool = True, embeddings: bool = False, unified: bool = True):
         if not 1 <= n_seq_max <= MAX_SEQUENCES:
             raise SpecRejError(f"n_seq_max must be in 1..{MAX_SEQUENCES}, got {n_seq_max}")
         self.model = model
@@ -152,7 +152,9 @@ class Context:
         p.n_batch = n_batch
         p.n_ubatch = min(n_ubatch or n_batch, n_batch)
         p.n_seq_max = n_seq_max
-        p.kv_unified = True  # sequences share cells: the prompt is stored once for all of them
+        # Unified: sequences share cells, so the prompt is stored once for all of them. (Not
+        # unified: each sequence gets its own n_ctx / n_seq_max cells and copies of the prompt.)
+        p.kv_unified = unified
         p.n_threads = p.n_threads_batch = n_threads or default_threads()
         # On by default: measured on CPU, its results do not depend on how sequences share a
         # batch, so N batched sequences reproduce single-sequence greedy text; off, they drift.
