@@ -27,8 +27,14 @@ GROUP = 16  # sequences judged per decode on the generator's context (bounds the
 # Measured on CPU (SmolLM2, flash attention): llama.cpp computes micro-batches of 64 rows or more
 # with a kernel whose rounding depends on how sequences share the batch (0.1-0.25 in a judge's
 # log-odds); below that, results do not depend on batch layout, so a score read incrementally
-# equals the from-scratch score exactly. Scorers use small micro-batches for that reason.
+# equals the from-scratch score exactly. Scorers use small micro-batches for that reason on the
+# CPU. A GPU runs other kernels (not measured here), where small batches would only cost speed.
 SCORER_UBATCH = 32
+
+
+def scorer_chunk(model: Model):
+    """Rows per micro-batch when scoring with `model` (None: llama.cpp's full batch)."""
+    return None if model.on_gpu else SCORER_UBATCH
 
 
 def _common_prefix(a: list, b: list) -> int:
@@ -76,7 +82,7 @@ class AnswerScorer:
         self.model, self.readout, self.follow_up, self.embeddings = model, readout, follow_up, embeddings
         self.chat = ChatFormat(model.meta("tokenizer.chat_template"), bos_token=model.special_text("bos"),
                                eos_token=model.special_text("eos"), raw=raw)
-        self.opts = dict(n_threads=n_threads, flash_attn=flash_attn, n_batch=n_batch, n_ubatch=SCORER_UBATCH)
+        self.opts = dict(n_threads=n_threads, flash_attn=flash_attn, n_batch=n_batch, n_ubatch=scorer_chunk(model))
         self.ctx = None
         self.tokens_fed = 0    # every token decoded: prompt, answers and the read-out suffix
         self.suffix_fed = 0    # of which the suffix, appended and removed at each read
@@ -203,7 +209,7 @@ class SelfJudge:
                 s = e.sequences[i]
                 # the token sampled but not yet in the KV, then the question, read at its end
                 _add(rows, s.tokens[s.cells:] + self.suffix, P + s.cells, i, output=True)
-            out.append(e.ctx.decode(*rows, chunk=SCORER_UBATCH))
+            out.append(e.ctx.decode(*rows, chunk=scorer_chunk(e.model)))
             self.tokens_fed += len(rows[0])
             for i in group:
                 e.ctx.remove(i, P + e.sequences[i].cells, -1)
