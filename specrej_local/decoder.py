@@ -152,6 +152,7 @@ class Run:
             self.finished += ids
 
     def _cut(self):
+        """Score the partial answers, rank them with the finished ones, keep the best."""
         e = self.engine
         self.rounds += 1
         live = e.live()
@@ -159,24 +160,27 @@ class Run:
         pool = live + self.finished
         ranked = sorted(pool, key=lambda i: (-self.reward[i], i))  # ties: the older id wins
         losers = ranked[keep_count(len(pool), self.s.alpha):]
-        freed = [i for i in losers if i in live]
-        if not freed and len(live) > 1:
-            # The cut freed no memory (tiny alpha or a small pool): the worst live one has to go.
-            freed = [max(live, key=ranked.index)]
-            losers.append(freed[0])
-        elif not freed:
-            # One sequence left and no room for it to grow: its answer ends here, as just scored.
-            e.drop(live, reason="budget")
-            self.scorer.drop(live)
-            self.finished += live
+        if not set(losers) & set(live):
+            losers += self._make_room(live, ranked)
         for i in losers:
             self.rejected_at[i] = self.rounds
+        freed = [i for i in losers if i in live]
         e.drop(freed)
         self.scorer.drop(freed)
         self.finished = [i for i in self.finished if i not in self.rejected_at]
         if self.on_round:
             self.on_round(RoundEvent(self.rounds, len(e.live()), len(self.finished), self._generated(),
                                      max(self.reward[i] for i in pool), e.kv_used()))
+
+    def _make_room(self, live, ranked) -> list:
+        """The cut freed no memory (a tiny alpha or a small pool). With several live answers the
+        worst one goes too; a lone survivor with no room to grow ends here, as just scored."""
+        if len(live) > 1:
+            return [max(live, key=ranked.index)]
+        self.engine.drop(live, reason="budget")
+        self.scorer.drop(live)
+        self.finished += live
+        return []
 
     def _score(self, ids):
         t = time.perf_counter()

@@ -77,6 +77,15 @@ def test_n_equal_one_returns_its_only_answer():
     assert result.text == "0.0 0.1 0.2 0.3 0.4" and result.stats["rounds"] == 0
 
 
+def test_a_cut_that_would_free_no_memory_still_rejects_the_worst_live_answer():
+    # alpha 0.1 keeps round(0.9 x 4) = 4 of 4: with the budget full, the worst live one goes anyway.
+    result, engine, events = run([100] * 4, by_id([3.0, 1.0, 2.0, 0.5]), n=4, alpha=0.1, max_tokens=50,
+                                 kv_budget=P + 8)
+    assert [e.survivors for e in events[:3]] == [3, 2, 1]
+    assert engine.dropped[:3] == [3, 1, 2]
+    assert result.text.startswith("0.0")
+
+
 def test_a_lone_survivor_without_room_ends_with_reason_budget():
     result, engine, _ = run([100], by_id([0.3]), n=1, alpha=0.5, max_tokens=50, kv_budget=P + 5)
     assert result.finish_reason == "budget"
