@@ -67,7 +67,8 @@ def _read_arrays(path, keys) -> dict:
     return found
 
 
-def _read_head_arrays(path):
+def read_score_head(path):
+    """(weight [num_labels, hidden], bias [num_labels] or None), or (None, None) without a head."""
     arrays = _read_arrays(path, (HEAD_WEIGHT, HEAD_SHAPE, HEAD_BIAS))
     if HEAD_WEIGHT not in arrays:
         return None, None
@@ -80,16 +81,6 @@ def _read_head_arrays(path):
     if b is not None and len(b) != shape[0]:
         raise ModelFileError(f"{path}: score bias has {len(b)} values for {shape[0]} labels")
     return W, None if b is None else b.astype(np.float32)
-
-
-def read_head(path):
-    """The score head's weight, shape [num_labels, hidden], or None when the file has none."""
-    return _read_head_arrays(path)[0]
-
-
-def read_bias(path):
-    """The score head's bias, shape [num_labels], or None when it has none."""
-    return _read_head_arrays(path)[1]
 
 
 def head_readout(W, bias=None):
@@ -109,7 +100,7 @@ def load_reward_model(path, n_gpu_layers: int = 0, **context_opts) -> AnswerScor
 
     `context_opts` go to AnswerScorer (n_threads, flash_attn, n_batch, raw).
     """
-    W, b = _read_head_arrays(path)
+    W, b = read_score_head(path)
     if W is None:
         raise RewardError(f"{path} has no score head ({HEAD_WEIGHT}), so it is not a reward model; "
                           f"to use it as an LLM judge, pass judge:{path}")

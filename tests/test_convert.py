@@ -23,7 +23,7 @@ from specrej_local import convert as conv, registry
 from specrej_local.cli import cli
 from specrej_local.errors import BadInput, RewardError
 from specrej_local.llama import Context, Model
-from specrej_local.reward_model import load_reward_model, read_bias, read_head
+from specrej_local.reward_model import load_reward_model, read_score_head
 from test_registry import FakeHub, FakeHubHandler, add_user_models, assert_one_line_error, run_cli_process
 
 QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -330,14 +330,14 @@ def test_f16_and_q8_0_files_stay_close_to_the_reference(tiny, tmp_path, out_type
 
 def test_the_head_is_stored_exactly_and_read_fast(tiny):
     for name, (folder, w, c, tok, path) in tiny.items():
-        np.testing.assert_array_equal(read_head(path), w["score.weight"])
-        bias = read_bias(path)
+        weight, bias = read_score_head(path)
+        np.testing.assert_array_equal(weight, w["score.weight"])
         assert (bias is None) == ("score.bias" not in w)
         if bias is not None:
             np.testing.assert_array_equal(bias, w["score.bias"])
     started = time.perf_counter()
     for _ in range(10):
-        read_head(tiny["qwen3"][4])
+        read_score_head(tiny["qwen3"][4])
     assert time.perf_counter() - started < 0.5
 
 
@@ -407,7 +407,7 @@ def test_incremental_scoring_equals_scoring_from_scratch(tiny, name, flash_attn)
 
 # --- errors ---------------------------------------------------------------------------------------
 def test_a_gguf_without_score_head_is_a_reward_error(tiny_gguf):
-    assert read_head(tiny_gguf) is None
+    assert read_score_head(tiny_gguf) == (None, None)
     with pytest.raises(RewardError) as caught:
         load_reward_model(tiny_gguf)
     message = str(caught.value)
@@ -453,7 +453,7 @@ def test_cli_convert_reward(tiny, tmp_path):
     result = CliRunner().invoke(cli, ["convert-reward", str(folder), "-o", str(out), "--type", "q8_0"])
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == str(out)
-    np.testing.assert_array_equal(read_head(out), tiny["llama"][1]["score.weight"])
+    np.testing.assert_array_equal(read_score_head(out)[0], tiny["llama"][1]["score.weight"])
 
     assert_one_line_error(CliRunner().invoke(cli, ["convert-reward", str(tmp_path / "absent"), "-o", str(out)]),
                           "absent")
