@@ -5,6 +5,7 @@
     print(result.text, result.reward)
 
 Rewards (`reward=`): "self" (default: the generator judges its own answers on its own KV),
+"logprob" (the generator's mean token log-probability of each answer: no extra tokens at all),
 "judge" (the generator as an LLM judge on a separate context), "judge:MODEL" (another model as
 judge), a reward-model alias or .gguf with a score head (see `convert-reward`), or a Python
 callable `fn(prompt, response) -> float` (wrap it with `batched_reward` for the list form).
@@ -14,11 +15,12 @@ from typing import Callable, Optional, Union
 from . import registry
 from .decoder import Result, Settings, decode
 from .errors import BadInput
-from .llama import Model
-from .llama_engine import LlamaEngine
-from .llama_scorers import JUDGE_QUESTION, AnswerScorer, SelfJudge, yes_no_readout
+from .machine import usable_cpus
 from .sampling import Sampling
-from .scoring import CallableScorer
+from .scoring import CallableScorer, MeanLogprob
+
+# llama.cpp (llama.py and the modules built on it) is imported inside SpecRej only: importing it
+# loads libllama, so `--help`, `models` and `convert-reward` would pay for it.
 
 DEFAULT_GENERATOR = "smollm2-135m"
 DEFAULT_REWARD = "self"
@@ -39,21 +41,29 @@ class SpecRej:
 
     def __init__(self, generator: str = DEFAULT_GENERATOR, reward: Union[str, Callable] = DEFAULT_REWARD,
                  n_gpu_layers: int = 0, n_threads: Optional[int] = None, flash_attn: bool = True,
-                 chat_template: bool = True):
+                 chat_template: bool = True, kv_layout: str = "auto"):
+        from .llama import Model
+        from .llama_engine import LlamaEngine
+
+        check_threads(n_threads)
         self.generator, self.reward = generator, reward
         opts = dict(n_threads=n_threads, flash_attn=flash_attn)
         self.model = Model(registry.resolve(generator), n_gpu_layers=n_gpu_layers)
-        self.engine = LlamaEngine(self.model, raw=not chat_template, **opts)
+        self.engine = LlamaEngine(self.model, raw=not chat_template, kv_layout=kv_layout, **opts)
         self._own = []  # models loaded for the reward, closed with this object
         self.scorer = self._scorer(reward, n_gpu_layers, chat_template, opts)
 
     def _scorer(self, reward, n_gpu_layers, chat_template, opts):
+        from .llama_scorers import JUDGE_QUESTION, AnswerScorer, SelfJudge, yes_no_readout
+
         if callable(reward):
             return CallableScorer(reward, batched=getattr(reward, "batched", False))
         if not isinstance(reward, str) or not reward:
             raise BadInput(f"reward must be a model name, 'self', 'judge' or a callable, got {reward!r}")
         if reward == "self":
             return SelfJudge(self.engine)
+        if reward == "logprob":
+            return MeanLogprob(self.engine)
         if reward == "judge" or reward.startswith("judge:"):
             model = self.model if reward == "judge" else self._load(reward[6:], n_gpu_layers)
             return AnswerScorer(model, yes_no_readout(model), follow_up=JUDGE_QUESTION,
@@ -68,19 +78,16 @@ class SpecRej:
         return scorer
 
     def _load(self, spec, n_gpu_layers):
+        from .llama import Model
+
         model = Model(registry.resolve(spec), n_gpu_layers=n_gpu_layers)
         self._own.append(model)
         return model
 
-    def generate(self, prompt: str, n: int = 16, alpha: float = 0.5, method: str = "specrej",
-                 max_tokens: int = 256, temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95,
-                 min_p: float = 0.05, seed: int = 0, stop=(), system: Optional[str] = None,
-                 kv_budget: Optional[int] = None, on_round: Optional[Callable] = None) -> Result:
-        """Decode one prompt; `on_round(event)` is called after every cut (see decoder.RoundEvent)."""
-        sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
-        settings = Settings(n=n, alpha=alpha, method=method, max_tokens=max_tokens, kv_budget=kv_budget,
-                            sampling=sampling, stop=tuple(stop), system=system)
-        return decode(self.engine, self.scorer, prompt, settings, on_round)
+    def generate(self, prompt: str, on_round: Optional[Callable] = None, **settings) -> Result:
+        """Decode one prompt; `on_round(event)` is called after every cut (see decoder.RoundEvent).
+        Settings: see `make_settings`."""
+        return decode(self.engine, self.scorer, prompt, make_settings(**settings), on_round)
 
     def close(self):
         close = getattr(self.scorer, "close", None)
@@ -97,10 +104,30 @@ class SpecRej:
         self.close()
 
 
+def make_settings(n: int = 16, alpha: float = 0.5, method: str = "specrej", max_tokens: int = 256,
+                  temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
+                  seed: int = 0, stop=(), system: Optional[str] = None, kv_budget: Optional[int] = None) -> Settings:
+    """Checked decoding settings: made before any model loads, so a bad value fails at once."""
+    sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
+    return Settings(n=n, alpha=alpha, method=method, max_tokens=max_tokens, kv_budget=kv_budget,
+                    sampling=sampling, stop=tuple(stop), system=system)
+
+
+def check_threads(n_threads: Optional[int]):
+    """llama.cpp crashes on absurd thread counts and crawls on more threads than CPUs."""
+    if n_threads is None:
+        return
+    most = usable_cpus()
+    if isinstance(n_threads, bool) or not isinstance(n_threads, int) or not 1 <= n_threads <= most:
+        raise BadInput(f"threads must be between 1 and {most} (the CPUs this process may use), got {n_threads}")
+
+
 def generate(prompt: str, generator: str = DEFAULT_GENERATOR, reward: Union[str, Callable] = DEFAULT_REWARD,
              n_gpu_layers: int = 0, n_threads: Optional[int] = None, flash_attn: bool = True,
-             chat_template: bool = True, **settings) -> Result:
-    """Load the models, decode one prompt, free everything. See `SpecRej.generate` for settings."""
+             chat_template: bool = True, kv_layout: str = "auto", on_round: Optional[Callable] = None,
+             **settings) -> Result:
+    """Load the models, decode one prompt, free everything. See `make_settings` for settings."""
+    checked = make_settings(**settings)  # before the slow part
     with SpecRej(generator, reward, n_gpu_layers=n_gpu_layers, n_threads=n_threads, flash_attn=flash_attn,
-                 chat_template=chat_template) as s:
-        return s.generate(prompt, **settings)
+                 chat_template=chat_template, kv_layout=kv_layout) as s:
+        return decode(s.engine, s.scorer, prompt, checked, on_round)

@@ -7,8 +7,10 @@
         keep the best round((1 - alpha) * pool) and free the rest
     return the finished answer with the highest reward
 
-alpha = 0 never rejects, which is Best-of-N. Nothing here calls llama.cpp: the engine
-(`engine.Engine`) grows and frees sequences, the scorer (`scoring.Scorer`) rewards them.
+alpha = 0 never rejects, which is Best-of-N. When the budget cannot hold all N answers at full
+length, Best-of-N runs in waves: as many at once as the budget holds, each finished answer's
+room going to the next one. Nothing here calls llama.cpp: the engine (`engine.Engine`) grows
+and frees sequences, the scorer (`scoring.Scorer`) rewards them.
 """
 import math
 import time
@@ -18,11 +20,11 @@ from typing import Callable, Optional
 import numpy as np
 
 from .engine import check_counts, check_start
-from .errors import BadInput, ContextTooSmall, SpecRejError
+from .errors import BadInput, ContextTooSmall, PromptTooLong, SpecRejError
 from .sampling import Sampling
 
 METHODS = ("specrej", "bon")
-FIRST_CUT_TOKENS = 64  # default budget: room for every sequence to write this much before a first cut
+FIRST_CUT = 0.25  # default budget: room for every sequence to write this share of max-tokens before a first cut
 
 
 @dataclass
@@ -46,17 +48,24 @@ class Settings:
             raise BadInput(f"alpha must be in [0, 1), got {self.alpha}")
         self.stop = tuple(self.stop)
 
-    def budget(self, prompt_tokens: int) -> int:
-        """The KV budget in cells; a too-small explicit one is an error, never a crash."""
-        P, n, T = prompt_tokens, self.n, self.max_tokens
+    def plan(self, prompt_tokens: int, max_tokens: int):
+        """(KV budget in cells, sequences at once) for a prompt of this length and answers of at
+        most max_tokens (the setting, capped by the model's context). A too-small explicit budget
+        is an error, never a crash."""
+        P, n, T = prompt_tokens, self.n, max_tokens
         full = P + n * T  # what Best-of-N holds at its peak
         if self.kv_budget is None:
-            return full if self.alpha == 0 else min(full, P + max(n * FIRST_CUT_TOKENS, T))
-        check_start(n, self.kv_budget, P, T)
-        if self.alpha == 0 and self.kv_budget < full:
-            raise ContextTooSmall(f"Best-of-N (alpha 0) never frees memory: --kv-budget must be at least "
-                                  f"{full} (prompt {P} + {n} x {T} tokens), got {self.kv_budget}")
-        return min(self.kv_budget, full)  # more than Best-of-N's peak would never be used
+            budget = full if self.alpha == 0 else min(full, P + max(n * math.ceil(FIRST_CUT * T), T))
+        else:
+            check_start(n, self.kv_budget, P, T)
+            budget = min(self.kv_budget, full)  # more than Best-of-N's peak would never be used
+        if self.alpha > 0:
+            return budget, n
+        at_once = min(n, (budget - P) // T)  # Best-of-N never cuts: every answer it holds may reach T
+        if at_once < 1:
+            raise ContextTooSmall(f"Best-of-N (alpha 0) never frees memory: --kv-budget must hold the prompt and "
+                                  f"one whole answer, at least {P + T} (prompt {P} + {T} tokens), got {budget}")
+        return budget, at_once
 
 
 def keep_count(pool: int, alpha: float) -> int:
@@ -119,35 +128,43 @@ class Run:
     def run(self, prompt: str) -> Result:
         e, s = self.engine, self.s
         self.t0 = time.perf_counter()
-        self.background0 = getattr(self.scorer, "background_s", 0.0)
         self.fed0 = self.scorer.tokens_fed  # a scorer reused across prompts keeps counting
         P = e.load_prompt(prompt, s.system)
-        self.budget = s.budget(P)
+        T = min(s.max_tokens, e.context_length - P)  # never more than the model's context holds
+        if T < 1:
+            raise PromptTooLong(f"the prompt is {P} tokens long and leaves no room for an answer in this model's "
+                                f"context of {e.context_length}")
+        self.budget, self.at_once = s.plan(P, T)
         self.scorer.begin(prompt, s.system, s.n)
+        e.open(s.n, self.at_once, self.budget, T, s.sampling, s.stop)
+        waiting = list(range(s.n))
         try:
-            e.start(s.n, self.budget, s.max_tokens, s.sampling, s.stop)
-            self._finish(self._ended())
-            while e.live():
-                # 1. generate until the KV budget is full or every sequence has finished
-                while e.live() and e.kv_used() + len(e.live()) <= self.budget:
-                    done = e.step()
+            while waiting or e.live():
+                # 0. start answers while there is room: all at once, unless Best-of-N runs in waves
+                room = self.at_once - len(e.live())
+                e.spawn(waiting[:room])
+                waiting = waiting[room:]
+                # 1. generate until the KV budget is full, every answer has finished, or a wave has room
+                while e.live() and self._fits() and not (waiting and len(e.live()) < self.at_once):
+                    self._finish(e.step())
                     self.peak = max(self.peak, e.kv_used())
-                    self._finish(done)
-                if e.live():
+                if e.live() and not self._fits():
                     # 2. score partial answers, rank them with finished ones, keep the best
                     self._cut()
         except KeyboardInterrupt:
             raise Interrupted(self._result(interrupted=True)) from None
         return self._result()
 
-    def _ended(self) -> list:
-        """Sequences that ended on their first token, in the prompt pass."""
-        return [i for i, q in self.engine.sequences.items() if not q.live]
+    def _fits(self) -> bool:
+        """Room for one more token for every live answer."""
+        return self.engine.kv_used() + len(self.engine.live()) <= self.budget
 
     def _finish(self, ids):
-        """Final rewards of answers that just finished; they compete in every later cut."""
+        """Final rewards of answers that just finished, read before their KV is freed; they
+        compete in every later cut."""
         if ids:
             self._score(ids)
+            self.engine.release(ids)
             self.scorer.drop(ids)
             self.finished += ids
 
@@ -165,7 +182,7 @@ class Run:
         for i in losers:
             self.rejected_at[i] = self.rounds
         freed = [i for i in losers if i in live]
-        e.drop(freed)
+        e.release(freed, reason="rejected")
         self.scorer.drop(freed)
         self.finished = [i for i in self.finished if i not in self.rejected_at]
         if self.on_round:
@@ -177,7 +194,7 @@ class Run:
         worst one goes too; a lone survivor with no room to grow ends here, as just scored."""
         if len(live) > 1:
             return [max(live, key=ranked.index)]
-        self.engine.drop(live, reason="budget")
+        self.engine.release(live, reason="budget")
         self.scorer.drop(live)
         self.finished += live
         return []
@@ -203,9 +220,10 @@ class Run:
         best = max(self.finished, key=lambda i: (self.reward[i], -i), default=None)
         stats = dict(n=s.n, alpha=s.alpha, method=s.method, rounds=self.rounds, prompt_tokens=e.prompt_tokens,
                      generated_tokens=self._generated(), reward_tokens=self.scorer.tokens_fed - self.fed0,
-                     peak_kv_cells=self.peak, kv_budget=self.budget, wall_s=time.perf_counter() - self.t0,
-                     decode_s=e.decode_s, sample_s=e.sample_s,
-                     reward_s=self.reward_s + getattr(self.scorer, "background_s", 0.0) - self.background0)
+                     peak_kv_cells=self.peak, kv_budget=self.budget, at_once=self.at_once,
+                     waves=math.ceil(s.n / self.at_once), kv_layout=getattr(e, "layout", None),
+                     wall_s=time.perf_counter() - self.t0, decode_s=e.decode_s, sample_s=e.sample_s,
+                     reward_s=self.reward_s)
         if best is None:
             return Result("", None, "interrupted" if interrupted else "none", cands, stats)
         q = e.sequences[best]

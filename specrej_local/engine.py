@@ -1,7 +1,7 @@
 """The generator-engine interface: many sequences grown from one prompt, one token per step each.
 
 `Engine` is what the decoders use. `llama_engine.LlamaEngine` implements it on one llama.cpp
-context; `fakes.FakeEngine` implements it without a model, for fast tests of the decoders.
+context; `tests/fakes.py` implements it without a model, for fast tests of the decoders.
 """
 import codecs
 from dataclasses import dataclass, field
@@ -21,6 +21,8 @@ class Sequence:
     text: str = ""
     finish_reason: Optional[str] = None         # None while live; "stop", "length", "budget", "rejected"
     cells: int = 0                              # KV cells it holds beyond the shared prompt
+    logprob: float = 0.0                        # sum of its sampled tokens' log-probabilities ...
+    scored_tokens: int = 0                      # ... over this many tokens (when the engine tracks them)
 
     @property
     def live(self) -> bool:
@@ -29,27 +31,32 @@ class Sequence:
 
 class Engine(Protocol):
     prompt_tokens: int
-    sequences: dict
+    context_length: int   # the most tokens prompt + answer may take (the model's context)
+    sequences: dict       # candidate id -> Sequence, for every candidate started
     decode_s: float
     sample_s: float
 
     def load_prompt(self, prompt: str, system: Optional[str] = None) -> int:
         """Format and tokenize the prompt; return its length in tokens."""
 
-    def start(self, n: int, kv_budget: int, max_tokens: int, sampling: Sampling, stop=()) -> list:
-        """Decode the prompt once, fork it to n sequences, sample each one's first token."""
+    def open(self, n: int, concurrent: int, kv_budget: int, max_tokens: int, sampling: Sampling, stop=()):
+        """Make room for `concurrent` of the n candidates at a time; decode the prompt once."""
+
+    def spawn(self, ids) -> None:
+        """Start these candidates from the prompt."""
 
     def step(self) -> list:
-        """Grow every live sequence by one token; return the ids that finished."""
+        """Grow every live candidate by one token; return the ids that finished. Their KV is
+        kept (a scorer may read it) until `release`."""
 
-    def drop(self, ids, reason: str = "rejected") -> None:
-        """End these sequences now and free their KV."""
+    def release(self, ids, reason: Optional[str] = None) -> None:
+        """Free these candidates' KV; a live one ends now with `reason` ("rejected", "budget")."""
 
     def live(self) -> list:
-        """Ids of the sequences still growing, in id order."""
+        """Ids of the candidates still growing, in id order."""
 
     def kv_used(self) -> int:
-        """KV cells in use: the shared prompt plus every live sequence's own cells."""
+        """KV cells in use: the shared prompt plus every candidate's own cells."""
 
 
 def check_counts(n: int, max_tokens: int):

@@ -4,8 +4,12 @@ Everything that touches `llama_cpp` lives here (and in the engine and scorers bu
 the decoders above never see a pointer. Errors become the package's typed exceptions: llama.cpp
 must never abort the process, so batches are always cut to `n_batch` before `llama_decode`.
 """
+import collections
+import contextlib
 import ctypes
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -13,21 +17,71 @@ import numpy as np
 import llama_cpp as lc
 
 from .engine import MAX_SEQUENCES
-from .errors import ModelFileError, ResourceError, SpecRejError
+from .errors import BadInput, ModelFileError, ResourceError, SpecRejError
+from .machine import free_memory_bytes, usable_cpus
+
+# llama.cpp's own log, kept quiet: its warning and error lines explain a failure better than any
+# guess, so errors raised here quote the first one since the failing call began (`said()`).
+_log = collections.deque(maxlen=8)
+_log_piece = []
+_WARN, _ERROR, _CONT = 3, 4, 5  # ggml_log_level values (ggml.h)
 
 
 @lc.llama_log_callback
 def _quiet_log(level, text, user_data):
+    piece = text.decode("utf-8", "replace")
     if os.environ.get("SPECREJ_VERBOSE"):
-        print(text.decode("utf-8", "replace"), end="", flush=True)
+        print(piece, end="", flush=True)
+    if level in (_WARN, _ERROR) or (level == _CONT and _log_piece):
+        _log_piece.append(piece)
+        if piece.endswith("\n"):
+            line = "".join(_log_piece).strip()
+            _log_piece.clear()
+            if line and len(_log) < _log.maxlen:
+                _log.append(line)
+    else:
+        _log_piece.clear()
 
 
 lc.llama_log_set(_quiet_log, ctypes.c_void_p(0))
 lc.llama_backend_init()
 
 
+def said() -> str:
+    """llama.cpp's first warning or error line since the last call began, as ' (llama.cpp: ...)',
+    or '' when it said nothing."""
+    return f" (llama.cpp: {_log[0]})" if _log else ""
+
+
+SCORER_UBATCH = 32
+
+
 def default_threads() -> int:
-    return max(1, os.cpu_count() or 1)
+    return max(1, usable_cpus())
+
+
+@contextlib.contextmanager
+def interruptible():
+    """Ctrl-C during a long native call (a model load) stops it and raises KeyboardInterrupt.
+
+    Python runs signal handlers between bytecodes, and inside llama.cpp that is only in our log
+    and progress callbacks, where ctypes swallows exceptions: a Ctrl-C could be lost and the run
+    go on. Here the handler only sets a flag, the load's progress callback returns False on it
+    (llama.cpp then aborts the load), and the KeyboardInterrupt is raised once the call returns.
+    """
+    _log.clear()
+    if threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield lambda: False
+        return
+    hit = []
+    signal.signal(signal.SIGINT, lambda *_: hit.append(True))
+    try:
+        yield lambda: bool(hit)
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if hit:
+        raise KeyboardInterrupt
 
 
 class Model:
@@ -37,18 +91,38 @@ class Model:
         self.path = Path(path)
         params = lc.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers if n_gpu_layers >= 0 else 2**31 - 1
-        self.ptr = lc.llama_model_load_from_file(str(self.path).encode(), params)
+        with interruptible() as stopped:
+            keep_going = lc.llama_progress_callback(lambda progress, user_data: not stopped())
+            params.progress_callback = keep_going
+            self.ptr = lc.llama_model_load_from_file(str(self.path).encode(), params)
         if not self.ptr:
-            raise ModelFileError(f"llama.cpp could not load {self.path} (corrupt file or unsupported architecture)")
+            raise ModelFileError(f"llama.cpp could not load {self.path}{said() or ' (corrupt file or unsupported architecture)'}")
         self.vocab = lc.llama_model_get_vocab(self.ptr)
         self.n_vocab = lc.llama_vocab_n_tokens(self.vocab)
         self.n_embd = lc.llama_model_n_embd(self.ptr)
         self.n_ctx_train = lc.llama_model_n_ctx_train(self.ptr)
         self.on_gpu = n_gpu_layers != 0
-        head_dim = self.n_embd // max(1, lc.llama_model_n_head(self.ptr))
-        # K and V, f16, every layer: what one KV cell costs
-        self.kv_cell_bytes = 2 * lc.llama_model_n_layer(self.ptr) * lc.llama_model_n_head_kv(self.ptr) * head_dim * 2
+        self.kv_cell_bytes = self._kv_cell_bytes()
         self._pieces: dict = {}
+
+    @property
+    def scoring_chunk(self):
+        """Rows per micro-batch when scoring with this model (None: llama.cpp's full batch).
+
+        Measured on CPU (SmolLM2, flash attention): from 64 rows per micro-batch llama.cpp uses a
+        kernel whose rounding depends on how sequences share the batch (0.1-0.25 in a judge's
+        log-odds). Scorers use small micro-batches on the CPU for that reason; on a GPU they
+        would only cost speed."""
+        return None if self.on_gpu else SCORER_UBATCH
+
+    def _kv_cell_bytes(self) -> int:
+        """What one KV cell costs: K and V in f16 for every layer. The key and value lengths come
+        from the GGUF, since many models' heads are not n_embd / n_head wide (Qwen3: 128, not 64)."""
+        arch = self.meta("general.architecture") or ""
+        head = self.n_embd // max(1, lc.llama_model_n_head(self.ptr))
+        k = int(self.meta(f"{arch}.attention.key_length") or head)
+        v = int(self.meta(f"{arch}.attention.value_length") or head)
+        return lc.llama_model_n_layer(self.ptr) * lc.llama_model_n_head_kv(self.ptr) * (k + v) * 2
 
     def meta(self, key: str):
         """A metadata value as a string, or None when the key is absent."""
@@ -63,7 +137,11 @@ class Model:
             size = n + 1
 
     def tokenize(self, text: str, add_special: bool = False, parse_special: bool = True) -> list:
-        data = text.encode("utf-8")
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise BadInput(f"the text is not valid Unicode (character {e.start + 1} is {text[e.start]!r}, "
+                           "a lone surrogate)") from None
         cap = len(data) + 16
         buf = (lc.llama_token * cap)()
         n = lc.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
@@ -110,31 +188,42 @@ class Model:
         self.close()
 
 
-def free_memory_bytes():
-    """Memory the system can still give (Linux); None where that cannot be read."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+def allocated_cells(n_ctx: int, n_seq_max: int, unified: bool) -> int:
+    """The cells llama.cpp really allocates: n_ctx padded to 256, and in the split layout each
+    sequence's stream padded to 256 too."""
+    n_ctx = -(-n_ctx // 256) * 256
+    if unified:
+        return n_ctx
+    return n_seq_max * (-(-(n_ctx // n_seq_max) // 256) * 256)
+
+
+def memory_problem(model: Model, cells: int, share: float = 0.9, scale: int = 1):
+    """Why a KV cache of `cells` cannot be allocated, or None when it can. On the CPU it must fit
+    in `share` of free memory; on a GPU llama.cpp's own allocation decides. (scale 2: f32 cells)"""
+    need = cells * model.kv_cell_bytes * scale
+    free = None if model.on_gpu else free_memory_bytes()
+    if cells >= 2**32 or (free is not None and need > share * free):
+        have = f"{free / 2**30:.1f} GiB free" if free is not None else "more than llama.cpp can address"
+        return f"a KV cache of {cells} cells needs {need / 2**30:.1f} GiB, {have}"
     return None
 
 
-def check_memory(model: Model, n_ctx: int):
+def check_memory(model: Model, cells: int, scale: int = 1):
     """Refuse a KV cache that cannot fit before asking llama.cpp, which may take minutes to fail
     (or be killed) on a huge allocation, and whose 32-bit n_ctx would silently wrap."""
-    need = n_ctx * model.kv_cell_bytes
-    free = None if model.on_gpu else free_memory_bytes()
-    if n_ctx >= 2**32 or (free is not None and need > 0.9 * free):
-        have = f"{free / 2**30:.1f} GiB free" if free is not None else "more than llama.cpp can address"
-        raise ResourceError(f"a KV cache of {n_ctx} cells needs {need / 2**30:.1f} GiB, {have}: "
-                            "lower --kv-budget or -n")
+    problem = memory_problem(model, cells, scale=scale)
+    if problem:
+        raise ResourceError(f"{problem}: lower --kv-budget or -n")
+
+
+def split_fits(model: Model, n_seq: int, per_seq: int) -> bool:
+    """Whether the split layout (a stream of per_seq cells per sequence) fits in half the free
+    memory (the rest stays for the model, the scorer and everything else); on a GPU, try it."""
+    return memory_problem(model, allocated_cells(per_seq * n_seq, n_seq, False), share=0.5) is None
 
 
 class Context:
-    """One llama.cpp context holding many sequences in a unified KV cache.
+    """One llama.cpp context holding many sequences, in one unified KV pool or one stream each.
 
     `decode` takes any number of (token, position, sequence, wants-output) rows, feeds them in
     `n_batch`-sized chunks, and returns the output rows (logits, or hidden states in embeddings
@@ -142,11 +231,12 @@ class Context:
     """
 
     def __init__(self, model: Model, n_ctx: int, n_seq_max: int, n_batch: int = 512, n_ubatch=None,
-                 n_threads=None, flash_attn: bool = True, embeddings: bool = False, unified: bool = True):
+                 n_threads=None, flash_attn: bool = True, embeddings: bool = False, unified: bool = True,
+                 kv_f32: bool = False):
         if not 1 <= n_seq_max <= MAX_SEQUENCES:
             raise SpecRejError(f"n_seq_max must be in 1..{MAX_SEQUENCES}, got {n_seq_max}")
         self.model = model
-        check_memory(model, n_ctx)
+        check_memory(model, allocated_cells(n_ctx, n_seq_max, unified), scale=2 if kv_f32 else 1)
         p = lc.llama_context_default_params()
         p.n_ctx = n_ctx
         p.n_batch = n_batch
@@ -161,13 +251,19 @@ class Context:
         p.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
         p.embeddings = embeddings
         p.pooling_type = lc.LLAMA_POOLING_TYPE_NONE  # we read one chosen row, never a pooled mean
+        if kv_f32:  # exact KV storage, for checks that must rule out f16 rounding
+            p.type_k = p.type_v = lc.GGML_TYPE_F32
         p.no_perf = True
-        self.ptr = lc.llama_init_from_model(model.ptr, p)
+        with interruptible():
+            self.ptr = lc.llama_init_from_model(model.ptr, p)
         if not self.ptr:
             raise ResourceError(
-                f"llama.cpp could not allocate a context of {n_ctx} KV cells for {n_seq_max} sequences: "
+                f"llama.cpp could not allocate a context of {n_ctx} KV cells for {n_seq_max} sequences{said()}: "
                 "lower --kv-budget or -n, or offload fewer layers with --n-gpu-layers")
         self.n_ctx = lc.llama_n_ctx(self.ptr)
+        self.n_seq_max = n_seq_max
+        self.unified = unified
+        self.seq_cells = lc.llama_n_ctx_seq(self.ptr)  # what one sequence can hold
         self.n_batch = lc.llama_n_batch(self.ptr)
         self.embeddings = embeddings
         self.mem = lc.llama_get_memory(self.ptr)
@@ -185,6 +281,7 @@ class Context:
         """Feed rows, at most `chunk` (default n_batch) per llama_decode call; return a float32
         array with one row per True in `outputs` (with `read=False` they stay in llama.cpp,
         where `Samplers` reads the last call's rows in place)."""
+        self._check_open()
         tokens = np.asarray(tokens, dtype=np.int32)
         positions = np.asarray(positions, dtype=np.int32)
         outputs = np.asarray(outputs, dtype=bool)
@@ -202,12 +299,13 @@ class Context:
                 self._seq[i][0] = s
             self._batch.n_tokens = n
             t0 = time.perf_counter()
+            _log.clear()
             rc = lc.llama_decode(self.ptr, self._batch)
             self.decode_s += time.perf_counter() - t0
             if rc == 1:
-                raise ResourceError(f"the KV cache ({self.n_ctx} cells) is full: raise --kv-budget")
+                raise ResourceError(f"the KV cache ({self.n_ctx} cells) is full{said()}: raise --kv-budget")
             if rc != 0:
-                raise SpecRejError(f"llama_decode failed with status {rc}")
+                raise SpecRejError(f"llama_decode failed with status {rc}{said()}")
             self.tokens_decoded += n
             k = int(outputs[a:z].sum())
             if k and read and self.embeddings:
@@ -225,28 +323,42 @@ class Context:
             return np.zeros((0, self.width), dtype=np.float32)
         return rows[0] if len(rows) == 1 else np.concatenate(rows)
 
+    def _check_open(self):
+        if not self.ptr:  # a closed context's pointers are freed memory: never hand them to llama.cpp
+            raise SpecRejError("this llama.cpp context has been closed")
+
+    def logits(self, k: int) -> np.ndarray:
+        """The last decode call's k output rows of logits, viewed in place (valid until the next decode)."""
+        self._check_open()
+        return np.ctypeslib.as_array(lc.llama_get_logits(self.ptr), shape=(k, self.model.n_vocab))
+
     @property
     def width(self) -> int:
         return self.model.n_embd if self.embeddings else self.model.n_vocab
 
     def set_embeddings(self, on: bool):
         """Output hidden states (on) or logits (off) from the next decode call."""
+        self._check_open()
         lc.llama_set_embeddings(self.ptr, on)
         self.embeddings = on
 
     def copy_seq(self, src: int, dst: int):
         """dst shares all of src's cells (no copy of the data in a unified cache)."""
+        self._check_open()
         lc.llama_memory_seq_cp(self.mem, src, dst, -1, -1)
 
     def remove(self, seq: int, p0: int = -1, p1: int = -1):
         """Free seq's cells in positions [p0, p1) (-1: open end); cells shared with others stay."""
+        self._check_open()
         lc.llama_memory_seq_rm(self.mem, seq, p0, p1)
 
     def clear(self):
+        self._check_open()
         lc.llama_memory_clear(self.mem, True)
 
     def pos_max(self, seq: int) -> int:
         """Highest position stored for seq, -1 when it holds no cell (llama.cpp's own count)."""
+        self._check_open()
         return lc.llama_memory_seq_pos_max(self.mem, seq)
 
     def close(self):

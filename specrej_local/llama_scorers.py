@@ -12,8 +12,6 @@ and the suffix is removed again with `llama_memory_seq_rm`.
 - `SelfJudge` asks the generator itself, on the generator's own KV: nothing is re-prefilled and
   no second model is loaded.
 """
-import time
-
 import numpy as np
 
 from .chat import ChatFormat
@@ -23,20 +21,6 @@ from .scoring import checked
 
 JUDGE_QUESTION = ("Is the answer above correct, helpful and complete? "
                   "Reply with one word: yes or no.")
-GROUP = 16  # sequences judged per decode on the generator's context (bounds the room it borrows)
-# Measured on CPU (SmolLM2, flash attention): llama.cpp computes micro-batches of 64 rows or more
-# with a kernel whose rounding depends on how sequences share the batch (0.1-0.25 in a judge's
-# log-odds); below that, results do not depend on batch layout, so a score read incrementally
-# equals the from-scratch score exactly. Scorers use small micro-batches for that reason on the
-# CPU. A GPU runs other kernels (not measured here), where small batches would only cost speed.
-SCORER_UBATCH = 32
-
-
-def scorer_chunk(model: Model):
-    """Rows per micro-batch when scoring with `model` (None: llama.cpp's full batch)."""
-    return None if model.on_gpu else SCORER_UBATCH
-
-
 def _common_prefix(a: list, b: list) -> int:
     n = min(len(a), len(b))
     i = 0
@@ -82,7 +66,7 @@ class AnswerScorer:
         self.model, self.readout, self.follow_up, self.embeddings = model, readout, follow_up, embeddings
         self.chat = ChatFormat(model.meta("tokenizer.chat_template"), bos_token=model.special_text("bos"),
                                eos_token=model.special_text("eos"), raw=raw)
-        self.opts = dict(n_threads=n_threads, flash_attn=flash_attn, n_batch=n_batch, n_ubatch=scorer_chunk(model))
+        self.opts = dict(n_threads=n_threads, flash_attn=flash_attn, n_batch=n_batch, n_ubatch=model.scoring_chunk)
         self.ctx = None
         self.tokens_fed = 0    # every token decoded: prompt, answers and the read-out suffix
         self.suffix_fed = 0    # of which the suffix, appended and removed at each read
@@ -104,8 +88,7 @@ class AnswerScorer:
     def _allocate(self, cells: int):
         """A context of `cells`, holding the prefix on every candidate's sequence and what each has fed."""
         if self.ctx is None or self.ctx.n_ctx < cells or self._n_seq < self.n:
-            if self.ctx is not None:
-                self.ctx.close()
+            self.close()  # self.ctx is None until the new one exists: never a freed context
             self.ctx = Context(self.model, cells, self.n, **self.opts)
             self._n_seq = self.n
         else:
@@ -173,52 +156,26 @@ class AnswerScorer:
 
 
 class SelfJudge:
-    """The generator judges its own candidates on its own KV (see module doc).
-
-    A finished candidate's KV is freed as soon as it ends, so the engine calls back here first
-    and its final reward is read then.
-    """
+    """The generator judges its own candidates on its own KV (see module doc): the question is
+    appended after each answer, the yes/no odds read at its end, and its cells freed again."""
 
     def __init__(self, engine, question: str = JUDGE_QUESTION):
         self.engine, self.question = engine, question
         self.readout = yes_no_readout(engine.model)
-        engine.on_finish = self._on_finish
         self.tokens_fed = 0
-        self.background_s = 0.0  # judging done inside the engine's step, when a candidate ends
-        self.final = {}
 
     def begin(self, prompt, system, n):
         _, after = self.engine.chat.around_answer(prompt, system, self.question)
         self.suffix = self.engine.model.tokenize(after, add_special=False, parse_special=True)
-        self.engine.extra_cells = min(n, GROUP) * (len(self.suffix) + 1)
-        self.final = {}
-
-    def _on_finish(self, ids):
-        t0 = time.perf_counter()
-        self.final.update(zip(ids, self._judge(ids)))
-        self.background_s += time.perf_counter() - t0
-
-    def _judge(self, ids) -> np.ndarray:
-        e = self.engine
-        P = e.prompt_tokens
-        out = []
-        for a in range(0, len(ids), GROUP):
-            group = ids[a:a + GROUP]
-            rows = ([], [], [], [])
-            for i in group:
-                s = e.sequences[i]
-                # the token sampled but not yet in the KV, then the question, read at its end
-                _add(rows, s.tokens[s.cells:] + self.suffix, P + s.cells, i, output=True)
-            out.append(e.ctx.decode(*rows, chunk=scorer_chunk(e.model)))
-            self.tokens_fed += len(rows[0])
-            for i in group:
-                e.ctx.remove(i, P + e.sequences[i].cells, -1)
-        return self.readout(np.concatenate(out))
+        if not self.suffix:
+            raise TemplateError("the judging question rendered to no tokens")
+        self.engine.probe_cells = len(self.suffix) + 1
 
     def score(self, ids, texts):
-        todo = [i for i in ids if i not in self.final]
-        fresh = dict(zip(todo, self._judge(todo))) if todo else {}
-        return checked(ids, [self.final[i] if i in self.final else fresh[i] for i in ids])
+        seqs = self.engine.sequences
+        # what the probe feeds: each answer's token not yet in the KV, then the question
+        self.tokens_fed += sum(len(seqs[i].tokens) + 1 - seqs[i].cells + len(self.suffix) for i in ids)
+        return checked(ids, self.readout(self.engine.probe(list(ids), self.suffix)))
 
     def drop(self, ids):
         pass  # the engine frees the generator's KV itself

@@ -3,7 +3,7 @@
 A scorer keeps per-sequence state between cuts so it can score partial answers incrementally:
 `score` is called again and again with each sequence's whole text so far, and a scorer backed by
 a model feeds only what changed since the last call. Model-backed scorers live in `judges.py`
-and `reward_model.py`; `fakes.FakeScorer` serves tests.
+and `reward_model.py`; `tests/fakes.py` has a fake scorer for tests.
 """
 import math
 from typing import Callable, Optional, Protocol, Sequence
@@ -15,7 +15,6 @@ from .errors import RewardError
 
 class Scorer(Protocol):
     tokens_fed: int  # tokens this scorer's model has decoded so far (0 without a model)
-    # optional: background_s, seconds spent scoring outside score() (e.g. in an engine callback)
 
     def begin(self, prompt: str, system: Optional[str], n: int) -> None:
         """Get ready for up to n candidate answers to this prompt."""
@@ -74,6 +73,31 @@ class CallableScorer:
             where = f"candidate {ids[len(values)]}" if not self.batched else "the batch"
             raise RewardError(f"the reward function raised on {where}: {type(e).__name__}: {e}") from e
         return checked(ids, values)
+
+    def drop(self, ids):
+        pass
+
+
+class MeanLogprob:
+    """reward = the generator's mean log-probability per token of the answer so far.
+
+    It costs no extra tokens: the engine reads each sampled token's log-softmax from the logits
+    it computed anyway (the raw distribution, before the sampler's filters). The paper's
+    reference code offers the same idea as minus perplexity.
+    """
+
+    tokens_fed = 0
+
+    def __init__(self, engine):
+        self.engine = engine
+        engine.track_logprob = True
+
+    def begin(self, prompt, system, n):
+        pass
+
+    def score(self, ids, texts):
+        seqs = self.engine.sequences
+        return checked(ids, [seqs[i].logprob / max(1, seqs[i].scored_tokens) for i in ids])
 
     def drop(self, ids):
         pass

@@ -101,27 +101,29 @@ def test_a_reward_that_raises_or_returns_nan_is_a_reward_error_naming_the_candid
 
 # --- Ctrl-C ------------------------------------------------------------------------------------
 def interrupt_on_call(k):
-    """A reward that acts as if Ctrl-C were pressed during its k-th call (and only then)."""
+    """A batched reward (one call per scoring: the answers that just finished, or a cut's pool)
+    that acts as if Ctrl-C were pressed during its k-th call (and only then)."""
     calls = []
 
-    def reward(prompt, response):
-        calls.append(response)
+    @batched_reward
+    def reward(prompt, responses):
+        calls.append(responses)
         if len(calls) == k:
             raise KeyboardInterrupt
-        return 1.0
+        return [1.0] * len(responses)
 
     return reward
 
 
 def test_ctrl_c_raises_interrupted_holding_the_best_answer_finished_so_far(default_model):
-    # The first answer to finish is scored (call 1); Ctrl-C comes while the second is scored.
+    # The first answers to finish are scored (call 1); Ctrl-C comes while the next ones are scored.
     with SpecRej(str(default_model), reward=interrupt_on_call(2), n_threads=1) as s:
         with pytest.raises(Interrupted) as e:
-            s.generate("What is the capital of France?", n=4, max_tokens=24)
+            s.generate("What is the capital of France?", n=4, max_tokens=24, kv_budget=10**4)
         partial = e.value.partial
         scored = [c for c in partial.candidates if c.reward is not None]
-        assert len(scored) == 1 and scored[0].finish_reason in ("stop", "length")
-        assert (partial.text, partial.reward) == (scored[0].text, 1.0)
+        assert scored and all(c.finish_reason in ("stop", "length") for c in scored)
+        assert (partial.text, partial.reward) == (min(scored, key=lambda c: c.id).text, 1.0)
         assert {c.finish_reason for c in partial.candidates} <= {"stop", "length", "interrupted"}
         # and the SpecRej is still good for the next prompt (the reward interrupts only once)
         assert s.generate("Name a color.", **TINY).text

@@ -10,7 +10,7 @@ from specrej_local.bench import (
 )
 from specrej_local.cli import cli
 from specrej_local.errors import BadInput
-from specrej_local.fakes import FakeScorer
+from fakes import FakeScorer
 
 
 @pytest.mark.parametrize("n_max, sizes", [(1, [1]), (2, [1, 2]), (8, [1, 2, 4, 8]), (6, [1, 2, 4, 6])])

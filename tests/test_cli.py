@@ -28,7 +28,8 @@ FAST = ["-n", "2", "--max-tokens", "4", "-t", "1"]
 RESULT_KEYS = ["text", "reward", "finish_reason", "method", "generator", "reward_model", "seed",
                "candidates", "stats"]
 STATS_KEYS = ["n", "alpha", "method", "rounds", "prompt_tokens", "generated_tokens", "reward_tokens",
-              "peak_kv_cells", "kv_budget", "wall_s", "decode_s", "sample_s", "reward_s"]
+              "peak_kv_cells", "kv_budget", "at_once", "waves", "kv_layout", "wall_s", "decode_s", "sample_s",
+              "reward_s"]
 CANDIDATE_KEYS = ["id", "text", "reward", "tokens", "finish_reason", "rejected_at"]
 has_reward_models = importlib.util.find_spec("specrej_local.reward_model") is not None
 
@@ -108,8 +109,9 @@ def test_the_real_command_answers_an_argument_and_stdin(model):
     (["--max-tokens", "0"], "max-tokens must be at least 1, got 0"),
     (["-n", "4", "--kv-budget", "20"],
      "--kv-budget 20 cannot hold the prompt (37 tokens) plus one token for each of 4 sequences: use at least 41"),
-    (["-m", "bon", "-n", "4", "--max-tokens", "8", "--kv-budget", "60"],
-     "Best-of-N (alpha 0) never frees memory: --kv-budget must be at least 69 (prompt 37 + 4 x 8 tokens), got 60"),
+    (["-m", "bon", "-n", "4", "--max-tokens", "8", "--kv-budget", "44"],
+     "Best-of-N (alpha 0) never frees memory: --kv-budget must hold the prompt and one whole answer, at least 45 "
+     "(prompt 37 + 8 tokens), got 44"),
 ])
 def test_settings_out_of_range(model, args, message):
     assert_one_line_error(specrej("-g", model, "-t", "1", *args, "What is 2+2?"), message)
@@ -153,7 +155,8 @@ def test_model_files_that_are_missing_not_gguf_truncated_or_unloadable(tmp_path,
 
     # a complete GGUF file that is not a model llama.cpp can run: an error, never an abort
     assert_one_line_error(specrej("-g", tiny_gguf, "hi"),
-                          f"llama.cpp could not load {tiny_gguf} (corrupt file or unsupported architecture)")
+                          f"llama.cpp could not load {tiny_gguf} (llama.cpp: llama_model_load: error loading model: "
+                          "error loading model hyperparameters: key not found in model: llama.context_length)")
 
 
 @pytest.mark.skipif(not has_reward_models, reason="specrej_local.reward_model is not written yet")

@@ -3,7 +3,7 @@ import pytest
 
 from specrej_local.decoder import Interrupted, Settings, decode, keep_count
 from specrej_local.errors import BadInput, ContextTooSmall, RewardError
-from specrej_local.fakes import FakeEngine, FakeScorer
+from fakes import FakeEngine, FakeScorer
 
 P = 10  # the fake prompt's length in tokens
 
@@ -61,7 +61,7 @@ def test_ties_are_broken_by_the_lower_id():
 
 def test_budget_reached_on_the_first_step():
     result, engine, events = run([100] * 4, by_id([0.0, 1.0, 2.0, 3.0]), n=4, alpha=0.5, max_tokens=5, kv_budget=P + 4)
-    assert events[0].round == 1 and events[0].tokens == 4 * 2  # one token in KV + one pending each
+    assert events[0].round == 1 and events[0].tokens == 4  # one token each fills P + 4
     assert result.text.startswith("3.0")
 
 
@@ -89,7 +89,7 @@ def test_a_cut_that_would_free_no_memory_still_rejects_the_worst_live_answer():
 def test_a_lone_survivor_without_room_ends_with_reason_budget():
     result, engine, _ = run([100], by_id([0.3]), n=1, alpha=0.5, max_tokens=50, kv_budget=P + 5)
     assert result.finish_reason == "budget"
-    assert len(result.candidates[0].text.split()) == 6  # 5 cells + the pending token
+    assert len(result.candidates[0].text.split()) == 5  # one token a cell
 
 
 def test_alpha_zero_never_rejects_and_is_best_of_n():
@@ -100,6 +100,29 @@ def test_alpha_zero_never_rejects_and_is_best_of_n():
     assert all(c.rejected_at is None for c in a0.candidates)
     assert [c.text for c in a0.candidates] == [c.text for c in bon.candidates]
     assert a0.text == bon.text == "1.0 1.1 1.2 1.3 1.4 1.5"
+
+
+def test_best_of_n_under_a_small_budget_runs_in_waves_with_the_same_answers():
+    lengths, rewards = [3, 9, 5, 100, 2, 7, 4, 6], [0.1, 0.9, 0.3, 0.2, 0.8, 0.4, 0.5, 0.6]
+    one_pass, _, _ = run(lengths, by_id(rewards), n=8, method="bon", max_tokens=10)
+    waves, engine, events = run(lengths, by_id(rewards), n=8, method="bon", max_tokens=10, kv_budget=P + 20)
+    assert waves.stats["at_once"] == 2 and waves.stats["waves"] == 4 and one_pass.stats["waves"] == 1
+    assert engine.most_live == 2 and engine.dropped == [] and events == []
+    assert waves.stats["peak_kv_cells"] <= P + 20
+    assert [(c.id, c.text, c.reward) for c in waves.candidates] == [(c.id, c.text, c.reward) for c in one_pass.candidates]
+    assert waves.text == one_pass.text == "1.0 1.1 1.2 1.3 1.4 1.5 1.6 1.7 1.8"
+
+
+def test_a_finished_answer_is_scored_while_its_kv_is_still_held():
+    engine = FakeEngine([2, 3, 100], prompt_tokens=P)
+    held = {}
+
+    def reward(i, text):
+        held.setdefault(i, []).append(engine.sequences[i].cells)
+        return float(i)
+
+    decode(engine, FakeScorer(reward), "q", Settings(n=3, max_tokens=20, kv_budget=P + 30))
+    assert held[0][-1] == 3 and held[1][-1] == 4  # a cell for every token fed, EOS step included
 
 
 def test_specrej_generates_fewer_tokens_than_best_of_n():
@@ -146,7 +169,7 @@ def test_ctrl_c_keeps_the_best_finished_answer():
     (dict(max_tokens=0), BadInput, "max-tokens"),
     (dict(method="greedy"), BadInput, "method"),
     (dict(n=4, kv_budget=P + 3), ContextTooSmall, "at least 14"),
-    (dict(n=4, method="bon", max_tokens=8, kv_budget=P + 20), ContextTooSmall, "at least 42"),
+    (dict(n=4, method="bon", max_tokens=8, kv_budget=P + 7), ContextTooSmall, "at least 18"),
 ])
 def test_bad_settings_raise_a_typed_error_with_a_clear_message(settings, error, words):
     with pytest.raises(error, match=words):

@@ -1,9 +1,10 @@
 """The llama.cpp engine on the real default model: one context, prompt shared, batched steps."""
+import numpy as np
 import pytest
 from llama_cpp import Llama
 
 from specrej_local.errors import BadInput, ContextTooSmall, PromptTooLong
-from specrej_local.llama import Model
+from specrej_local.llama import Context, Model
 from specrej_local.llama_engine import LlamaEngine
 from specrej_local.sampling import Sampling
 
@@ -25,72 +26,134 @@ def engine(model):
     e.close()
 
 
+def start(engine, n, budget, max_tokens, sampling, stop=(), at_once=None):
+    """What the decoder does before its first step: open for n (at_once at a time), start them."""
+    engine.open(n, at_once or n, budget, max_tokens, sampling, stop)
+    engine.spawn(range(at_once or n))
+
+
 def run_to_end(engine):
     while engine.live():
-        engine.step()
+        engine.release(engine.step())
     return [s.text for s in engine.sequences.values()]
 
 
-def test_greedy_sequences_equal_the_high_level_llama_greedy_text(default_model, engine):
+@pytest.mark.parametrize("layout", ["unified", "split"])
+def test_greedy_sequences_equal_the_high_level_llama_greedy_text(default_model, model, layout):
     # Both sides use flash attention: without it llama.cpp's CPU results depend on the batch
     # layout, and batched sequences drift from the one-sequence path after a few tokens.
+    engine = LlamaEngine(model, kv_layout=layout)
     P = engine.load_prompt(PROMPT)
-    engine.start(4, P + 4 * 40, 40, GREEDY)
+    start(engine, 4, P + 4 * 40, 40, GREEDY)
     texts = run_to_end(engine)
+    assert engine.layout == layout
     reference = Llama(str(default_model), n_ctx=512, verbose=False, flash_attn=True)
     expected = reference.create_completion(engine.prompt_text, max_tokens=40, temperature=0.0)["choices"][0]["text"]
     reference.close()
+    engine.close()
     assert texts == [expected] * 4
 
 
-def test_kv_cells_are_counted_exactly_and_freed(engine):
+@pytest.mark.parametrize("layout", ["unified", "split"])
+def test_kv_cells_are_counted_exactly_and_freed(model, layout):
+    engine = LlamaEngine(model, kv_layout=layout)
     P = engine.load_prompt(PROMPT)
     n, k = 8, 5
-    engine.start(n, P + n * 30, 30, Sampling(seed=1, temperature=1.5, top_k=0, top_p=1.0, min_p=0.0))
+    start(engine, n, P + n * 30, 30, Sampling(seed=1, temperature=1.5, top_k=0, top_p=1.0, min_p=0.0))
     ctx = engine.ctx
-    # after the prompt pass and the fork: only the prompt's cells, shared by all sequences
-    assert engine.kv_used() == P
-    assert [ctx.pos_max(i) for i in range(n)] == [P - 1] * n
+    # after the prompt pass and the fork: the prompt but its last token, which each candidate feeds
+    assert engine.kv_used() == P - 1
+    assert [ctx.pos_max(engine.slot[i]) for i in range(n)] == [P - 2] * n
     for _ in range(k):
-        engine.step()
+        engine.release(engine.step())
     live = engine.live()
     assert len(live) >= n // 2, "a high temperature keeps most sequences going for a few steps"
-    assert engine.kv_used() == P + len(live) * k  # every live sequence holds k cells of its own
-    assert [ctx.pos_max(i) for i in live] == [P + k - 1] * len(live)  # llama.cpp's own view
-    assert all(ctx.pos_max(i) == -1 for i in range(n) if i not in live)  # finished: none
+    assert engine.kv_used() == P - 1 + len(live) * k  # every live candidate holds k cells of its own
+    assert [ctx.pos_max(engine.slot[i]) for i in live] == [P - 2 + k] * len(live)  # llama.cpp's own view
     half = live[: n // 2]
-    engine.drop(half)
-    assert engine.kv_used() == P + (len(live) - len(half)) * k
-    assert all(ctx.pos_max(i) == -1 for i in half)
+    engine.release(half, reason="rejected")
+    assert engine.kv_used() == P - 1 + (len(live) - len(half)) * k
+    assert all(engine.sequences[i].finish_reason == "rejected" for i in half)
+    survivors = engine.live()
+    if layout == "split":  # moved down into the lowest sequence ids, their cells with them
+        assert sorted(engine.slot[i] for i in survivors) == list(range(len(survivors)))
+    assert [ctx.pos_max(engine.slot[i]) for i in survivors] == [P - 2 + k] * len(survivors)
+    assert all(ctx.pos_max(j) == -1 for j in range(n) if j not in engine.slot.values())
     run_to_end(engine)
-    assert engine.kv_used() == P  # finished sequences hold no cells
-    assert all(ctx.pos_max(i) == -1 for i in range(n))
+    assert engine.kv_used() == P - 1  # finished candidates hold no cells
+    engine.close()
 
 
 def test_freed_cells_are_reused_by_the_survivors(model):
-    # A context with no spare room: the survivors can only keep growing in the cells freed by drop().
-    e = LlamaEngine(model)
+    # A unified pool with no spare room: the survivors only grow in the cells freed by release().
+    e = LlamaEngine(model, kv_layout="unified")
     e.load_prompt(PROMPT)
     n, budget = 8, 256
-    e.start(n, budget, 200, Sampling(seed=3, temperature=1.5, top_k=0, top_p=1.0, min_p=0.0))
+    start(e, n, budget, 200, Sampling(seed=3, temperature=1.5, top_k=0, top_p=1.0, min_p=0.0))
     assert e.ctx.n_ctx == budget
     while e.live() and e.kv_used() + len(e.live()) <= budget:
-        e.step()
+        e.release(e.step())
     assert e.kv_used() + len(e.live()) > budget - n
-    e.drop(e.live()[: len(e.live()) // 2])
+    e.release(e.live()[: len(e.live()) // 2], reason="rejected")
     steps = 0
     while e.live() and e.kv_used() + len(e.live()) <= budget:
-        e.step()
+        e.release(e.step())
         steps += 1
     assert steps > 0
     e.close()
+
+
+@pytest.mark.parametrize("layout", ["unified", "split"])
+def test_candidates_started_later_in_a_freed_slot_write_what_they_would_at_once(model, layout):
+    # Best-of-N in waves: 2 slots for 6 candidates, the prompt kept on a keeper sequence.
+    sampling = Sampling(seed=11)
+    at_once = LlamaEngine(model, kv_layout=layout)
+    P = at_once.load_prompt(PROMPT)
+    start(at_once, 6, P + 6 * 10, 10, sampling)
+    expected = run_to_end(at_once)
+    at_once.close()
+    waves = LlamaEngine(model, kv_layout=layout)
+    waves.load_prompt(PROMPT)
+    start(waves, 6, P + 2 * 10, 10, sampling, at_once=2)
+    assert waves.keeper == 2
+    todo = [2, 3, 4, 5]
+    while waves.live():
+        waves.release(waves.step())
+        room = 2 - len(waves.live())
+        waves.spawn(todo[:room])
+        todo = todo[room:]
+        assert len(waves.live()) <= 2 and set(waves.slot.values()) <= {0, 1}
+    texts = [waves.sequences[i].text for i in range(6)]
+    waves.close()
+    assert texts == expected
+
+
+def test_logprob_tracking_reads_the_raw_log_softmax_of_each_sampled_token(model):
+    engine = LlamaEngine(model)
+    engine.track_logprob = True
+    P = engine.load_prompt(PROMPT)
+    start(engine, 2, P + 2 * 6, 6, GREEDY)
+    run_to_end(engine)
+    for s in engine.sequences.values():
+        assert s.scored_tokens == len(s.tokens) + (s.finish_reason == "stop")
+        assert -50 < s.logprob < 0
+    # the same sum from a fresh pass over the same tokens
+    s = engine.sequences[0]
+    ctx = Context(model, 512, 1)
+    toks = engine.prompt_ids + s.tokens
+    rows = ctx.decode(toks, range(len(toks)), [0] * len(toks), [False] * (P - 1) + [True] * (len(toks) - P + 1))
+    lse = np.log(np.exp(rows.astype(np.float64) - rows.max(1, keepdims=True)).sum(1)) + rows.max(1)
+    fresh = sum(rows[k, t] - lse[k] for k, t in enumerate(s.tokens))
+    ctx.close()
+    engine.close()
+    assert abs(fresh - s.logprob) <= 0.05 * max(1.0, abs(fresh))
 
 
 def test_same_seed_same_answers_and_different_seeds_differ(engine):
     P = engine.load_prompt(PROMPT)
 
     def answers(seed):
-        engine.start(4, P + 4 * 12, 12, Sampling(seed=seed))
+        start(engine, 4, P + 4 * 12, 12, Sampling(seed=seed))
         return run_to_end(engine)
 
     first = answers(7)
@@ -101,11 +164,11 @@ def test_same_seed_same_answers_and_different_seeds_differ(engine):
 
 def test_stop_strings_and_max_tokens_are_honoured(engine):
     P = engine.load_prompt("Count from 1 to 20, separated by commas.")
-    engine.start(2, P + 2 * 60, 60, GREEDY, stop=["5"])
+    start(engine, 2, P + 2 * 60, 60, GREEDY, stop=["5"])
     run_to_end(engine)
     for s in engine.sequences.values():
         assert "5" not in s.text and s.finish_reason == "stop"
-    engine.start(3, P + 3 * 7, 7, Sampling(seed=2))
+    start(engine, 3, P + 3 * 7, 7, Sampling(seed=2))
     run_to_end(engine)
     for s in engine.sequences.values():
         assert len(s.tokens) <= 7
@@ -115,7 +178,7 @@ def test_stop_strings_and_max_tokens_are_honoured(engine):
 @pytest.mark.parametrize("n", [1, 256])
 def test_one_and_256_sequences(engine, n):
     P = engine.load_prompt(PROMPT)
-    engine.start(n, P + n * 3, 3, Sampling(seed=5))
+    start(engine, n, P + n * 3, 3, Sampling(seed=5))
     run_to_end(engine)
     assert len(engine.sequences) == n
     assert all(1 <= len(s.tokens) <= 3 or s.finish_reason == "stop" for s in engine.sequences.values())
@@ -125,7 +188,7 @@ def test_a_prompt_longer_than_a_batch_is_decoded_in_chunks(model):
     e = LlamaEngine(model, n_batch=64)  # a batch over n_batch would abort llama.cpp
     P = e.load_prompt("Summarise: " + "the cat sat on the mat. " * 60)
     assert P > 4 * 64
-    e.start(2, P + 2 * 4, 4, GREEDY)
+    start(e, 2, P + 2 * 4, 4, GREEDY)
     run_to_end(e)
     assert all(s.finish_reason for s in e.sequences.values())
     e.close()
@@ -140,7 +203,7 @@ def test_a_prompt_longer_than_a_batch_is_decoded_in_chunks(model):
 def test_bad_input_raises_typed_errors(engine, prompt, n, budget, error, words):
     with pytest.raises(error, match=words):
         P = engine.load_prompt(prompt)
-        engine.start(n, budget or P + 4 * n, 4, GREEDY)
+        start(engine, n, budget or P + 4 * n, 4, GREEDY)
 
 
 def test_a_prompt_longer_than_the_model_context_is_refused(engine):

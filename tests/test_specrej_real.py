@@ -25,9 +25,10 @@ def run(model, scorer_factory, **settings):
 
     def on_round(event):  # the state right after each cut, read from both sides
         live = engine.live()
+        held = {engine.slot[i] for i in live}
         cuts.append(dict(
-            kv=engine.kv_used(), expected=engine.prompt_tokens + sum(engine.sequences[i].cells for i in live),
-            live=live, freed=[i for i in engine.sequences if i not in live and engine.ctx.pos_max(i) != -1],
+            kv=engine.kv_used(), expected=engine.prompt_tokens - 1 + sum(engine.sequences[i].cells for i in live),
+            live=live, freed=[j for j in range(engine.ctx.n_seq_max) if j not in held and engine.ctx.pos_max(j) != -1],
             reward_kv=[i for i in engine.sequences if i not in live and getattr(scorer, "ctx", None) is not None
                        and scorer.ctx.pos_max(i) != -1]))
 
@@ -61,7 +62,7 @@ def test_cuts_save_tokens_and_free_everything_they_reject(model, scorer):
     assert sr.stats["rounds"] >= 2
     assert sr.stats["generated_tokens"] < bon.stats["generated_tokens"]
     for cut in cuts:
-        assert cut["kv"] == cut["expected"]   # prompt + the survivors' own cells, nothing else
+        assert cut["kv"] == cut["expected"]   # the shared prompt + the survivors' own cells, nothing else
         assert cut["freed"] == []             # every rejected or finished sequence holds no generator KV
         assert cut["reward_kv"] == []         # ... and no reward-model KV
     rejected = [c for c in sr.candidates if c.rejected_at is not None]

@@ -1,21 +1,24 @@
 """Model-free stand-ins for the engine and the scorer, for fast tests of the decoders.
 
 `FakeEngine` follows the `engine.Engine` contract exactly, KV accounting included: the prompt
-takes `prompt_tokens` cells once, each step adds one cell per live sequence, and a finished or
-dropped sequence gives its cells back at once. Sequence i writes words "i.0 i.1 ..." and ends
-after `lengths[i]` tokens (or at max_tokens).
+takes `prompt_tokens` cells once, each step adds one cell per live candidate, and a candidate
+keeps its cells until it is released. Candidate i writes words "i.0 i.1 ..." and ends after
+`lengths[i]` tokens (or at max_tokens).
 """
-from .engine import Sequence, check_start
-from .errors import BadInput
-from .scoring import checked
+from specrej_local.engine import Sequence, check_start
+from specrej_local.errors import BadInput
+from specrej_local.scoring import checked
 
 
 class FakeEngine:
-    def __init__(self, lengths, prompt_tokens: int = 10):
+    def __init__(self, lengths, prompt_tokens: int = 10, context_length: int = 1 << 20):
         self.lengths = list(lengths)
         self.prompt_tokens = prompt_tokens
+        self.context_length = context_length
         self.sequences = {}
-        self.dropped = []  # every id freed by drop(), in order
+        self.dropped = []    # every id rejected or ended for lack of room, in order
+        self.spawned = []    # every id started, in order
+        self.most_live = 0   # the most candidates live at once
         self.decode_s = self.sample_s = 0.0
 
     def load_prompt(self, prompt, system=None):
@@ -23,23 +26,22 @@ class FakeEngine:
             raise BadInput("the prompt is empty")
         return self.prompt_tokens
 
-    def start(self, n, kv_budget, max_tokens, sampling, stop=()):
+    def open(self, n, concurrent, kv_budget, max_tokens, sampling, stop=()):
         check_start(n, kv_budget, self.prompt_tokens, max_tokens)
         self.max_tokens = max_tokens
-        self.sequences = {i: Sequence(i) for i in range(n)}
-        self._grow(list(range(n)))
-        return list(self.sequences.values())
+        self.sequences = {}
+
+    def spawn(self, ids):
+        for i in ids:
+            self.sequences[i] = Sequence(i)
+            self.spawned.append(i)
+        self.most_live = max(self.most_live, len(self.live()))
 
     def step(self):
-        ids = self.live()
-        for i in ids:
-            self.sequences[i].cells += 1
-        return self._grow(ids)
-
-    def _grow(self, ids):
         done = []
-        for i in ids:
+        for i in self.live():
             s = self.sequences[i]
+            s.cells += 1
             if len(s.tokens) >= self.lengths[i]:
                 s.finish_reason = "stop"
             else:
@@ -48,16 +50,16 @@ class FakeEngine:
                 if len(s.tokens) >= self.max_tokens:
                     s.finish_reason = "length"
             if s.finish_reason:
-                s.cells = 0
                 done.append(i)
         return done
 
-    def drop(self, ids, reason="rejected"):
+    def release(self, ids, reason=None):
         for i in ids:
             s = self.sequences[i]
-            s.finish_reason = s.finish_reason or reason
+            if s.live:
+                s.finish_reason = reason or "rejected"
+                self.dropped.append(i)
             s.cells = 0
-            self.dropped.append(i)
 
     def live(self):
         return [i for i, s in self.sequences.items() if s.live]
