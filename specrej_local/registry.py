@@ -1,6 +1,6 @@
 """Model registry: turns an alias, a path or an `hf:` source into a checked local GGUF file.
 
-Aliases live in a plain-text `models.txt` (repo root, or `$SPECREJ_MODELS`) so that users can add
+Aliases live in a plain-text `models.txt` (shipped in the package, or `$SPECREJ_MODELS`) so that users can add
 models without touching code and a reader sees at once which entries were verified (sha256 given).
 Users may add or override entries in `<cache dir>/models.txt`.
 
@@ -26,12 +26,11 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .data import MODELS_TXT
 from .errors import (BadInput, CacheDirError, ChecksumMismatch, DownloadError, ModelFileError,
                      UnknownModelError)
 
 ROLES = ("generator", "reward", "judge")
-# The package is used from its source tree (editable install); models.txt sits beside the package.
-REPO_MODELS_TXT = Path(__file__).resolve().parent.parent / "models.txt"
 
 _ALIAS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -134,9 +133,9 @@ def parse_models_file(path: Path) -> dict[str, ModelEntry]:
 
 
 def load_registry() -> dict[str, ModelEntry]:
-    """All known models: the project's models.txt (or `$SPECREJ_MODELS`), then the user's additions
-    in `<cache dir>/models.txt`, whose entries override same-named ones."""
-    main = Path(os.environ.get("SPECREJ_MODELS") or REPO_MODELS_TXT)
+    """All known models: the models.txt shipped in the package (or `$SPECREJ_MODELS`), then the
+    user's additions in `<cache dir>/models.txt`, whose entries override same-named ones."""
+    main = Path(os.environ.get("SPECREJ_MODELS") or MODELS_TXT)
     if not main.is_file():
         raise BadInput(f"model registry {main} not found; set SPECREJ_MODELS to a models.txt file")
     registry = parse_models_file(main)
