@@ -14,12 +14,9 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
-import math
-import mmap
 import os
 import re
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
@@ -30,6 +27,7 @@ from pathlib import Path
 from .data import MODELS_TXT
 from .errors import (BadInput, CacheDirError, ChecksumMismatch, DownloadError, ModelFileError,
                      UnknownModelError)
+from .gguf_file import read_header
 
 ROLES = ("generator", "reward", "judge")
 
@@ -223,94 +221,13 @@ def describe() -> list[dict]:
 
 
 def check_gguf(path) -> None:
-    """Raise ModelFileError unless `path` is a complete GGUF file.
-
-    Checks the magic, walks the header and tensor table, and compares the end of the last tensor's
-    data with the file size, which catches a truncated download. gguf.GGUFReader would do the same
-    but builds numpy views for every vocabulary string (about 3 s for a 100 MB model); this walk
-    only skips over them, so it stays well under a second even for large vocabularies.
-    """
+    """Raise ModelFileError unless `path` is a complete GGUF file: its header reads through and the
+    file reaches the end of the last tensor's data, which catches a truncated download."""
     path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(4)
-            if magic == b"GGUF":
-                with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-                    end = _gguf_data_end(buf)
-    except OSError as exc:
-        raise ModelFileError(f"cannot read model file {path}: {exc.strerror or exc}") from None
-    except ValueError as exc:
-        raise ModelFileError(f"{path} is a damaged GGUF file ({exc}); delete it and download it again") from None
-    if magic != b"GGUF":
-        raise ModelFileError(f"{path} is not a GGUF file (it starts with {magic!r}, not b'GGUF')")
-    size = path.stat().st_size
+    end, size = read_header(path).data_end, path.stat().st_size
     if end > size:
         raise ModelFileError(f"{path} is truncated: its tensors need {end} bytes but it has {size}; "
                              "delete it and download it again")
-
-
-_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-_GGUF_STRING, _GGUF_ARRAY = 8, 9
-
-
-def _gguf_data_end(buf) -> int:
-    """Offset just past the last tensor's data, read from a GGUF header (v2/v3, either byte order).
-    Raises ValueError when the header is cut off or malformed."""
-    import gguf
-
-    pos, order = 4, "<" if buf[4:6] != b"\0\0" else ">"  # a small version number reveals the byte order
-
-    def skip(n):
-        nonlocal pos
-        if pos + n > len(buf):
-            raise ValueError("its header runs past the end of the file")
-        pos += n
-
-    def read(fmt):
-        skip(struct.calcsize(fmt))
-        return struct.unpack_from(order + fmt, buf, pos - struct.calcsize(fmt))[0]
-
-    def string():
-        n = read("Q")
-        skip(n)
-        return bytes(buf[pos - n:pos])
-
-    def value(vtype):
-        if vtype in _GGUF_SCALARS:
-            return read(_GGUF_SCALARS[vtype])
-        if vtype == _GGUF_STRING:
-            return string()
-        if vtype != _GGUF_ARRAY:
-            raise ValueError(f"unknown metadata type {vtype}")
-        etype, count = read("I"), read("Q")
-        if etype in _GGUF_SCALARS:
-            skip(count * struct.calcsize(_GGUF_SCALARS[etype]))
-        else:
-            for _ in range(count):
-                value(etype)
-
-    version = read("I")
-    if version not in (2, 3):
-        raise ValueError(f"unsupported GGUF version {version}")
-    n_tensors, n_kv = read("Q"), read("Q")
-    alignment = 32
-    for _ in range(n_kv):
-        key = string()
-        val = value(read("I"))
-        if key == b"general.alignment":
-            alignment = int(val)
-    if alignment <= 0:
-        raise ValueError(f"invalid alignment {alignment}")
-    tensors = []
-    for _ in range(n_tensors):
-        string()
-        dims = [read("Q") for _ in range(read("I"))]
-        tensors.append((read("I"), read("Q"), math.prod(dims)))
-    data_start = -(-pos // alignment) * alignment
-    sizes = {int(t): s for t, s in gguf.GGML_QUANT_SIZES.items()}  # type -> (block size, bytes per block)
-    ends = [data_start + offset + (n // sizes[t][0] * sizes[t][1] if t in sizes else 0)
-            for t, offset, n in tensors]
-    return max(ends, default=data_start)
 
 
 def _verify(path: Path, entry: ModelEntry) -> None:
