@@ -45,6 +45,8 @@ def models_list():
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    for problem in registry.load_registry().refused.values():  # bad models.txt lines, skipped
+        click.echo(f"Warning: {problem}", err=True)
 
 
 @models.command("pull")

