@@ -1,10 +1,10 @@
 """Answer the first few prompts of an AlpacaFarm-style prompt set with `specrej-local batch`.
 
-    python examples/batch_alpaca.py                       # the shared set, first 5 prompts
+    python examples/batch_alpaca.py                       # the paper's set, first 5 prompts
     python examples/batch_alpaca.py my_prompts.json --limit 20 -o answers.jsonl
 
 The prompt set is a JSON list of objects with a "prompt" (or "instruction" and "input"); the
-default is ../shared/data/alpaca_farm_100.json relative to the repository root. Run it again
+default is the paper's 100 AlpacaFarm-Eval prompts, shipped with specrej-local. Run it again
 with a larger --limit and the prompts already answered are skipped (batch resumes).
 """
 import argparse
@@ -14,7 +14,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-DEFAULT_SET = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "alpaca_farm_100.json"
+from specrej_local.data import ALPACA_FARM_100
+
+DEFAULT_SET = ALPACA_FARM_100  # shipped inside the package
 
 
 def main():

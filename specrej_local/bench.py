@@ -32,6 +32,7 @@ import numpy as np
 
 from . import __version__
 from .cli_common import friendly_errors, load, model_options
+from .data import ALPACA_FARM_100
 from .decoder import Settings, decode
 from .errors import BadInput
 from .random_model import LAYOUTS, QTYPES, write_random_gguf
@@ -39,7 +40,7 @@ from .sampling import Sampling
 from .scoring import CallableScorer
 
 SCHEMA = "specrej-local-bench/1"
-DEFAULT_PROMPTS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "alpaca_farm_100.json"
+DEFAULT_PROMPTS = ALPACA_FARM_100  # shipped in the package
 LONG_PROMPT = ("Write a long, detailed story about a lighthouse keeper who finds a message in a bottle. "
                "Describe every scene at length.")
 HONESTY = ("The reward is whatever -r names (default: the generator judging its own answers). With a "
@@ -569,8 +570,8 @@ def bench_command(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_
         raise BadInput(f"every alpha must be in (0, 1), got {cfg.alphas}")
     path = Path(prompts_file) if prompts_file else DEFAULT_PROMPTS
     if not prompts_file and not path.exists():
-        raise BadInput("the default prompts file (shared/data/alpaca_farm_100.json beside the repository) is "
-                       "missing: pass --prompts FILE")
+        raise BadInput(f"the default prompts file {path} is missing from this installation: "
+                       "pass --prompts FILE")
     prompts = read_prompts(path, limit or p["limit"])
     run_full(opts, compare_fa, prompts, cfg, out, preset, prompts_file or "default: the paper's 100 AlpacaFarm prompts")
 

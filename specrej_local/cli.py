@@ -41,10 +41,12 @@ def models_list():
     """Show every registry model and whether it is on this machine."""
     rows = [("ALIAS", "ROLE", "SIZE_MB", "DOWNLOADED", "LICENSE")]
     rows += [(r["alias"], r["role"], "?" if r["size_mb"] is None else f"{r['size_mb']:.1f}",
-              "yes" if r["downloaded"] else "no", r["license"]) for r in registry.describe()]
+              r["status"], r["license"]) for r in registry.describe()]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    for problem in registry.load_registry().refused.values():  # bad models.txt lines, skipped
+        click.echo(f"Warning: {problem}", err=True)
 
 
 @models.command("pull")

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BadInput
+from .gguf_file import read_header
 
 
 LAYOUTS = {
@@ -51,10 +52,10 @@ def write_random_gguf(path, tokenizer_from, layout: str = "llama-1b", qtype: str
     if qtype not in QTYPES:
         raise BadInput(f"unknown qtype {qtype!r}; choose one of {', '.join(QTYPES)}")
     L = LAYOUTS[layout]
-    src = gguf.GGUFReader(str(tokenizer_from))
-    tok = {k: f for k, f in src.fields.items() if k.startswith("tokenizer.")}
-    tokens = list(tok["tokenizer.ggml.tokens"].contents())
-    types = list(tok["tokenizer.ggml.token_type"].contents())
+    src = read_header(tokenizer_from, lambda key: key.startswith("tokenizer."))
+    tok = {key: value.tolist() if isinstance(value, np.ndarray) else value for key, value in src.values.items()}
+    tokens = list(tok["tokenizer.ggml.tokens"])
+    types = list(tok["tokenizer.ggml.token_type"])
     vocab = L["vocab"] or len(tokens)
     if vocab < len(tokens):
         raise BadInput(f"the tokenizer of {tokenizer_from} has {len(tokens)} tokens, more than {layout}'s {vocab}")
@@ -73,15 +74,16 @@ def write_random_gguf(path, tokenizer_from, layout: str = "llama-1b", qtype: str
     w.add_rope_freq_base(L["rope"])
     w.add_layer_norm_rms_eps(1e-5)
     w.add_vocab_size(vocab)
-    for key, f in tok.items():
+    for key, value in tok.items():
         if key == "tokenizer.ggml.tokens":
             w.add_token_list(tokens)
         elif key == "tokenizer.ggml.token_type":
             w.add_token_types(types)
         elif key == "tokenizer.ggml.scores":
-            w.add_token_scores(list(f.contents()) + [0.0] * (vocab - len(f.contents())))
+            w.add_token_scores(value + [0.0] * (vocab - len(value)))
         else:
-            w.add_key_value(key, f.contents(), f.types[0], f.types[1] if len(f.types) > 1 else None)
+            vtype, etype = src.types[key]
+            w.add_key_value(key, value, gguf.GGUFValueType(vtype), None if etype is None else gguf.GGUFValueType(etype))
 
     rng = np.random.default_rng(seed)
     made = {}

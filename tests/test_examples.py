@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from specrej_local.data import ALPACA_FARM_100
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TINY = ["-n", "2", "--max-tokens", "4", "--threads", "1"]
 
@@ -52,9 +54,7 @@ def test_batch_alpaca_answers_the_first_prompts_of_a_prompt_set(run_example, tmp
 
 
 def test_batch_alpaca_reads_the_shared_prompt_set_by_default(run_example):
-    default = EXAMPLES.parent / ".." / "shared" / "data" / "alpaca_farm_100.json"
-    if not default.exists():
-        pytest.skip("the shared AlpacaFarm prompt set is not here")
+    default = ALPACA_FARM_100
     out = run_example("batch_alpaca.py", "--limit", "1", "-n", "1", "--max-tokens", "2", "--threads", "1")
     first_id = json.loads(default.read_text())[0]["af_eval_idx"]
     assert out.startswith(f"{first_id}: reward ")

