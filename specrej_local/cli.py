@@ -15,7 +15,20 @@ from .cli_common import CliError, decoding_options, friendly_errors, load, model
 from .decoder import Interrupted
 
 
-@click.group(cls=DefaultGroup, default="run", default_if_no_args=True)
+class StopOnCtrlC(DefaultGroup):
+    """The root group: Ctrl-C in any phase of any command (a model fetch or load, a wait on stdin,
+    a decode) prints "Interrupted." and exits 130. Left to click, it would print "Aborted!" and
+    exit 1. Commands that have something to report on Ctrl-C (run --json, batch) do it themselves."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (KeyboardInterrupt, Interrupted):
+            click.echo("Interrupted.", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=StopOnCtrlC, default="run", default_if_no_args=True)
 @click.version_option(__version__, "--version", prog_name="specrej-local")
 def cli():
     """Fast Best-of-N decoding with Speculative Rejection, on llama.cpp.
@@ -151,6 +164,6 @@ cli.add_command(bench_command)
 def main():
     try:
         cli()
-    except KeyboardInterrupt:  # outside a run (e.g. while loading): no traceback
+    except KeyboardInterrupt:  # while click parses the command line: no traceback either
         click.echo("Interrupted.", err=True)
         sys.exit(130)

@@ -3,11 +3,13 @@
 Kept apart from cli.py so that command modules (batch, bench) can use them without a cycle.
 """
 import contextlib
+import os
 
 import click
 
 from . import registry
 from .api import DEFAULT_GENERATOR, DEFAULT_REWARD, SpecRej
+from .decoder import Interrupted
 from .errors import SpecRejError
 
 
@@ -23,8 +25,30 @@ def friendly_errors():
     command with `@friendly_errors()`; anything else (a real bug) still shows its traceback."""
     try:
         yield
+    except Interrupted:  # Ctrl-C, not a bad input: the root group turns it into exit 130
+        raise
     except SpecRejError as exc:
         raise CliError(" ".join(str(exc).split()) or type(exc).__name__) from None
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask (taskset, a container's cpuset), which
+    can be fewer than the machine has; more threads than this only wait on each other."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no affinity masks on this platform
+        return os.cpu_count() or 1
+
+
+def check_threads(ctx, param, value):
+    """--threads within 1..usable_cpus(), checked while parsing, before any model is fetched or
+    loaded: llama.cpp crashes on huge thread counts and crawls on oversubscribed ones."""
+    most = usable_cpus()
+    if value is None:
+        return most
+    if not 1 <= value <= most:
+        raise CliError(f"--threads must be between 1 and {most} (the CPUs this process may use), got {value}")
+    return value
 
 
 def model_options(f):
@@ -36,7 +60,8 @@ def model_options(f):
                      help="Reward: self, judge, judge:MODEL, or a reward-model alias/.gguf with a score head."),
         click.option("--n-gpu-layers", "-ngl", type=int, default=0, show_default=True, envvar="SPECREJ_N_GPU_LAYERS",
                      help="Layers to offload to the GPU (-1 = all); needs a CUDA/Metal build of llama-cpp-python."),
-        click.option("-t", "--threads", type=int, default=None, help="CPU threads (default: all cores)."),
+        click.option("-t", "--threads", type=int, default=None, callback=check_threads,
+                     help="CPU threads, at most the CPUs this process may use (default: all of those)."),
         click.option("--flash-attn/--no-flash-attn", default=True, show_default=True, help="Flash attention."),
         click.option("--no-chat-template", is_flag=True, help="Feed the prompt raw, without the model's chat template."),
     ]):

@@ -240,3 +240,46 @@ def test_ctrl_c_exits_130_and_json_shows_the_best_answer_finished_so_far(model):
     best = max(finished, key=lambda c: c["reward"])
     assert (record["text"], record["finish_reason"]) == (best["text"], best["finish_reason"])
     assert record["text"] and "interrupted" in [c["finish_reason"] for c in record["candidates"]]
+
+
+def wait_until_reading_stdin(proc, timeout=60):
+    """Wait until `proc` blocks reading its stdin pipe (as the kernel's wait channel shows)."""
+    wchan = Path(f"/proc/{proc.pid}/wchan")
+    if not wchan.exists():
+        proc.kill()
+        pytest.skip("no /proc/PID/wchan to see where the process waits")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if "pipe" in wchan.read_text():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"specrej-local never waited on stdin (exit {proc.poll()})")
+
+
+def test_ctrl_c_while_waiting_on_stdin_exits_130(model):
+    proc = subprocess.Popen([SCRIPT, "-g", model, "-t", "1", "-"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    wait_until_reading_stdin(proc)  # stdin stays open: the prompt never ends
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert (proc.returncode, stdout, stderr) == (130, "", "Interrupted.\n")
+
+
+# --- threads -----------------------------------------------------------------------------------
+def usable_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+@pytest.mark.parametrize("command", [["run", "hi"], ["batch", "IN", "-o", "OUT"]], ids=["run", "batch"])
+@pytest.mark.parametrize("threads", ["0", "-3", "100000", "over"])
+def test_threads_outside_1_to_the_usable_cpus_are_refused_before_any_model_loads(tmp_path, command, threads):
+    threads = str(usable_cpus() + 1) if threads == "over" else threads
+    (tmp_path / "in.txt").write_text("Say hi.\n")
+    where = {"IN": tmp_path / "in.txt", "OUT": tmp_path / "out.jsonl"}
+    result = specrej(*(where.get(a, a) for a in command), "-g", "not-even-loaded", "-t", threads)
+    assert_one_line_error(result, f"--threads must be between 1 and {usable_cpus()} "
+                                  f"(the CPUs this process may use), got {threads}")
+
+
+def test_threads_help_names_the_default():
+    assert "(default: all of those)" in " ".join(specrej("run", "--help").stdout.split())
