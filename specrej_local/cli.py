@@ -11,7 +11,8 @@ from click_default_group import DefaultGroup
 from . import __version__, registry
 from .batch import batch_command
 from .bench import bench_command
-from .cli_common import CliError, decoding_options, friendly_errors, load, model_options, result_record
+from .cli_common import (CliError, decoding_options, friendly_errors, load, model_options, require_text,
+                         result_record)
 from .decoder import Interrupted
 
 
@@ -121,6 +122,7 @@ def run(prompt, generator, reward, n_gpu_layers, threads, flash_attn, no_chat_te
     """
     with friendly_errors():
         text = read_prompt(prompt)
+        require_text(decoding, text)
         with load(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_template) as s:
             try:
                 result = s.generate(text, on_round=progress_printer(quiet), **decoding)

@@ -4,6 +4,7 @@ Kept apart from cli.py so that command modules (batch, bench) can use them witho
 """
 import contextlib
 import os
+from typing import Optional
 
 import click
 
@@ -29,6 +30,46 @@ def friendly_errors():
         raise
     except SpecRejError as exc:
         raise CliError(" ".join(str(exc).split()) or type(exc).__name__) from None
+
+
+# No setting means anything beyond a 64-bit integer; a bigger one would overflow a C field or a
+# float conversion before the setting's own range check could name it.
+LARGEST_INT = 2**63 - 1
+
+
+def out_of_range(value) -> Optional[str]:
+    """Why a number given for an integer setting is unusable (None when it is not)."""
+    if isinstance(value, int) and not -LARGEST_INT <= value <= LARGEST_INT:
+        return f"is out of range, got a {len(str(abs(value)))}-digit number"
+    return None
+
+
+def check_int(ctx, param, value):
+    """An integer option within 64 bits, or a one-line error."""
+    problem = value is not None and out_of_range(value)
+    if problem:
+        raise CliError(f"{max(param.opts, key=len)} {problem}")
+    return value
+
+
+def not_text(value: str) -> Optional[str]:
+    """Why `value` cannot reach a model as text (None when it can). A lone surrogate has no
+    UTF-8 form: JSON can spell one ("\\ud800"), and Python turns a non-UTF-8 byte in argv into one."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"is not valid UTF-8 text (character {e.start + 1})"
+    return None
+
+
+def require_text(decoding: dict, prompt: Optional[str] = None):
+    """A one-line error for a prompt, --system or --stop given on the command line that is not text."""
+    named = [("the prompt", prompt), ("--system", decoding.get("system"))]
+    named += [("--stop", stop) for stop in decoding.get("stop") or ()]
+    for name, value in named:
+        problem = value is not None and not_text(value)
+        if problem:
+            raise CliError(f"{name} {problem}")
 
 
 def usable_cpus() -> int:
@@ -58,7 +99,8 @@ def model_options(f):
                      help="Generator: alias from models.txt, .gguf path or hf:owner/repo/file.gguf."),
         click.option("-r", "--reward", default=DEFAULT_REWARD, show_default=True, envvar="SPECREJ_REWARD",
                      help="Reward: self, judge, judge:MODEL, or a reward-model alias/.gguf with a score head."),
-        click.option("--n-gpu-layers", "-ngl", type=int, default=0, show_default=True, envvar="SPECREJ_N_GPU_LAYERS",
+        click.option("--n-gpu-layers", "-ngl", type=int, callback=check_int, default=0, show_default=True,
+                     envvar="SPECREJ_N_GPU_LAYERS",
                      help="Layers to offload to the GPU (-1 = all); needs a CUDA/Metal build of llama-cpp-python."),
         click.option("-t", "--threads", type=int, default=None, callback=check_threads,
                      help="CPU threads, at most the CPUs this process may use (default: all of those)."),
@@ -72,19 +114,22 @@ def model_options(f):
 def decoding_options(f):
     """Options of the decoding itself (shared by run and batch)."""
     for opt in reversed([
-        click.option("-n", "--n", "n", type=int, default=16, show_default=True, help="Candidates to start (1-256)."),
+        click.option("-n", "--n", "n", type=int, callback=check_int, default=16, show_default=True,
+                     help="Candidates to start (1-256)."),
         click.option("-a", "--alpha", type=float, default=0.5, show_default=True, help="Rejection rate per cut, in [0, 1)."),
         click.option("-m", "--method", type=click.Choice(["specrej", "bon"]), default="specrej", show_default=True,
                      help="specrej = Speculative Rejection; bon = plain Best-of-N."),
-        click.option("--max-tokens", type=int, default=256, show_default=True, help="Most tokens per answer."),
+        click.option("--max-tokens", type=int, callback=check_int, default=256, show_default=True,
+                     help="Most tokens per answer."),
         click.option("--temperature", "--temp", type=float, default=0.8, show_default=True, help="0 = greedy."),
         click.option("--top-p", type=float, default=0.95, show_default=True),
-        click.option("--top-k", type=int, default=40, show_default=True, help="0 = off."),
+        click.option("--top-k", type=int, callback=check_int, default=40, show_default=True, help="0 = off."),
         click.option("--min-p", type=float, default=0.05, show_default=True),
-        click.option("-s", "--seed", type=int, default=0, show_default=True, help="Same seed and settings, same answers."),
+        click.option("-s", "--seed", type=int, callback=check_int, default=0, show_default=True,
+                     help="Same seed and settings, same answers."),
         click.option("--system", default=None, help="System prompt."),
         click.option("--stop", multiple=True, help="Stop string (repeatable); not part of the answer."),
-        click.option("--kv-budget", type=int, default=None,
+        click.option("--kv-budget", type=int, callback=check_int, default=None,
                      help="KV cells for all candidates together; a full cache triggers a cut (default: prompt + "
                           "max(n x 64, max-tokens); Best-of-N: prompt + n x max-tokens)."),
     ]):

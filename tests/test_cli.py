@@ -132,6 +132,32 @@ def test_stdin_that_is_not_utf8(model):
     assert_one_line_error(result, "the prompt on stdin is not UTF-8 text (byte 3)")
 
 
+# Python turns a byte of argv that is not UTF-8 into a lone surrogate ("\udcff" for b"\xff"): text
+# no model can read. In-process, the surrogates stand for the bytes; the real process gets bytes.
+@pytest.mark.parametrize("args, message", [
+    (["caf\udcff"], "the prompt is not valid UTF-8 text (character 4)"),
+    (["--system", "\udcff", "hi"], "--system is not valid UTF-8 text (character 1)"),
+    (["--stop", "ok", "--stop", "a\udcfe", "hi"], "--stop is not valid UTF-8 text (character 2)"),
+])
+def test_command_line_text_that_is_not_utf8(model, args, message):
+    assert_one_line_error(specrej("-g", model, "-t", "1", *args), message)
+
+
+def test_a_non_utf8_prompt_in_argv_of_a_real_process(model):
+    p = subprocess.run([SCRIPT, "-g", model, "-t", "1", b"caf\xff"], capture_output=True, text=True)
+    assert_one_line_error(p, "the prompt is not valid UTF-8 text (character 4)")
+
+
+@pytest.mark.parametrize("option", ["-n", "--max-tokens", "--top-k", "--seed", "--kv-budget", "-ngl"])
+def test_integers_beyond_64_bits_are_a_one_line_error_before_any_model_loads(option):
+    # --max-tokens 10**400 was an OverflowError traceback from the memory check.
+    name = {"-n": "--n", "-ngl": "--n-gpu-layers"}.get(option, option)
+    result = specrej("-g", "not-even-loaded", option, "-" + "9" * 30, "hi")
+    assert_one_line_error(result, f"{name} is out of range, got a 30-digit number")
+    result = specrej("-g", "not-even-loaded", option, "1" + "0" * 400, "hi")
+    assert_one_line_error(result, f"{name} is out of range, got a 401-digit number")
+
+
 def test_an_unknown_model_alias_lists_the_known_ones():
     result = specrej("-g", "no-such-model", "hi")
     assert result.exit_code == 2
