@@ -34,7 +34,8 @@ from typing import Iterator, Optional
 
 import click
 
-from .cli_common import decoding_options, friendly_errors, load, model_options, result_record
+from .cli_common import (decoding_options, friendly_errors, load, model_options, not_text, out_of_range,
+                         require_text, result_record)
 from .decoder import Interrupted
 from .errors import SpecRejError
 
@@ -119,8 +120,16 @@ def _json_list(path: Path, data: bytes) -> list:
         raise BatchFileError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
     if not isinstance(doc, list):
         raise BatchFileError(f"{path} must hold a JSON list of prompts, not a JSON {type(doc).__name__}")
-    return [Item(i, f"item {i}", i, prompt=obj) if isinstance(obj, str) else _from_object(obj, i, f"item {i}")
+    return [_from_string(obj, i) if isinstance(obj, str) else _from_object(obj, i, f"item {i}")
             for i, obj in enumerate(doc, 1)]
+
+
+def _from_string(prompt: str, number: int) -> Item:
+    where = f"item {number}"
+    problem = not_text(prompt)
+    if problem:
+        return Item(number, where, number, error=f"{where} {problem}")
+    return Item(number, where, number, prompt=prompt)
 
 
 def _from_object(obj, number: int, where: str) -> Item:
@@ -142,21 +151,32 @@ def _from_object(obj, number: int, where: str) -> Item:
         return bad("no \"prompt\" (or \"instruction\")", id)
     if not isinstance(prompt, str):
         return bad(f"\"prompt\" must be a string, got {json.dumps(prompt)[:40]}", id)
+    for key in ("prompt", "instruction", "input", "system"):  # every string that can reach the model
+        problem = isinstance(obj.get(key), str) and not_text(obj[key])
+        if problem:
+            return bad(f"\"{key}\" {problem}", id)
     settings = {}
     for key, kind in OVERRIDES.items():
         value = obj.get(key)
         if value is None:  # absent or null: the command's option
             continue
-        if kind is str:
-            ok = isinstance(value, str)
-        else:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-            ok = ok and (kind is float or float(value).is_integer())
-        if not ok:
+        if not _is_a(kind, value):
             noun = {int: "an integer", float: "a number", str: "a string"}[kind]
             return bad(f"\"{key}\" must be {noun}, got {json.dumps(value)[:40]}", id)
+        problem = kind is not str and out_of_range(int(value) if kind is int else value)
+        if problem:
+            return bad(f"\"{key}\" {problem}", id)
         settings[key] = value if kind is str else kind(value)
     return Item(number, where, id, prompt=prompt, settings=settings)
+
+
+def _is_a(kind, value) -> bool:
+    """Whether a JSON value can serve as `kind`: 3.0 is an integer; true is not a number."""
+    if kind is str:
+        return isinstance(value, str)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return kind is float or isinstance(value, int) or value.is_integer()
 
 
 # --- writing OUT ---------------------------------------------------------------------------
@@ -364,6 +384,7 @@ def batch_command(source, out_path, generator, reward, n_gpu_layers, threads, fl
 
     interrupted = False
     with friendly_errors():
+        require_text(decoding)
         if out_path.exists() and out_path.resolve() == source.resolve():
             raise BatchFileError(f"the output file {out_path} is the input file; choose another -o")
         items = read_items(source)

@@ -28,6 +28,7 @@ RESULT_KEYS = {"id", "text", "reward", "finish_reason", "method", "generator", "
 # The smallest useful run: 2 candidates of 4 tokens, prompts fed raw (no chat template, so they
 # are a few tokens long), one thread (the test machine's cores are shared).
 TINY = ["-n", "2", "--max-tokens", "4", "-t", "1", "--no-chat-template"]
+BIG = "1" + "0" * 400  # a 401-digit integer
 
 
 @pytest.fixture
@@ -118,9 +119,22 @@ def test_the_shared_alpaca_farm_file_reads_as_100_prompts():
     ('{"id": "a", "prompt": "hi", "alpha": true}', 'line 2: "alpha" must be a number, got true'),
     ('{"id": "a", "prompt": "hi", "system": 3}', 'line 2: "system" must be a string, got 3'),
     ('{"id": "first", "prompt": "again"}', "line 2: duplicate id 'first' (first at line 1)"),
+    # strings with a lone surrogate: valid JSON, but no text a model can read
+    ('{"id": "a", "prompt": "\\ud800"}', 'line 2: "prompt" is not valid UTF-8 text (character 1)'),
+    ('{"id": "a", "instruction": "Say \\udfff"}', 'line 2: "instruction" is not valid UTF-8 text (character 5)'),
+    ('{"id": "a", "instruction": "Say", "input": "x\\ud800"}', 'line 2: "input" is not valid UTF-8 text (character 2)'),
+    ('{"id": "a", "prompt": "hi", "system": "\\udc80"}', 'line 2: "system" is not valid UTF-8 text (character 1)'),
+    # numbers no setting can mean
+    ('{"id": "a", "prompt": "hi", "n": BIG}', 'line 2: "n" is out of range, got a 401-digit number'),
+    ('{"id": "a", "prompt": "hi", "alpha": BIG}', 'line 2: "alpha" is out of range, got a 401-digit number'),
+    ('{"id": "a", "prompt": "hi", "max_tokens": BIG}', 'line 2: "max_tokens" is out of range, got a 401-digit number'),
+    ('{"id": "a", "prompt": "hi", "seed": -BIG}', 'line 2: "seed" is out of range, got a 401-digit number'),
+    ('{"id": "a", "prompt": "hi", "n": 1e300}', 'line 2: "n" is out of range, got a 301-digit number'),
+    ('{"id": "a", "prompt": "hi", "n": Infinity}', 'line 2: "n" must be an integer, got Infinity'),
+    ('{"id": "a", "prompt": "hi", "n": NaN}', 'line 2: "n" must be an integer, got NaN'),
 ])
 def test_a_bad_input_line_becomes_an_error_naming_its_line(tmp_path, line, error):
-    src = write_lines(tmp_path / "in.jsonl", {"id": "first", "prompt": "fine"}, line)
+    src = write_lines(tmp_path / "in.jsonl", {"id": "first", "prompt": "fine"}, line.replace("BIG", BIG))
     good, bad = read_items(src)
     assert good.error is None and bad.error == error
 
@@ -137,6 +151,42 @@ def test_a_bad_line_gets_an_error_line_and_the_batch_goes_on(tmp_path, tiny):
     assert b == {"id": None, "line": 2, "error": "line 2: invalid JSON (Expecting value at column 1)"}
     assert c == {"id": "c", "line": 3, "error": "line 3: the prompt is empty"}
     assert d == {"id": "d", "line": 4, "error": "line 4: alpha must be in [0, 1), got 1.5"}
+
+
+def test_text_and_numbers_no_model_can_take_are_error_lines_on_every_run(tmp_path, tiny):
+    # Each used to end the batch with a traceback before its error line, so every resume died on
+    # the same line. Absurd but representable numbers reach the settings' own checks.
+    src = write_lines(tmp_path / "in.jsonl", '{"id": "s", "prompt": "\\ud800 hi"}', {"id": "ok", "prompt": "Say hi."},
+                      f'{{"id": "n", "prompt": "hi", "n": {BIG}}}', {"id": "n62", "prompt": "hi", "n": 2**62},
+                      {"id": "a", "prompt": "hi", "alpha": 1e308})
+    out = tmp_path / "out.jsonl"
+    errors = [{"id": "s", "line": 1, "error": 'line 1: "prompt" is not valid UTF-8 text (character 1)'},
+              {"id": "n", "line": 3, "error": 'line 3: "n" is out of range, got a 401-digit number'},
+              {"id": "n62", "line": 4, "error": f"line 4: n must be between 1 and 256, got {2**62}"},
+              {"id": "a", "line": 5, "error": "line 5: alpha must be in [0, 1), got 1e+308"}]
+    first = batch(src, "-o", out, *tiny)
+    assert (first.exit_code, first.stderr) == (1, f"Done: 1 answered, 4 failed, 0 already in {out}.\n")
+    assert [r for r in read_lines(out) if "error" in r] == errors
+    again = batch(src, "-o", out, *tiny)
+    assert (again.exit_code, again.stderr) == (1, f"Done: 0 answered, 4 failed, 1 already in {out}.\n")
+    assert [r for r in read_lines(out) if "error" in r] == errors
+    assert [r["id"] for r in read_lines(out) if "text" in r] == ["ok"]
+
+
+def test_a_json_list_string_that_is_not_text_is_named(tmp_path):
+    src = tmp_path / "in.json"
+    src.write_text('["Say hi.", "\\ud83d"]')
+    assert [it.error for it in read_items(src)] == [None, "item 2 is not valid UTF-8 text (character 1)"]
+
+
+@pytest.mark.parametrize("option, value", [("--system", "\udcff"), ("--stop", "a\udcfe")])
+def test_a_system_prompt_or_stop_string_on_the_command_line_that_is_not_text(tmp_path, option, value):
+    # Python turns the bytes b"\xff" and b"\xfe" of argv into the lone surrogates used here.
+    src = write_lines(tmp_path / "in.txt", "Say hi.")
+    result = batch(src, "-o", tmp_path / "out.jsonl", "-g", "not-even-loaded", option, value)
+    assert (result.exit_code, result.stdout) == (2, "")
+    assert result.stderr == f"Error: {option} is not valid UTF-8 text (character {len(value)})\n"
+    assert not (tmp_path / "out.jsonl").exists()
 
 
 def test_a_line_that_is_not_utf8_is_named(tmp_path):
