@@ -17,8 +17,10 @@ OUT is JSON Lines, one line per prompt, written, flushed and fsync'ed the moment
 
 Resume: run the same command again. Ids with an answer in OUT are skipped; everything else runs,
 errors included: their old error lines are removed first, so an id never gets a second answer
-line. A last line without its newline (a run killed mid-write) is dropped and redone the same
-way. Ctrl-C abandons the prompt in progress and exits 130 with everything finished on disk.
+line. An entry of IN that cannot be read (a duplicate id among them) gets its error line again
+on every run, so OUT always reports it exactly once. A last line without its newline (a run
+killed mid-write) is dropped and redone the same way. Ctrl-C abandons the prompt in progress
+and exits 130 with everything finished on disk.
 OUT.lock, next to OUT, holds an advisory lock: a second batch on the same OUT refuses to start.
 """
 import codecs
@@ -334,8 +336,10 @@ def _sigint_deferred():
 
 # --- the loop ------------------------------------------------------------------------------
 def pending(items, out: ResultsFile) -> list:
-    """The items still to do: everything whose id has no answer in OUT."""
-    return [it for it in items if it.id is None or it.id not in out.done]
+    """The items still to do: everything whose id has no answer in OUT, and every entry IN has
+    wrong. Such an entry can have an answered id (a duplicate id is answered by its first
+    occurrence), yet its error line, removed from OUT with the others, must be written again."""
+    return [it for it in items if it.error or it.id not in out.done]
 
 
 def answer_all(s, items, out: ResultsFile, options: dict, generator: str, reward) -> Iterator[dict]:
@@ -391,10 +395,11 @@ def batch_command(source, out_path, generator, reward, n_gpu_layers, threads, fl
         with ResultsFile(out_path) as out:
             todo = pending(items, out)
             skipped = len(items) - len(todo)
-            if todo:
-                with load(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_template) as s, \
-                        tqdm(total=len(items), initial=skipped, unit="prompt", file=sys.stderr,
-                             disable=quiet or not sys.stderr.isatty()) as bar:
+            if todo:  # when only unreadable entries are left to report, no model is needed
+                models = (load(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_template)
+                          if any(it.error is None for it in todo) else contextlib.nullcontext())
+                with models as s, tqdm(total=len(items), initial=skipped, unit="prompt", file=sys.stderr,
+                                       disable=quiet or not sys.stderr.isatty()) as bar:
                     try:
                         for _ in answer_all(s, todo, out, decoding, generator, reward):
                             bar.update()

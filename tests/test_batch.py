@@ -254,6 +254,23 @@ def test_resume_skips_answered_ids_retries_errors_and_drops_a_cut_off_last_line(
     assert all("error" not in r for r in read_lines(out))
 
 
+def test_a_duplicate_id_keeps_its_one_error_line_through_any_number_of_resumes(tmp_path, tiny):
+    # Its id is answered by its first occurrence, so it is never retried; its error line, removed
+    # at a resume with the other error lines, is written again by every run.
+    src = write_lines(tmp_path / "in.jsonl", {"id": "a", "prompt": "Say hi."}, {"id": "a", "prompt": "Say no."},
+                      {"id": "b", "prompt": "Say yes."})
+    out = tmp_path / "out.jsonl"
+    duplicate = {"id": "a", "line": 2, "error": "line 2: duplicate id 'a' (first at line 1)"}
+    first = batch(src, "-o", out, *tiny)
+    assert (first.exit_code, first.stderr) == (1, f"Done: 2 answered, 1 failed, 0 already in {out}.\n")
+    answers = [r for r in read_lines(out) if "text" in r]
+    assert [r["id"] for r in answers] == ["a", "b"]
+    for _ in range(2):  # nothing is left to answer: no model is even loaded
+        again = batch(src, "-o", out, "-g", "not-even-loaded")
+        assert (again.exit_code, again.stderr) == (1, f"Done: 0 answered, 1 failed, 2 already in {out}.\n")
+        assert read_lines(out) == answers + [duplicate]
+
+
 def test_a_terminal_gets_a_progress_bar_over_prompts_with_an_eta(tmp_path, tiny):
     src = write_lines(tmp_path / "in.txt", "Say hi.", "Say yes.")
     master, terminal = pty.openpty()
