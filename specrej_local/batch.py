@@ -19,15 +19,19 @@ Resume: run the same command again. Ids with an answer in OUT are skipped; every
 errors included: their old error lines are removed first, so an id never gets a second answer
 line. An entry of IN that cannot be read (a duplicate id among them) gets its error line again
 on every run, so OUT always reports it exactly once. A last line without its newline (a run
-killed mid-write) is dropped and redone the same way. Ctrl-C abandons the prompt in progress
-and exits 130 with everything finished on disk.
-OUT.lock, next to OUT, holds an advisory lock: a second batch on the same OUT refuses to start.
+killed mid-write) is dropped and redone the same way. Ctrl-C, at any moment, exits 130 with
+everything finished on disk.
+
+OUT must be a regular file (or not exist yet), and not IN under another name. Through a symlink,
+OUT is the file it points to: it is locked, read and rewritten there. OUT.lock, next to that file,
+holds an advisory lock: a second batch on the same OUT refuses to start.
 """
 import codecs
 import contextlib
 import json
 import os
 import signal
+import stat
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -184,20 +188,25 @@ def _is_a(kind, value) -> bool:
 # --- writing OUT ---------------------------------------------------------------------------
 class ResultsFile:
     """OUT opened for appending, under an advisory lock; `done` holds the ids answered already,
-    `answered` and `failed` count the lines this run has written."""
+    `answered` and `failed` count the lines this run has written.
+
+    OUT may be reached through symlinks: the lock, the reading and the rewrite all act on the file
+    it resolves to (`self.file`), so two names of one file are one batch, and a symlink stays one."""
 
     def __init__(self, path):
-        self.path = Path(path)
-        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self.path = Path(path)  # as the user wrote it, for messages
+        self.file = Path(os.path.realpath(self.path))
+        self.lock_path = self.file.with_name(self.file.name + ".lock")
         self._fd = None
         self.answered = self.failed = 0
         try:
+            refuse_special_file(self.path)
             self._lock()
             self.done = self._recover()
-            created = not self.path.exists()
-            self.f = open(self.path, "ab")
+            created = not self.file.exists()
+            self.f = open(self.file, "ab")
             if created:
-                _fsync_dir(self.path.parent)
+                _fsync_dir(self.file.parent)
         except OSError as e:
             self._unlock()
             raise BatchFileError(f"cannot write {self.path}: {e.strerror or e}") from None
@@ -228,9 +237,9 @@ class ResultsFile:
             except FileNotFoundError:
                 pass
             os.close(fd)
+        self._fd = fd  # before anything else can fail or be interrupted: close() then removes it
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
 
     def _unlock(self):
         if self._fd is not None:
@@ -243,7 +252,7 @@ class ResultsFile:
         """Ids answered in OUT. Error lines and a last line cut off mid-write are removed (those
         prompts run again); any other unreadable line stops the run rather than lose data."""
         try:
-            data = self.path.read_bytes()
+            data = self.file.read_bytes()
         except FileNotFoundError:
             return set()
         lines = data.split(b"\n")
@@ -271,13 +280,13 @@ class ResultsFile:
 
     def _rewrite(self, lines):
         """Replace OUT by `lines` atomically: a kill at any moment leaves the old or the new file."""
-        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp = self.file.with_name(self.file.name + ".tmp")
         with open(tmp, "wb") as f:
             f.write(b"".join(line + b"\n" for line in lines))
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        _fsync_dir(self.path.parent)
+        os.replace(tmp, self.file)
+        _fsync_dir(self.file.parent)
 
     def append(self, record: dict):
         """Write one result line and make sure it is on disk before going on."""
@@ -305,6 +314,26 @@ class ResultsFile:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def refuse_special_file(path: Path):
+    """OUT must be a regular file (or not exist yet): reading a FIFO or a terminal back for a
+    resume would wait forever, and a directory or a device cannot hold results."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # missing (created later) or unreachable (reported when it is opened)
+        return
+    if not stat.S_ISREG(mode):
+        kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket")
+        raise BatchFileError(f"{path} is {kind}, not a regular file; choose a file for -o")
+
+
+def refuse_input_as_output(source: Path, out: Path):
+    """OUT must not be IN under another name (a symlink or a hard link): a resume would rewrite it."""
+    with contextlib.suppress(OSError):  # OUT missing: it cannot be IN
+        if source.samefile(out):
+            raise BatchFileError(f"the output file {out} is the input file; choose another -o")
 
 
 def _fsync_dir(path: Path):
@@ -365,7 +394,7 @@ def answer_all(s, items, out: ResultsFile, options: dict, generator: str, reward
 # --- the command ---------------------------------------------------------------------------
 @click.command("batch")
 @click.argument("source", metavar="IN", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("-o", "--output", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("-o", "--output", "out_path", required=True, type=click.Path(path_type=Path),
               help="Results, one JSON line per prompt; an existing file is resumed.")
 @model_options
 @decoding_options
@@ -386,30 +415,30 @@ def batch_command(source, out_path, generator, reward, n_gpu_layers, threads, fl
     """
     from tqdm import tqdm
 
-    interrupted = False
+    out, skipped, interrupted = None, 0, False
     with friendly_errors():
         require_text(decoding)
-        if out_path.exists() and out_path.resolve() == source.resolve():
-            raise BatchFileError(f"the output file {out_path} is the input file; choose another -o")
+        refuse_input_as_output(source, out_path)
         items = read_items(source)
-        with ResultsFile(out_path) as out:
-            todo = pending(items, out)
-            skipped = len(items) - len(todo)
-            if todo:  # when only unreadable entries are left to report, no model is needed
-                models = (load(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_template)
-                          if any(it.error is None for it in todo) else contextlib.nullcontext())
-                with models as s, tqdm(total=len(items), initial=skipped, unit="prompt", file=sys.stderr,
-                                       disable=quiet or not sys.stderr.isatty()) as bar:
-                    try:
+        try:  # Ctrl-C from here on (the lock, a model fetch or load, a prompt): 130 and the summary
+            with ResultsFile(out_path) as out:
+                todo = pending(items, out)
+                skipped = len(items) - len(todo)
+                if todo:  # when only unreadable entries are left to report, no model is needed
+                    models = (load(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_template)
+                              if any(it.error is None for it in todo) else contextlib.nullcontext())
+                    with models as s, tqdm(total=len(items), initial=skipped, unit="prompt", file=sys.stderr,
+                                           disable=quiet or not sys.stderr.isatty()) as bar:
                         for _ in answer_all(s, todo, out, decoding, generator, reward):
                             bar.update()
-                    except (Interrupted, KeyboardInterrupt):
-                        interrupted = True
-    done = f"{out.answered} answered, {out.failed} failed, {skipped} already in {out_path}"
+        except (Interrupted, KeyboardInterrupt):
+            interrupted = True
+    answered, failed = (out.answered, out.failed) if out else (0, 0)
+    done = f"{answered} answered, {failed} failed, {skipped} already in {out_path}"
     if interrupted:
         click.echo(f"Interrupted: {done}; run the same command again to resume.", err=True)
         sys.exit(130)
     if not quiet:
         click.echo(f"Done: {done}.", err=True)
-    if out.failed:
+    if failed:
         sys.exit(1)

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from specrej_local import SpecRej
-from specrej_local.batch import ResultsFile, answer_all, pending, read_items
+from specrej_local.batch import BatchFileError, ResultsFile, answer_all, pending, read_items
 from specrej_local.cli import cli
 from specrej_local.data import ALPACA_FARM_100
 
@@ -219,6 +219,53 @@ def test_the_output_cannot_be_the_input(tmp_path):
     assert result.stderr == f"Error: the output file {src} is the input file; choose another -o\n"
 
 
+@pytest.mark.parametrize("link", ["symlink", "hard link"])
+def test_the_output_cannot_be_the_input_under_another_name(tmp_path, link):
+    src = write_lines(tmp_path / "in.jsonl", {"id": 1, "prompt": "Say hi."})
+    out = tmp_path / "out.jsonl"
+    if link == "symlink":
+        out.symlink_to(src)
+    else:
+        os.link(src, out)
+    result = batch(src, "-o", out, "-g", "not-even-loaded")
+    assert (result.exit_code, result.stderr) == (2, f"Error: the output file {out} is the input file; choose another -o\n")
+    assert read_lines(src) == [{"id": 1, "prompt": "Say hi."}]
+
+
+@pytest.mark.parametrize("kind", ["a FIFO", "a device", "a directory"])
+def test_an_output_that_is_not_a_regular_file_is_refused(tmp_path, kind):
+    # A FIFO or a terminal (-o /dev/stdout) used to hang: a resume reads OUT back first.
+    src = write_lines(tmp_path / "in.txt", "Say hi.")
+    if kind == "a FIFO":
+        out = tmp_path / "fifo"
+        os.mkfifo(out)
+    elif kind == "a device":
+        out = Path(os.devnull)
+    else:
+        out = tmp_path / "results"
+        out.mkdir()
+    p = subprocess.run([SCRIPT, "batch", str(src), "-o", str(out), "-g", "not-even-loaded"], capture_output=True,
+                       text=True, stdin=subprocess.DEVNULL, timeout=20)
+    assert (p.returncode, p.stdout) == (2, "")
+    assert p.stderr == f"Error: {out} is {kind}, not a regular file; choose a file for -o\n"
+
+
+def test_an_output_reached_through_a_symlink_is_locked_read_and_rewritten_where_it_lives(tmp_path):
+    real = write_lines(tmp_path / "real.jsonl", {"id": 1, "text": "Hi!"}, {"id": 2, "line": 2, "error": "x"})
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(real)
+    with ResultsFile(link) as out:  # the resume drops the error line, to retry it
+        assert out.done == {1}
+        assert out.lock_path == tmp_path / "real.jsonl.lock"
+        # the same file under its other name is the same batch
+        with pytest.raises(BatchFileError, match=f"another batch .* is writing {real}"):
+            ResultsFile(real)
+        out.append({"id": 2, "text": "Red."})
+    assert link.is_symlink() and os.readlink(link) == str(real)  # still a link, to the same file
+    assert read_lines(real) == [{"id": 1, "text": "Hi!"}, {"id": 2, "text": "Red."}]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.jsonl", "real.jsonl"]
+
+
 def test_a_damaged_line_in_the_middle_of_out_stops_the_run_rather_than_lose_it(tmp_path):
     src = write_lines(tmp_path / "in.txt", "Say hi.")
     out = write_lines(tmp_path / "out.jsonl", {"id": 7, "text": "x"}, "garbage", {"id": 8, "text": "y"})
@@ -327,6 +374,31 @@ def test_ctrl_c_mid_batch_exits_130_with_finished_lines_intact(tmp_path, tiny):
     assert stderr == (f"Interrupted: {len(lines)} answered, 0 failed, 0 already in {out}; "
                       "run the same command again to resume.\n")
     assert not (tmp_path / "out.jsonl.lock").exists()
+    # and the same command finishes the rest
+    result = batch(src, "-o", out, *tiny, "-n", "1")
+    assert result.exit_code == 0, result.output
+    assert result.stderr == f"Done: {8 - len(lines)} answered, 0 failed, {len(lines)} already in {out}.\n"
+    assert sorted(r["id"] for r in read_lines(out)) == list(range(1, 9))
+
+
+def test_ctrl_c_as_soon_as_the_output_is_locked_exits_130_with_the_summary(tmp_path, tiny):
+    # The lock is taken before the models are fetched and loaded: Ctrl-C lands there (or, on a
+    # fast machine, in the first prompt); either way it is 130 and a summary, never "Aborted!".
+    src = write_lines(tmp_path / "in.txt", *(f"Say the number {i}." for i in range(8)))
+    out = tmp_path / "out.jsonl"
+    lock = tmp_path / "out.jsonl.lock"
+    proc = subprocess.Popen([SCRIPT, "batch", str(src), "-o", str(out), *tiny, "-n", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not lock.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    answered = len(read_lines(out))
+    assert stderr.endswith(f"Interrupted: {answered} answered, 0 failed, 0 already in {out}; "
+                           "run the same command again to resume.\n")
+    assert not lock.exists()
 
 
 def test_a_second_batch_on_the_same_output_refuses_to_start(tmp_path):
