@@ -201,7 +201,8 @@ class ResultsFile:
         self.answered = self.failed = 0
         try:
             refuse_special_file(self.path)
-            self._lock()
+            with _sigint_deferred():  # a lock file created is a lock file recorded, for close() to remove
+                self._lock()
             self.done = self._recover()
             created = not self.file.exists()
             self.f = open(self.file, "ab")
@@ -237,7 +238,7 @@ class ResultsFile:
             except FileNotFoundError:
                 pass
             os.close(fd)
-        self._fd = fd  # before anything else can fail or be interrupted: close() then removes it
+        self._fd = fd
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
 
@@ -348,7 +349,8 @@ def _fsync_dir(path: Path):
 
 @contextlib.contextmanager
 def _sigint_deferred():
-    """Hold Ctrl-C back while a result line is written, so OUT never ends in half a line."""
+    """Hold Ctrl-C back through a short step that must finish: writing a result line (OUT never
+    ends in half a line) or taking the lock (a lock file is never left behind)."""
     if threading.current_thread() is not threading.main_thread() \
             or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield

@@ -228,7 +228,8 @@ def test_the_output_cannot_be_the_input_under_another_name(tmp_path, link):
     else:
         os.link(src, out)
     result = batch(src, "-o", out, "-g", "not-even-loaded")
-    assert (result.exit_code, result.stderr) == (2, f"Error: the output file {out} is the input file; choose another -o\n")
+    assert result.exit_code == 2
+    assert result.stderr == f"Error: the output file {out} is the input file; choose another -o\n"
     assert read_lines(src) == [{"id": 1, "prompt": "Say hi."}]
 
 
@@ -342,11 +343,23 @@ def test_a_terminal_gets_a_progress_bar_over_prompts_with_an_eta(tmp_path, tiny)
 
 
 # --- crashes, Ctrl-C and a second run ------------------------------------------------------------
-def test_kill_9_mid_batch_then_resume_completes_with_each_id_once(tmp_path, tiny):
+def start_eight_prompts(tmp_path, tiny, **popen):
+    """A real `batch` process over 8 one-candidate prompts: (IN, OUT, the process)."""
     src = write_lines(tmp_path / "in.txt", *(f"Say the number {i}." for i in range(8)))
     out = tmp_path / "out.jsonl"
-    proc = subprocess.Popen([SCRIPT, "batch", str(src), "-o", str(out), *tiny, "-n", "1", "-q"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return src, out, subprocess.Popen([SCRIPT, "batch", str(src), "-o", str(out), *tiny, "-n", "1"], **popen)
+
+
+def assert_the_same_command_finishes_the_rest(src, out, tiny, before):
+    """After a run stopped with `before` answers in OUT, running it again answers the others."""
+    result = batch(src, "-o", out, *tiny, "-n", "1")
+    assert result.exit_code == 0, result.output
+    assert result.stderr == f"Done: {8 - before} answered, 0 failed, {before} already in {out}.\n"
+    assert sorted(r["id"] for r in read_lines(out)) == list(range(1, 9))
+
+
+def test_kill_9_mid_batch_then_resume_completes_with_each_id_once(tmp_path, tiny):
+    src, out, proc = start_eight_prompts(tmp_path, tiny, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_lines(out, 1, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -354,17 +367,11 @@ def test_kill_9_mid_batch_then_resume_completes_with_each_id_once(tmp_path, tiny
     before = len(read_lines(out))
     assert 1 <= before < 8  # killed mid-batch; what is there is valid JSONL
 
-    result = batch(src, "-o", out, *tiny, "-n", "1")
-    assert result.exit_code == 0, result.output
-    assert result.stderr == f"Done: {8 - before} answered, 0 failed, {before} already in {out}.\n"
-    assert sorted(r["id"] for r in read_lines(out)) == list(range(1, 9))
+    assert_the_same_command_finishes_the_rest(src, out, tiny, before)
 
 
 def test_ctrl_c_mid_batch_exits_130_with_finished_lines_intact(tmp_path, tiny):
-    src = write_lines(tmp_path / "in.txt", *(f"Say the number {i}." for i in range(8)))
-    out = tmp_path / "out.jsonl"
-    proc = subprocess.Popen([SCRIPT, "batch", str(src), "-o", str(out), *tiny, "-n", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    src, out, proc = start_eight_prompts(tmp_path, tiny, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_lines(out, 1, proc)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
@@ -374,21 +381,14 @@ def test_ctrl_c_mid_batch_exits_130_with_finished_lines_intact(tmp_path, tiny):
     assert stderr == (f"Interrupted: {len(lines)} answered, 0 failed, 0 already in {out}; "
                       "run the same command again to resume.\n")
     assert not (tmp_path / "out.jsonl.lock").exists()
-    # and the same command finishes the rest
-    result = batch(src, "-o", out, *tiny, "-n", "1")
-    assert result.exit_code == 0, result.output
-    assert result.stderr == f"Done: {8 - len(lines)} answered, 0 failed, {len(lines)} already in {out}.\n"
-    assert sorted(r["id"] for r in read_lines(out)) == list(range(1, 9))
+    assert_the_same_command_finishes_the_rest(src, out, tiny, len(lines))
 
 
 def test_ctrl_c_as_soon_as_the_output_is_locked_exits_130_with_the_summary(tmp_path, tiny):
     # The lock is taken before the models are fetched and loaded: Ctrl-C lands there (or, on a
     # fast machine, in the first prompt); either way it is 130 and a summary, never "Aborted!".
-    src = write_lines(tmp_path / "in.txt", *(f"Say the number {i}." for i in range(8)))
-    out = tmp_path / "out.jsonl"
     lock = tmp_path / "out.jsonl.lock"
-    proc = subprocess.Popen([SCRIPT, "batch", str(src), "-o", str(out), *tiny, "-n", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    src, out, proc = start_eight_prompts(tmp_path, tiny, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not lock.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -396,8 +396,8 @@ def test_ctrl_c_as_soon_as_the_output_is_locked_exits_130_with_the_summary(tmp_p
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     answered = len(read_lines(out))
-    assert stderr.endswith(f"Interrupted: {answered} answered, 0 failed, 0 already in {out}; "
-                           "run the same command again to resume.\n")
+    assert stderr == (f"Interrupted: {answered} answered, 0 failed, 0 already in {out}; "
+                      "run the same command again to resume.\n")
     assert not lock.exists()
 
 
