@@ -12,6 +12,7 @@ import re
 import resource
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -289,6 +290,36 @@ def test_ctrl_c_while_waiting_on_stdin_exits_130(model):
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     assert (proc.returncode, stdout, stderr) == (130, "", "Interrupted.\n")
+
+
+@pytest.fixture
+def silent_hub(tmp_path):
+    """A Hugging Face endpoint that accepts connections and never answers: a download in progress.
+    Yields (environment for a process, the listening socket)."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(60)
+        env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{server.getsockname()[1]}",
+               "HF_HOME": str(tmp_path / "hf-home")}
+        env.pop("HF_HUB_OFFLINE", None)
+        yield env, server
+
+
+@pytest.mark.parametrize("command", [[], ["batch", "IN", "-o", "OUT"]], ids=["run", "batch"])
+def test_ctrl_c_during_a_model_download_exits_130(tmp_path, silent_hub, command):
+    env, server = silent_hub
+    (tmp_path / "in.txt").write_text("Say hi.\n")
+    where = {"IN": tmp_path / "in.txt", "OUT": tmp_path / "out.jsonl"}
+    args = [*(str(where.get(a, a)) for a in command), "-g", "hf:someone/some-model/model.gguf", "-t", "1"]
+    proc = subprocess.Popen([SCRIPT, *args, *([] if command else ["hi"])], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    connection, _ = server.accept()  # the download has started
+    with connection:
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    last = (f"Interrupted: 0 answered, 0 failed, 0 already in {where['OUT']}; "
+            "run the same command again to resume." if command else "Interrupted.")
+    assert (proc.returncode, stdout) == (130, "")
+    assert stderr.splitlines()[-1] == last and "Aborted!" not in stderr and "Traceback" not in stderr
 
 
 # --- threads -----------------------------------------------------------------------------------
