@@ -3,7 +3,6 @@
 Kept apart from cli.py so that command modules (batch, bench) can use them without a cycle.
 """
 import contextlib
-import os
 from typing import Optional
 
 import click
@@ -12,6 +11,7 @@ from . import registry
 from .api import DEFAULT_GENERATOR, DEFAULT_REWARD, SpecRej
 from .decoder import Interrupted
 from .errors import SpecRejError
+from .machine import usable_cpus
 
 
 class CliError(click.ClickException):
@@ -70,15 +70,6 @@ def require_text(decoding: dict, prompt: Optional[str] = None):
         problem = value is not None and not_text(value)
         if problem:
             raise CliError(f"{name} {problem}")
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on: its affinity mask (taskset, a container's cpuset), which
-    can be fewer than the machine has; more threads than this only wait on each other."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # no affinity masks on this platform
-        return os.cpu_count() or 1
 
 
 def check_threads(ctx, param, value):
