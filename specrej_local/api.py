@@ -14,6 +14,7 @@ from typing import Callable, Optional, Union
 
 from . import registry
 from .decoder import Result, Settings, decode
+from .engine import check_kv_layout
 from .errors import BadInput
 from .machine import usable_cpus
 from .sampling import Sampling
@@ -46,6 +47,7 @@ class SpecRej:
         from .llama_engine import LlamaEngine
 
         check_threads(n_threads)
+        check_kv_layout(kv_layout)
         self.generator, self.reward = generator, reward
         opts = dict(n_threads=n_threads, flash_attn=flash_attn)
         self.model = Model(registry.resolve(generator), n_gpu_layers=n_gpu_layers)

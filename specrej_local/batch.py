@@ -40,8 +40,8 @@ from typing import Iterator, Optional
 
 import click
 
-from .cli_common import (decoding_options, friendly_errors, load, model_options, not_text, out_of_range,
-                         require_text, result_record)
+from .cli_common import (decoding_options, friendly_errors, load, make_settings, model_options, not_text,
+                         out_of_range, require_text, result_record)
 from .decoder import Interrupted
 from .errors import SpecRejError
 
@@ -402,7 +402,7 @@ def answer_all(s, items, out: ResultsFile, options: dict, generator: str, reward
 @decoding_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary on stderr.")
 def batch_command(source, out_path, generator, reward, n_gpu_layers, threads, flash_attn, no_chat_template,
-                  quiet, **decoding):
+                  kv_layout, quiet, **decoding):
     """Answer every prompt in IN (.jsonl, .json list, or text: one a line), one JSON line each in OUT.
 
     Models load once. Each line is on disk as soon as its prompt is done; run the same command
@@ -420,6 +420,7 @@ def batch_command(source, out_path, generator, reward, n_gpu_layers, threads, fl
     out, skipped, interrupted = None, 0, False
     with friendly_errors():
         require_text(decoding)
+        make_settings(**decoding)  # the command's own settings fail before any model is fetched or loaded
         refuse_input_as_output(source, out_path)
         items = read_items(source)
         try:  # Ctrl-C from here on (the lock, a model fetch or load, a prompt): 130 and the summary
@@ -427,7 +428,7 @@ def batch_command(source, out_path, generator, reward, n_gpu_layers, threads, fl
                 todo = pending(items, out)
                 skipped = len(items) - len(todo)
                 if todo:  # when only unreadable entries are left to report, no model is needed
-                    models = (load(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_template)
+                    models = (load(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_template, kv_layout)
                               if any(it.error is None for it in todo) else contextlib.nullcontext())
                     with models as s, tqdm(total=len(items), initial=skipped, unit="prompt", file=sys.stderr,
                                            disable=quiet or not sys.stderr.isatty()) as bar:

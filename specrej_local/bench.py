@@ -514,7 +514,7 @@ def parse_list(text, cast, what):
 @click.option("-o", "--out", type=click.Path(file_okay=False), default="bench-out", show_default=True,
               help="Folder for bench.json / engine.json and the plot.")
 @friendly_errors()
-def bench_command(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_template, preset, prompts_file,
+def bench_command(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_template, kv_layout, preset, prompts_file,
                   limit, n_max, alphas, max_tokens, cut_tokens, temperature, top_p, top_k, min_p, seed,
                   engine_only, engine_ns, seq_max, random_model, out):
     """Benchmark Best-of-N against Speculative Rejection on this machine.
@@ -533,7 +533,7 @@ def bench_command(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_
         n_gpu_layers = p["n_gpu_layers"]
     samp = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
     opts = dict(generator=generator, reward=reward, n_gpu_layers=n_gpu_layers, threads=threads,
-                flash_attn=flash_attn, no_chat_template=no_chat_template)
+                flash_attn=flash_attn, no_chat_template=no_chat_template, kv_layout=kv_layout)
     # The generation-only comparison gives the high-level Llama the same flash-attention setting.
     compare_fa = flash_attn
     out = Path(out)

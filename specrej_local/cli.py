@@ -11,8 +11,8 @@ from click_default_group import DefaultGroup
 from . import __version__, registry
 from .batch import batch_command
 from .bench import bench_command
-from .cli_common import (CliError, decoding_options, friendly_errors, load, model_options, require_text,
-                         result_record)
+from .cli_common import (CliError, decoding_options, friendly_errors, load, make_settings, model_options,
+                         require_text, result_record)
 from .decoder import Interrupted
 
 
@@ -110,7 +110,8 @@ def read_prompt(prompt) -> str:
 @decoding_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: answer, candidates and stats.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
-def run(prompt, generator, reward, n_gpu_layers, threads, flash_attn, no_chat_template, as_json, quiet, **decoding):
+def run(prompt, generator, reward, n_gpu_layers, threads, flash_attn, no_chat_template, kv_layout, as_json, quiet,
+        **decoding):
     """Answer PROMPT with the best of N sampled answers (PROMPT '-' or absent: read stdin).
 
     \b
@@ -121,9 +122,10 @@ def run(prompt, generator, reward, n_gpu_layers, threads, flash_attn, no_chat_te
       echo "What is 17 * 23?" | specrej-local --json -q
     """
     with friendly_errors():
+        make_settings(**decoding)  # bad settings fail before a model is fetched or loaded
         text = read_prompt(prompt)
         require_text(decoding, text)
-        with load(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_template) as s:
+        with load(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_template, kv_layout) as s:
             try:
                 result = s.generate(text, on_round=progress_printer(quiet), **decoding)
             except Interrupted as e:

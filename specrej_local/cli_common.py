@@ -8,7 +8,8 @@ from typing import Optional
 import click
 
 from . import registry
-from .api import DEFAULT_GENERATOR, DEFAULT_REWARD, SpecRej
+from .api import DEFAULT_GENERATOR, DEFAULT_REWARD, SpecRej, make_settings
+from .engine import KV_LAYOUTS
 from .decoder import Interrupted
 from .errors import SpecRejError
 from .machine import usable_cpus
@@ -89,7 +90,7 @@ def model_options(f):
         click.option("-g", "--generator", default=DEFAULT_GENERATOR, show_default=True, envvar="SPECREJ_GENERATOR",
                      help="Generator: alias from models.txt, .gguf path or hf:owner/repo/file.gguf."),
         click.option("-r", "--reward", default=DEFAULT_REWARD, show_default=True, envvar="SPECREJ_REWARD",
-                     help="Reward: self, judge, judge:MODEL, or a reward-model alias/.gguf with a score head."),
+                     help="Reward: self, logprob, judge, judge:MODEL, or a reward-model alias/.gguf with a score head."),
         click.option("--n-gpu-layers", "-ngl", type=int, callback=check_int, default=0, show_default=True,
                      envvar="SPECREJ_N_GPU_LAYERS",
                      help="Layers to offload to the GPU (-1 = all); needs a CUDA/Metal build of llama-cpp-python."),
@@ -97,6 +98,10 @@ def model_options(f):
                      help="CPU threads, at most the CPUs this process may use (default: all of those)."),
         click.option("--flash-attn/--no-flash-attn", default=True, show_default=True, help="Flash attention."),
         click.option("--no-chat-template", is_flag=True, help="Feed the prompt raw, without the model's chat template."),
+        click.option("--kv-layout", type=click.Choice(KV_LAYOUTS), default="auto", show_default=True,
+                     envvar="SPECREJ_KV_LAYOUT",
+                     help="KV cache: one pool for all answers (unified), a stream per answer (split, faster at "
+                          "large N, allocates every answer's full length), or split when it fits (auto)."),
     ]):
         f = opt(f)
     return f
@@ -122,7 +127,8 @@ def decoding_options(f):
         click.option("--stop", multiple=True, help="Stop string (repeatable); not part of the answer."),
         click.option("--kv-budget", type=int, callback=check_int, default=None,
                      help="KV cells for all candidates together; a full cache triggers a cut (default: prompt + "
-                          "max(n x 64, max-tokens); Best-of-N: prompt + n x max-tokens)."),
+                          "n x max-tokens / 4). Best-of-N under a smaller budget than prompt + n x max-tokens runs "
+                          "in waves."),
     ]):
         f = opt(f)
     return f
@@ -140,10 +146,10 @@ def announce_downloads(*specs):
             click.echo(f"Fetching {entry.alias}{size} once; later runs use the cached copy.", err=True)
 
 
-def load(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_template) -> SpecRej:
+def load(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_template, kv_layout="auto") -> SpecRej:
     announce_downloads(generator, reward)
     return SpecRej(generator, reward, n_gpu_layers=n_gpu_layers, n_threads=threads, flash_attn=flash_attn,
-                   chat_template=not no_chat_template)
+                   chat_template=not no_chat_template, kv_layout=kv_layout)
 
 
 def result_record(result, generator, reward, seed) -> dict:

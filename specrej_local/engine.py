@@ -11,6 +11,7 @@ from .errors import BadInput, ContextTooSmall
 from .sampling import Sampling
 
 MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ
+KV_LAYOUTS = ("auto", "unified", "split")  # see llama_engine's module doc
 
 
 @dataclass
@@ -65,6 +66,11 @@ def check_counts(n: int, max_tokens: int):
         raise BadInput(f"n must be between 1 and {MAX_SEQUENCES}, got {n}")
     if max_tokens < 1:
         raise BadInput(f"max-tokens must be at least 1, got {max_tokens}")
+
+
+def check_kv_layout(layout: str):
+    if layout not in KV_LAYOUTS:
+        raise BadInput(f"kv-layout must be one of {', '.join(KV_LAYOUTS)}, got {layout!r}")
 
 
 def check_start(n: int, kv_budget: int, prompt_tokens: int, max_tokens: int):

@@ -62,12 +62,12 @@ def default_threads() -> int:
 
 @contextlib.contextmanager
 def interruptible():
-    """Ctrl-C during a long native call (a model load) stops it and raises KeyboardInterrupt.
+    """Ctrl-C during a native call raises KeyboardInterrupt once the call returns, never lost.
 
     Python runs signal handlers between bytecodes, and inside llama.cpp that is only in our log
-    and progress callbacks, where ctypes swallows exceptions: a Ctrl-C could be lost and the run
-    go on. Here the handler only sets a flag, the load's progress callback returns False on it
-    (llama.cpp then aborts the load), and the KeyboardInterrupt is raised once the call returns.
+    and progress callbacks (llama.cpp logs thousands of debug lines a run), where ctypes swallows
+    exceptions: a Ctrl-C was lost and the run went on. Here the handler only sets a flag; a model
+    load's progress callback returns False on it (llama.cpp then aborts the load).
     """
     _log.clear()
     if threading.current_thread() is not threading.main_thread() \
@@ -94,7 +94,7 @@ class Model:
         with interruptible() as stopped:
             keep_going = lc.llama_progress_callback(lambda progress, user_data: not stopped())
             params.progress_callback = keep_going
-            self.ptr = lc.llama_model_load_from_file(str(self.path).encode(), params)
+            self.ptr = lc.llama_model_load_from_file(os.fsencode(self.path), params)
         if not self.ptr:
             raise ModelFileError(f"llama.cpp could not load {self.path}{said() or ' (corrupt file or unsupported architecture)'}")
         self.vocab = lc.llama_model_get_vocab(self.ptr)
@@ -299,8 +299,8 @@ class Context:
                 self._seq[i][0] = s
             self._batch.n_tokens = n
             t0 = time.perf_counter()
-            _log.clear()
-            rc = lc.llama_decode(self.ptr, self._batch)
+            with interruptible():  # llama.cpp logs through our callback many times per decode
+                rc = lc.llama_decode(self.ptr, self._batch)
             self.decode_s += time.perf_counter() - t0
             if rc == 1:
                 raise ResourceError(f"the KV cache ({self.n_ctx} cells) is full{said()}: raise --kv-budget")

@@ -25,12 +25,11 @@ from typing import Optional
 import numpy as np
 
 from .chat import ChatFormat
-from .engine import Sequence, StopWatcher, check_start
+from .engine import Sequence, StopWatcher, check_kv_layout, check_start
 from .errors import BadInput, PromptTooLong, ResourceError
 from .llama import Context, Model, Samplers, split_fits
 from .sampling import Sampling
 
-KV_LAYOUTS = ("auto", "unified", "split")
 PROBE_GROUP = 16  # sequences probed per decode on a unified cache (bounds the room a probe borrows)
 
 
@@ -39,8 +38,7 @@ class LlamaEngine:
 
     def __init__(self, model: Model, raw: bool = False, n_threads=None, flash_attn: bool = True,
                  n_batch: int = 512, kv_layout: str = "auto"):
-        if kv_layout not in KV_LAYOUTS:
-            raise BadInput(f"kv-layout must be one of {', '.join(KV_LAYOUTS)}, got {kv_layout!r}")
+        check_kv_layout(kv_layout)
         self.model = model
         self.n_threads, self.flash_attn, self.n_batch, self.kv_layout = n_threads, flash_attn, n_batch, kv_layout
         bos = model.special_text("bos")

@@ -62,11 +62,13 @@ class AnswerScorer:
     """A judge or reward model on its own context, fed incrementally (see module doc)."""
 
     def __init__(self, model: Model, readout, follow_up=None, embeddings: bool = False,
-                 raw: bool = False, n_threads=None, flash_attn: bool = True, n_batch: int = 512):
+                 raw: bool = False, n_threads=None, flash_attn: bool = True, n_batch: int = 512,
+                 kv_f32: bool = False):
         self.model, self.readout, self.follow_up, self.embeddings = model, readout, follow_up, embeddings
         self.chat = ChatFormat(model.meta("tokenizer.chat_template"), bos_token=model.special_text("bos"),
                                eos_token=model.special_text("eos"), raw=raw)
-        self.opts = dict(n_threads=n_threads, flash_attn=flash_attn, n_batch=n_batch, n_ubatch=model.scoring_chunk)
+        self.opts = dict(n_threads=n_threads, flash_attn=flash_attn, n_batch=n_batch, n_ubatch=model.scoring_chunk,
+                         kv_f32=kv_f32)
         self.ctx = None
         self.tokens_fed = 0    # every token decoded: prompt, answers and the read-out suffix
         self.suffix_fed = 0    # of which the suffix, appended and removed at each read

@@ -225,3 +225,44 @@ def test_a_kv_cache_larger_than_free_memory_is_refused_before_allocating(spec):
         pytest.skip("this machine could really allocate it")
     with pytest.raises(ResourceError, match=r"a KV cache of 204\d{4} cells needs 4\d\.\d GiB, .* free: lower --kv-budget or -n"):
         spec.generate("hi", n=256, max_tokens=8000, method="bon")
+
+
+# --- issue 14: structure and machine limits ------------------------------------------------------
+def test_importing_the_package_or_the_cli_loads_no_llama_cpp():
+    import subprocess
+    import sys
+
+    code = "import sys, specrej_local, specrej_local.cli; print('llama_cpp' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("threads", [0, -3, 100000, True])
+def test_thread_counts_outside_the_usable_cpus_are_refused_before_loading(threads):
+    with pytest.raises(BadInput, match="threads must be between 1 and"):
+        SpecRej("no-such-model", n_threads=threads)
+
+
+def test_an_unknown_kv_layout_is_refused_before_loading():
+    with pytest.raises(BadInput, match="kv-layout must be one of auto, unified, split"):
+        SpecRej("no-such-model", n_threads=1, kv_layout="paged")
+
+
+def test_a_model_file_whose_name_is_not_utf8_loads(default_model, tmp_path):
+    import os
+
+    odd = tmp_path / os.fsdecode(b"model-\xff.gguf")
+    odd.symlink_to(default_model)
+    with SpecRej(str(odd), n_threads=1) as s:
+        assert s.generate("Say hi.", **TINY).candidates
+
+
+def test_logprob_reward_is_each_answers_mean_token_log_probability(default_model):
+    with SpecRej(str(default_model), reward="logprob", n_threads=1) as s:
+        r = s.generate("Name a colour.", n=3, max_tokens=6, method="bon")
+        seqs = s.engine.sequences
+    assert r.stats["reward_tokens"] == 0
+    for c in r.candidates:
+        assert c.reward == pytest.approx(seqs[c.id].logprob / seqs[c.id].scored_tokens)
+        assert c.reward < 0
+    assert r.reward == max(c.reward for c in r.candidates)

@@ -241,13 +241,13 @@ def test_a_context_that_cannot_be_allocated_names_the_settings_to_change(model):
 
 # --- Ctrl-C ------------------------------------------------------------------------------------
 def test_ctrl_c_exits_130_and_json_shows_the_best_answer_finished_so_far(model):
-    # Seed 0 on this prompt: most of the eight candidates answer in a few dozen tokens and some
-    # ramble on. A budget of 120 cells beyond the 37-token prompt forces a cut while a rambler is
-    # still writing (up to 2000 tokens); a small alpha keeps the finished answers. Progress, shown
-    # on a terminal, says when a cut has left both live and finished candidates: Ctrl-C then.
+    # 64 candidates on a question most answer in a few tokens while some ramble: the first cut
+    # (when 600 cells are in use) leaves dozens live and several finished, and a small alpha keeps
+    # the run going for many rounds. Progress, shown on a terminal, says when a cut has left both
+    # live and finished candidates: Ctrl-C then.
     master, terminal = pty.openpty()
-    proc = subprocess.Popen([SCRIPT, "-g", model, "-t", "1", "-n", "8", "--alpha", "0.1", "--max-tokens", "2000",
-                             "--kv-budget", "157", "--json", "What is the capital of France?"],
+    proc = subprocess.Popen([SCRIPT, "-g", model, "-t", "1", "-n", "64", "--alpha", "0.1", "--max-tokens", "2000",
+                             "--kv-budget", "600", "--json", "What is the capital of France?"],
                             stdout=subprocess.PIPE, stderr=terminal, text=True)
     os.close(terminal)
     progress = ""
