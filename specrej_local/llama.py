@@ -356,6 +356,11 @@ class Context:
         self._check_open()
         lc.llama_memory_clear(self.mem, True)
 
+    def pos_min(self, seq: int) -> int:
+        """Lowest position stored for seq, -1 when it holds no cell."""
+        self._check_open()
+        return lc.llama_memory_seq_pos_min(self.mem, seq)
+
     def pos_max(self, seq: int) -> int:
         """Highest position stored for seq, -1 when it holds no cell (llama.cpp's own count)."""
         self._check_open()

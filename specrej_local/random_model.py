@@ -17,6 +17,8 @@ LAYOUTS = {
     # output tied to the embedding, q/k/v biases, RoPE base
     "tiny": dict(arch="llama", blocks=2, embd=64, ff=128, heads=4, kv=2, vocab=None, tied=True, bias=False,
                  rope=10000.0),
+    "smollm2-135m": dict(arch="llama", blocks=30, embd=576, ff=1536, heads=9, kv=3, vocab=None, tied=True,
+                         bias=False, rope=100000.0),
     "llama-1b": dict(arch="llama", blocks=16, embd=2048, ff=8192, heads=32, kv=8, vocab=128256, tied=True,
                      bias=False, rope=500000.0),
     "qwen2.5-7b": dict(arch="qwen2", blocks=28, embd=3584, ff=18944, heads=28, kv=4, vocab=152064, tied=False,

@@ -30,9 +30,18 @@ def judge(model):
     return AnswerScorer(model, yes_no_readout(model), follow_up=JUDGE_QUESTION)
 
 
-def close(a, b):
-    """Relative difference of two reward vectors, against the spread of the rewards."""
-    return np.abs(np.asarray(a) - np.asarray(b)).max() / max(1.0, np.abs(b).max())
+# Numbers read through different KV layouts (cells in another order, other sequences' cells
+# masked in the same pool, other micro-batches) differ by floating-point rounding, and this
+# Q4_1 model turns every activation into 8-bit integers before each matmul, which amplifies a
+# rounding difference into up to 0.04 log-odds in these tests (seen on an AVX-512 CPU; 0.3 after
+# many drops, see bench/RESULTS.md: with f16 weights the same schedule differs by 1e-4). So the
+# numbers are bounded by LAYOUT_ROUNDING, 5x that, and the bookkeeping (tokens, positions, cells)
+# is checked exactly.
+LAYOUT_ROUNDING = 0.2
+
+
+def gap(a, b):
+    return float(np.abs(np.asarray(a) - np.asarray(b)).max())
 
 
 def test_incremental_judge_scores_equal_scores_from_scratch(model):
@@ -42,8 +51,27 @@ def test_incremental_judge_scores_equal_scores_from_scratch(model):
     for cut in (12, 30, 60, 1000):  # the answers grow between cuts, as in a run
         partial = inc.score(ids, [a[:cut] for a in ANSWERS])
         fresh.begin(PROMPT, None, len(ANSWERS))  # forgets everything: scores from scratch
-        assert close(partial, fresh.score(ids, [a[:cut] for a in ANSWERS])) <= 1e-3
+        assert gap(partial, fresh.score(ids, [a[:cut] for a in ANSWERS])) <= LAYOUT_ROUNDING
     assert len(set(np.round(partial, 4))) > 1, "different answers get different rewards"
+
+
+def test_incremental_judge_bookkeeping_is_exact_through_cuts_and_drops(model):
+    # What the judge holds for each candidate after every cut: exactly the tokenization of its
+    # text so far, at positions prefix .. prefix + len - 1, and nothing for a dropped one.
+    j = judge(model)
+    ids = list(range(len(ANSWERS)))
+    j.begin(PROMPT, None, len(ANSWERS))
+    P = len(j.prefix)
+    for cut, drop in ((12, [1]), (30, [3]), (60, []), (1000, [])):
+        texts = [a[:cut] for a in ANSWERS]
+        j.score(ids, [texts[i] for i in ids])
+        for i in ids:
+            toks = model.tokenize(texts[i], parse_special=False)
+            assert j.fed[i] == toks
+            assert (j.ctx.pos_min(i), j.ctx.pos_max(i)) == (0, P + len(toks) - 1)
+        j.drop(drop)
+        ids = [i for i in ids if i not in drop]
+        assert all(j.ctx.pos_max(i) == -1 for i in range(len(ANSWERS)) if i not in ids)
 
 
 def test_judge_feeds_only_new_tokens(model):
@@ -80,9 +108,10 @@ def test_self_judge_reads_the_same_score_as_a_fresh_pass_over_the_same_tokens(mo
     ctx = Context(model, 1024, 1)
     for c in result.candidates:
         toks = engine.prompt_ids + engine.sequences[c.id].tokens + sj.suffix
+        assert len(engine.sequences[c.id].tokens) == c.tokens  # it was judged on all its tokens
         row = ctx.decode(toks, range(len(toks)), [0] * len(toks), [False] * (len(toks) - 1) + [True], chunk=32)
         ctx.clear()
-        assert abs(readout(row)[0] - c.reward) <= 1e-3 * max(1.0, abs(c.reward))
+        assert abs(readout(row)[0] - c.reward) <= LAYOUT_ROUNDING
     engine.close()
 
 
