@@ -1,0 +1,10 @@
+"""`specrej-local bench`: what Speculative Rejection buys over Best-of-N, measured on this machine.
+
+- `metrics`: the figures, as pure functions (improvement score, speedups, totals).
+- `runners`: the runs (quality at equal N and equal memory, engine throughput per KV layout).
+- `report`: tables, the plot and the printed summary.
+- `command`: the click command and its presets.
+"""
+from .command import bench_command
+
+__all__ = ["bench_command"]

@@ -1,0 +1,224 @@
+"""The `specrej-local bench` command: presets, inputs, and one JSON file of every figure."""
+import json
+import time
+from pathlib import Path
+
+import click
+
+from ..cli_common import friendly_errors, load, model_options
+from ..data import ALPACA_FARM_100
+from ..errors import BadInput
+from ..random_model import LAYOUTS, QTYPES, write_random_gguf
+from ..sampling import Sampling
+from .metrics import summarize
+from .report import engine_table, plot, report
+from .runners import engine_runs, hardware, quality_runs
+
+SCHEMA = "specrej-local-bench/2"
+LONG_PROMPT = ("Write a long, detailed story about a lighthouse keeper who finds a message in a bottle. "
+               "Describe every scene at length.")
+HONESTY = ("Rewards are whatever --rewards names: with a small generator such as SmolLM2-135M its own "
+           "log-probability or yes/no judgement ranks answers only a little better than chance, so the "
+           "improvement score measures how well each method finds what THAT reward prefers, not the "
+           "quality of the answers.")
+
+PRESETS = {
+    # SmolLM2-135M on 2 CPU cores: the issue's setting, about 40 minutes per reward at N = 32.
+    "cpu": dict(limit=20, ns=(32,), rewards=("logprob", "self"), max_tokens=128, engine_ns=(8, 32, 64, 128),
+                engine_max_tokens=64, seq_calls=4, n_gpu_layers=0),
+    # Seconds, for a first look and for the tests.
+    "smoke": dict(limit=2, ns=(4,), rewards=("logprob",), max_tokens=16, engine_ns=(2, 4), engine_max_tokens=8,
+                  seq_calls=2, n_gpu_layers=0),
+    # A 1-8B generator on one GPU, all layers offloaded.
+    "gpu": dict(limit=100, ns=(32, 64), rewards=("logprob", "self"), max_tokens=512,
+                engine_ns=(8, 32, 64, 128, 256), engine_max_tokens=256, seq_calls=8, n_gpu_layers=-1),
+}
+
+
+def read_prompts(path, limit=None) -> list:
+    """Prompts from a JSON list or JSONL file; items are strings or objects with a 'prompt' field."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise BadInput(f"cannot read the prompts file {path}: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        items = json.loads(text)
+        if not isinstance(items, list):
+            items = [items]
+    except json.JSONDecodeError:
+        try:
+            items = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError as e:
+            raise BadInput(f"{path} is neither a JSON list nor JSONL (line {e.lineno})") from None
+    prompts = []
+    for k, it in enumerate(items):
+        p = it.get("prompt", it.get("instruction")) if isinstance(it, dict) else it
+        if not isinstance(p, str) or not p.strip():
+            raise BadInput(f"{path}: item {k} is not a prompt string nor an object with a 'prompt' field")
+        prompts.append(p)
+    if not prompts:
+        raise BadInput(f"{path} holds no prompts")
+    return prompts[:limit] if limit else prompts
+
+
+def parse_list(text, cast, what) -> tuple:
+    try:
+        values = tuple(cast(v) for v in str(text).split(",") if v.strip())
+    except ValueError:
+        raise BadInput(f"{what} must be a comma-separated list, got {text!r}") from None
+    if not values:
+        raise BadInput(f"{what} is empty")
+    return values
+
+
+def write_json(path: Path, data: dict):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+
+
+def progress(total: int):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc="bench", unit="step", disable=None, leave=False)
+
+    def tick(label):
+        bar.set_postfix_str(label)
+        bar.update(1)
+    return bar, tick
+
+
+@click.command("bench")
+@model_options
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), default="cpu", show_default=True,
+              help="Defaults for the settings below: cpu (the default model, this machine), smoke (seconds) or "
+                   "gpu (a 1-8B model, -ngl -1).")
+@click.option("-P", "--prompts", "prompts_file", type=click.Path(dir_okay=False),
+              help="JSON list or JSONL of prompts; default: the paper's 100 AlpacaFarm prompts.")
+@click.option("-k", "--limit", type=click.IntRange(min=1), help="Use only the first K prompts.")
+@click.option("-N", "--ns", help="Comma-separated N values (candidates started).")
+@click.option("--rewards", help="Comma-separated rewards, each benchmarked in turn (default: the preset's, "
+                                "or -r when given).")
+@click.option("-a", "--alpha", type=float, default=0.5, show_default=True, help="Speculative Rejection's rate.")
+@click.option("--max-tokens", type=click.IntRange(min=1), help="Most tokens per answer.")
+@click.option("--cut", type=click.FloatRange(0, 1, min_open=True), default=0.25, show_default=True,
+              help="KV budget = prompt + N x cut x max-tokens: the first cut's point, and Best-of-N's memory in "
+                   "waves.")
+@click.option("--temperature", "--temp", type=float, default=0.8, show_default=True)
+@click.option("--top-p", type=float, default=0.95, show_default=True)
+@click.option("--top-k", type=int, default=40, show_default=True)
+@click.option("--min-p", type=float, default=0.05, show_default=True)
+@click.option("-s", "--seed", type=int, default=0, show_default=True, help="Seed shared by every method.")
+@click.option("-e", "--engine-only", is_flag=True, help="Only the engine throughput table.")
+@click.option("--no-engine", is_flag=True, help="Skip the engine throughput table.")
+@click.option("--engine-ns", help="Comma-separated N values for the engine table.")
+@click.option("--seq-calls", type=click.IntRange(min=1), help="Sequential Llama calls timed for the engine table.")
+@click.option("-R", "--random-model", metavar="LAYOUT[:QTYPE]",
+              help=f"With --engine-only: a random-weight model of this shape ({', '.join(LAYOUTS)}; qtype "
+                   f"{', '.join(QTYPES)}, default q8_0), written to OUT with -g's tokenizer.")
+@click.option("-o", "--out", type=click.Path(file_okay=False), default="bench-out", show_default=True,
+              help="Folder for bench.json and reward_vs_compute.png.")
+@friendly_errors()
+def bench_command(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_template, kv_layout, preset,
+                  prompts_file, limit, ns, rewards, alpha, max_tokens, cut, temperature, top_p, top_k, min_p, seed,
+                  engine_only, no_engine, engine_ns, seq_calls, random_model, out):
+    """Benchmark Speculative Rejection against Best-of-N at equal N and at equal memory.
+
+    \b
+    For every reward, N and prompt: Best-of-N in one pass, Best-of-N in waves under Speculative
+    Rejection's KV budget, and Speculative Rejection; then the engine's batched tokens/s per KV
+    layout against sequential llama_cpp.Llama calls. Writes OUT/bench.json and a plot.
+      specrej-local bench                          # the cpu preset: 20 prompts, N = 32
+      specrej-local bench --preset smoke
+      specrej-local bench -N 64 --rewards logprob -k 20
+      specrej-local bench --engine-only -R llama-1b
+      specrej-local bench --preset gpu -g qwen2.5-1.5b
+    """
+    p = PRESETS[preset]
+    ctx = click.get_current_context()
+    if ctx.get_parameter_source("n_gpu_layers") == click.core.ParameterSource.DEFAULT:
+        n_gpu_layers = p["n_gpu_layers"]
+    if rewards:
+        reward_list = parse_list(rewards, str, "--rewards")
+    elif ctx.get_parameter_source("reward") != click.core.ParameterSource.DEFAULT:
+        reward_list = (reward,)
+    else:
+        reward_list = p["rewards"]
+    if not 0 < alpha < 1:
+        raise BadInput(f"--alpha must be in (0, 1), got {alpha}")
+    opts = dict(generator=generator, n_gpu_layers=n_gpu_layers, threads=threads, flash_attn=flash_attn,
+                no_chat_template=no_chat_template, kv_layout=kv_layout)
+    out = Path(out)
+    if random_model:
+        if not engine_only:
+            raise BadInput("--random-model only makes sense with --engine-only (random weights have no quality)")
+        opts["generator"] = str(random_model_file(random_model, generator, out))
+    settings = dict(preset=preset, generator=opts["generator"], rewards=list(reward_list), alpha=alpha, cut=cut,
+                    max_tokens=max_tokens or p["max_tokens"],
+                    ns=list(parse_list(ns, int, "--ns") if ns else p["ns"]), flash_attn=flash_attn,
+                    chat_template=not no_chat_template, kv_layout=kv_layout,
+                    sampling=dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed),
+                    engine_ns=list(parse_list(engine_ns, int, "--engine-ns") if engine_ns else p["engine_ns"]),
+                    engine_max_tokens=max_tokens or p["engine_max_tokens"], seq_calls=seq_calls or p["seq_calls"])
+    prompts = [] if engine_only else read_prompts(prompts_file or ALPACA_FARM_100, limit or p["limit"])
+    settings.update(prompts=len(prompts), prompts_file=prompts_file or "the paper's 100 AlpacaFarm prompts")
+    data = run(opts, settings, prompts, Sampling(**settings["sampling"]), engine=not no_engine or engine_only)
+    msg = None
+    if data["summary"]:
+        msg = plot(data["summary"], out / "reward_vs_compute.png",
+                   f"{Path(opts['generator']).name}, {len(prompts)} prompts, max {settings['max_tokens']} tokens")
+    data["files"] = dict(json="bench.json", plot=None if msg or not data["summary"] else "reward_vs_compute.png")
+    write_json(out / "bench.json", data)
+    click.echo(report(data))
+    if msg:
+        click.echo(msg, err=True)
+    click.echo(f"Wrote {out / 'bench.json'}", err=True)
+
+
+def random_model_file(spec: str, generator: str, out: Path) -> Path:
+    """The random-weight model named LAYOUT[:QTYPE], written once into OUT."""
+    from .. import registry
+
+    layout, _, qtype = spec.partition(":")
+    qtype = qtype or "q8_0"
+    if layout not in LAYOUTS or qtype not in QTYPES:
+        raise BadInput(f"unknown layout or qtype {spec!r}: layouts {', '.join(LAYOUTS)}; qtypes {', '.join(QTYPES)}")
+    path = out / f"random-{layout}-{qtype}.gguf"
+    if not path.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        click.echo(f"Writing {path} ...", err=True)
+        write_random_gguf(path.with_suffix(".part"), registry.resolve(generator), layout, qtype)
+        path.with_suffix(".part").rename(path)
+    return path
+
+
+def run(opts: dict, settings: dict, prompts: list, sampling: Sampling, engine: bool) -> dict:
+    """Every quality run, then the engine table; returns the JSON document."""
+    t0 = time.perf_counter()
+    gen = dict(max_tokens=settings["max_tokens"], temperature=sampling.temperature, top_k=sampling.top_k,
+               top_p=sampling.top_p, min_p=sampling.min_p, seed=sampling.seed)
+    steps = len(prompts) * len(settings["ns"]) * len(settings["rewards"])
+    steps += (2 * len(settings["engine_ns"]) + 1) if engine else 0
+    records, engine_data, model_path, hw = [], None, None, None
+    bar, tick = progress(steps)
+    with bar:
+        for reward in settings["rewards"] if prompts else ():
+            with load(opts["generator"], reward, opts["n_gpu_layers"], opts["threads"], opts["flash_attn"],
+                      opts["no_chat_template"], opts["kv_layout"]) as s:
+                for n in settings["ns"]:
+                    records += quality_runs(s, reward, prompts, n, settings["alpha"], settings["cut"], gen, tick)
+        if engine:
+            from .. import registry
+            from ..llama import Model
+
+            model = Model(registry.resolve(opts["generator"]), n_gpu_layers=opts["n_gpu_layers"])
+            try:
+                engine_data = engine_runs(model, opts, prompts[0] if prompts else LONG_PROMPT,
+                                          settings["engine_ns"], ("unified", "split"), settings["engine_max_tokens"],
+                                          settings["seq_calls"], sampling, tick)
+            finally:
+                model.close()
+        hw = hardware(opts["n_gpu_layers"], opts["threads"])
+    return dict(schema=SCHEMA, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), total_wall_s=time.perf_counter() - t0,
+                settings=settings, hardware=hw, honesty_note=HONESTY, summary=summarize(records),
+                engine=engine_data, prompts=records)

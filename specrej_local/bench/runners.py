@@ -1,0 +1,142 @@
+"""The benchmark's runs: every figure here comes from a real run on this machine.
+
+Quality: for each reward, N and prompt, three runs back to back with the same seed:
+  bon        Best-of-N, all N answers at once (the KV layout the engine picks: `auto`)
+  bon-waves  Best-of-N in waves under Speculative Rejection's budget (equal memory)
+  specrej    Speculative Rejection under that budget
+The budget is prompt + N x ceil(cut x max-tokens); both budget-bound runs use the unified layout,
+so that they allocate the same cells.
+
+Engine: Best-of-N generation alone (no reward) in each KV layout against sequential
+`llama_cpp.Llama.create_completion` calls on the same prompt tokens and settings.
+"""
+import contextlib
+import math
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Optional
+
+from .. import __version__
+from ..decoder import Settings, decode
+from ..sampling import Sampling
+from ..scoring import CallableScorer
+
+
+def run_figures(result) -> dict:
+    s = result.stats
+    keys = ("rounds", "generated_tokens", "reward_tokens", "wall_s", "decode_s", "sample_s", "reward_s",
+            "peak_kv_cells", "kv_budget", "waves", "kv_layout")
+    return dict(reward=result.reward, finish_reason=result.finish_reason, **{k: s[k] for k in keys})
+
+
+@contextlib.contextmanager
+def kv_layout(engine, layout: str):
+    """Run with the engine in this KV layout, then put its own back."""
+    before, engine.kv_layout = engine.kv_layout, layout
+    try:
+        yield
+    finally:
+        engine.kv_layout = before
+
+
+def budget_for(prompt_tokens: int, n: int, max_tokens: int, cut: float) -> int:
+    """Room for every answer to write `cut` of max-tokens before Speculative Rejection's first cut."""
+    return prompt_tokens + n * math.ceil(cut * max_tokens)
+
+
+def quality_runs(s, reward: str, prompts: list, n: int, alpha: float, cut: float, gen: dict, tick) -> list:
+    """The three runs of every prompt with the loaded SpecRej `s`; one record per prompt."""
+    records = []
+    for k, prompt in enumerate(prompts):
+        tick(f"{reward} N={n} prompt {k + 1}/{len(prompts)}")
+        bon = s.generate(prompt, n=n, method="bon", **gen)
+        final = [c.reward for c in bon.candidates if c.reward is not None]
+        budget = budget_for(bon.stats["prompt_tokens"], n, gen["max_tokens"], cut)
+        with kv_layout(s.engine, "unified"):
+            waves = s.generate(prompt, n=n, method="bon", kv_budget=budget, **gen)
+            sr = s.generate(prompt, n=n, alpha=alpha, kv_budget=budget, **gen)
+        records.append(dict(reward=reward, n=n, index=k, prompt=prompt[:200], prompt_tokens=bon.stats["prompt_tokens"],
+                            kv_budget=budget, ref_best=max(final), ref_worst=min(final),
+                            runs={"bon": run_figures(bon), "bon-waves": run_figures(waves),
+                                  "specrej": run_figures(sr)}))
+    return records
+
+
+def batched_generation(engine, prompt: str, n: int, max_tokens: int, sampling: Sampling) -> dict:
+    """Best-of-N's generation alone (no reward): n sequences in one context."""
+    t0 = time.perf_counter()
+    r = decode(engine, CallableScorer(lambda p, t: 0.0), prompt,
+               Settings(n=n, method="bon", max_tokens=max_tokens, sampling=sampling))
+    wall = time.perf_counter() - t0
+    tok = r.stats["generated_tokens"]
+    return dict(n=n, layout=r.stats["kv_layout"], tokens=tok, wall_s=wall, tokens_per_s=tok / wall,
+                decode_share=engine.decode_s / wall, python_share=1 - engine.decode_s / wall)
+
+
+def sequential_generation(llm, prompt_ids: list, calls: int, max_tokens: int, sampling: Sampling) -> dict:
+    """What a user writes today: one high-level `create_completion` call per answer."""
+    tok, t0 = 0, time.perf_counter()
+    for i in range(calls):
+        out = llm.create_completion(prompt_ids, max_tokens=max_tokens, temperature=sampling.temperature,
+                                    top_k=sampling.top_k, top_p=sampling.top_p, min_p=sampling.min_p,
+                                    seed=sampling.seed + i)
+        tok += out["usage"]["completion_tokens"]
+    wall = time.perf_counter() - t0
+    return dict(calls=calls, tokens=tok, wall_s=wall, tokens_per_s=tok / wall if wall > 0 else None)
+
+
+def engine_runs(model, opts: dict, prompt: str, ns, layouts, max_tokens: int, seq_calls: int,
+                sampling: Sampling, tick) -> dict:
+    """Batched tokens/s per N and layout, and sequential `Llama` tokens/s (which does not depend
+    on N) measured once, each side warmed up first."""
+    import llama_cpp
+
+    from ..llama import default_threads
+    from ..llama_engine import LlamaEngine
+
+    threads = opts["threads"] or default_threads()
+    rows = []
+    for layout in layouts:
+        engine = LlamaEngine(model, raw=opts["no_chat_template"], n_threads=threads, flash_attn=opts["flash_attn"],
+                             kv_layout=layout)
+        try:
+            for n in ns:
+                tick(f"engine {layout} N={n}")
+                batched_generation(engine, prompt, n, 2, sampling)  # warm-up: allocates the context
+                rows.append(batched_generation(engine, prompt, n, max_tokens, sampling))
+            prompt_ids = engine.prompt_ids
+        finally:
+            engine.close()
+    tick("engine sequential Llama")
+    llm = llama_cpp.Llama(model_path=str(model.path), n_ctx=len(prompt_ids) + max_tokens + 8, n_threads=threads,
+                          n_threads_batch=threads, n_gpu_layers=opts["n_gpu_layers"], flash_attn=opts["flash_attn"],
+                          verbose=False)
+    try:
+        sequential_generation(llm, prompt_ids, 1, 2, sampling)
+        seq = sequential_generation(llm, prompt_ids, seq_calls, max_tokens, sampling)
+    finally:
+        llm.close()
+    for r in rows:
+        r["ratio"] = r["tokens_per_s"] / seq["tokens_per_s"] if seq["tokens_per_s"] else None
+    return dict(prompt_tokens=len(prompt_ids), max_tokens=max_tokens, sequential=seq, batched=rows)
+
+
+def hardware(n_gpu_layers: int, threads: Optional[int]) -> dict:
+    import llama_cpp
+
+    from ..machine import usable_cpus
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return dict(cpu=cpu, cores=os.cpu_count(), threads=threads or usable_cpus(), platform=platform.platform(),
+                python=platform.python_version(), llama_cpp_python=llama_cpp.__version__,
+                specrej_local=__version__, gpu_offload_supported=bool(llama_cpp.llama_supports_gpu_offload()),
+                n_gpu_layers=n_gpu_layers)
