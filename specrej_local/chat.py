@@ -1,16 +1,15 @@
-"""Chat templates from GGUF metadata, rendered in jinja2's sandbox.
+"""Chat templates from GGUF metadata, rendered in jinja2's sandbox, in a child process with
+memory and time limits (`template_sandbox`).
 
 Besides plain prompt formatting, scorers need the text a template puts *around* an assistant
 answer (what comes before it, and the end-of-turn after it), so answers can be fed
 incrementally between a fixed prefix and a fixed suffix. `around_answer` finds both by
 rendering a marker in the answer's place.
 """
-from datetime import datetime
-
 from jinja2 import TemplateError as JinjaError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .errors import TemplateError
+from .template_sandbox import SANDBOX, environment
 
 # Used when a GGUF file carries no template: the widespread ChatML layout.
 CHATML = (
@@ -20,30 +19,21 @@ CHATML = (
 _MARK = "\u2063SPECREJ-ANSWER\u2063"
 
 
-def _raise(message):
-    raise JinjaError(message)
-
-
 class ChatFormat:
     """Renders conversations with one model's template (or none, in raw mode)."""
 
     def __init__(self, template, bos_token: str = "", eos_token: str = "", raw: bool = False):
         self.raw = raw
         self.bos_token, self.eos_token = bos_token, eos_token
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        env.globals["raise_exception"] = _raise
-        env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+        self.template = template or CHATML
         try:
-            self.template = env.from_string(template or CHATML)
+            environment().parse(self.template)  # a syntax error shows at once, before any render
         except JinjaError as e:
             raise TemplateError(f"the chat template does not parse: {e}") from None
 
     def render(self, messages, add_generation_prompt: bool) -> str:
-        try:
-            return self.template.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                        bos_token=self.bos_token, eos_token=self.eos_token)
-        except Exception as e:  # a template may raise anything; the user needs one line
-            raise TemplateError(f"the chat template failed to render: {e}") from None
+        return SANDBOX.render(self.template, dict(messages=messages, add_generation_prompt=add_generation_prompt,
+                                                  bos_token=self.bos_token, eos_token=self.eos_token))
 
     @staticmethod
     def conversation(prompt: str, system=None) -> list:

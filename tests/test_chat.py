@@ -30,3 +30,24 @@ def test_a_template_cannot_escape_the_sandbox():
     evil = "{{ messages.__class__.__mro__[1].__subclasses__() }}"
     with pytest.raises(TemplateError, match="failed to render"):
         ChatFormat(evil).prompt("Hi")
+
+
+STOPPED = "took more than 5 s|needed more than 1024 MiB"  # whichever limit a busy machine hits first
+
+
+@pytest.mark.parametrize("bomb, words", [
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "took more than 5 s"),
+    ("{{ 'x' * 100000000 }}{{ ('x' * 100000000) * 30 }}", STOPPED),
+    ("{% set ns = namespace(s='xxxxxxxx') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+     STOPPED),
+    ("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", "recursed too deeply"),
+])
+def test_a_template_that_burns_cpu_or_memory_is_stopped_with_one_line(bomb, words):
+    import time
+
+    t0 = time.monotonic()
+    with pytest.raises(TemplateError, match=words):
+        ChatFormat(bomb).prompt("Hi")
+    assert time.monotonic() - t0 < 60  # the render limit is 5 s; this only bounds a hang of the test
+    # and the next template renders as before, in a fresh child if the last one was killed
+    assert ChatFormat(CHATML).prompt("Hi").endswith("<|im_start|>assistant\n")
