@@ -2,7 +2,7 @@
 import pytest
 
 from specrej_local.decoder import Interrupted, Settings, decode, keep_count
-from specrej_local.errors import BadInput, ContextTooSmall, RewardError
+from specrej_local.errors import BadInput, ContextTooSmall, PromptTooLong, RewardError
 from fakes import FakeEngine, FakeScorer
 
 P = 10  # the fake prompt's length in tokens
@@ -174,3 +174,12 @@ def test_ctrl_c_keeps_the_best_finished_answer():
 def test_bad_settings_raise_a_typed_error_with_a_clear_message(settings, error, words):
     with pytest.raises(error, match=words):
         run([5] * settings.get("n", 4), by_id([0.0] * 300), **settings)
+
+
+def test_max_tokens_and_the_budget_are_capped_by_the_models_context():
+    # -n 2 --max-tokens 100000 on a model of 8192 tokens once sized a KV cache of 200,032 cells.
+    engine = FakeEngine([5, 5], prompt_tokens=P, context_length=50)
+    result = decode(engine, by_id([0.0, 1.0]), "q", Settings(n=2, method="bon", max_tokens=100000))
+    assert result.stats["kv_budget"] == P + 2 * (50 - P)
+    with pytest.raises(PromptTooLong, match="leaves no room for an answer"):
+        decode(FakeEngine([5], prompt_tokens=50, context_length=50), by_id([0.0]), "q", Settings(n=1))

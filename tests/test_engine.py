@@ -228,3 +228,19 @@ def test_text_grows_by_whole_characters_and_stops_before_a_stop_string():
     assert watch.add(seq, b"\xc3") is False and seq.text == "caf"  # half of 'é' waits for the rest
     assert watch.add(seq, b"\xa9 E") is False and seq.text == "café E"
     assert watch.add(seq, b"ND and more") is True and seq.text == "café "  # the stop string spans pieces
+
+
+def test_a_closed_context_refuses_calls_instead_of_using_freed_memory(model):
+    from specrej_local.errors import SpecRejError
+
+    ctx = Context(model, 256, 1)
+    ctx.close()
+    for call in (lambda: ctx.decode([1], [0], [0], [True]), lambda: ctx.remove(0), lambda: ctx.pos_max(0),
+                 lambda: ctx.copy_seq(0, 1), ctx.clear):
+        with pytest.raises(SpecRejError, match="has been closed"):
+            call()
+
+
+def test_the_kv_size_estimate_reads_the_key_and_value_lengths(model):
+    # SmolLM2-135M: 30 layers, 3 KV heads, keys and values 64 wide, f16
+    assert model.kv_cell_bytes == 30 * 3 * (64 + 64) * 2
