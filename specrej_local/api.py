@@ -86,10 +86,13 @@ class SpecRej:
         self._own.append(model)
         return model
 
-    def generate(self, prompt: str, on_round: Optional[Callable] = None, **settings) -> Result:
+    def generate(self, prompt: Optional[str] = None, on_round: Optional[Callable] = None,
+                 messages: Optional[list] = None, should_stop: Optional[Callable] = None, **settings) -> Result:
         """Decode one prompt; `on_round(event)` is called after every cut (see decoder.RoundEvent).
-        Settings: see `make_settings`."""
-        return decode(self.engine, self.scorer, prompt, make_settings(**settings), on_round)
+        Settings: see `make_settings`. `messages` and `should_stop`: see `prompt_or_messages` and
+        `decoder.Run`; True from `should_stop()` raises `Interrupted`."""
+        return decode(self.engine, self.scorer, prompt_or_messages(prompt, messages), make_settings(**settings),
+                      on_round, should_stop)
 
     def close(self):
         close = getattr(self.scorer, "close", None)
@@ -115,6 +118,15 @@ def make_settings(n: int = 16, alpha: float = 0.5, method: str = "specrej", max_
                     sampling=sampling, stop=tuple(stop), system=system)
 
 
+def prompt_or_messages(prompt: Optional[str], messages: Optional[list]):
+    """What to decode: a prompt, or `messages`, a conversation ([{"role", "content"}, ...] ending on
+    a user turn) rendered with the model's chat template. A Python reward gets it as its `prompt`."""
+    if (prompt is None) == (messages is None):
+        raise BadInput("give either a prompt or messages, not both" if prompt is not None
+                       else "give a prompt or messages")
+    return prompt if messages is None else messages
+
+
 def check_threads(n_threads: Optional[int]):
     """llama.cpp crashes on absurd thread counts and crawls on more threads than CPUs."""
     if n_threads is None:
@@ -124,12 +136,13 @@ def check_threads(n_threads: Optional[int]):
         raise BadInput(f"threads must be between 1 and {most} (the CPUs this process may use), got {n_threads}")
 
 
-def generate(prompt: str, generator: str = DEFAULT_GENERATOR, reward: Union[str, Callable] = DEFAULT_REWARD,
-             n_gpu_layers: int = 0, n_threads: Optional[int] = None, flash_attn: bool = True,
-             chat_template: bool = True, kv_layout: str = "auto", on_round: Optional[Callable] = None,
-             **settings) -> Result:
+def generate(prompt: Optional[str] = None, generator: str = DEFAULT_GENERATOR,
+             reward: Union[str, Callable] = DEFAULT_REWARD, n_gpu_layers: int = 0, n_threads: Optional[int] = None,
+             flash_attn: bool = True, chat_template: bool = True, kv_layout: str = "auto",
+             on_round: Optional[Callable] = None, messages: Optional[list] = None, **settings) -> Result:
     """Load the models, decode one prompt, free everything. See `make_settings` for settings."""
     checked = make_settings(**settings)  # before the slow part
+    what = prompt_or_messages(prompt, messages)
     with SpecRej(generator, reward, n_gpu_layers=n_gpu_layers, n_threads=n_threads, flash_attn=flash_attn,
                  chat_template=chat_template, kv_layout=kv_layout) as s:
-        return decode(s.engine, s.scorer, prompt, checked, on_round)
+        return decode(s.engine, s.scorer, what, checked, on_round)

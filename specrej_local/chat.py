@@ -8,7 +8,7 @@ rendering a marker in the answer's place.
 """
 from jinja2 import TemplateError as JinjaError
 
-from .errors import TemplateError
+from .errors import BadInput, TemplateError
 from .template_sandbox import SANDBOX, environment
 
 # Used when a GGUF file carries no template: the widespread ChatML layout.
@@ -17,6 +17,28 @@ CHATML = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 _MARK = "\u2063SPECREJ-ANSWER\u2063"
+ROLES = ("system", "user", "assistant")
+
+
+def check_messages(messages) -> list:
+    """A conversation as chat templates expect it: turns with a known role and text, the last one
+    the user's (the answer comes next). Anything else is BadInput, never a template error."""
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise BadInput("messages must be a non-empty list of {\"role\", \"content\"} objects")
+    out = []
+    for k, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise BadInput(f"messages[{k}] must be an object with a \"role\" and a \"content\"")
+        if m["role"] not in ROLES:
+            raise BadInput(f"messages[{k}].role must be one of {', '.join(ROLES)}, got {m['role']!r:.40}")
+        if not isinstance(m.get("content"), str):
+            raise BadInput(f"messages[{k}].content must be a string")
+        out.append({"role": m["role"], "content": m["content"]})
+    if out[-1]["role"] != "user":
+        raise BadInput("the last message must be the user's")
+    if not any(m["content"].strip() for m in out if m["role"] == "user"):
+        raise BadInput("the prompt is empty")
+    return out
 
 
 class ChatFormat:
@@ -36,14 +58,22 @@ class ChatFormat:
                                                   bos_token=self.bos_token, eos_token=self.eos_token))
 
     @staticmethod
-    def conversation(prompt: str, system=None) -> list:
-        head = [{"role": "system", "content": system}] if system else []
-        return head + [{"role": "user", "content": prompt}]
+    def conversation(prompt, system=None) -> list:
+        """The turns to render: `prompt` is one user turn, or a whole conversation (a list of
+        {"role", "content"} turns, checked by `check_messages`). `system` goes first unless the
+        conversation already starts with one."""
+        if isinstance(prompt, str):
+            messages = [{"role": "user", "content": prompt}]
+        else:
+            messages = check_messages(prompt)
+        if system and messages[0]["role"] != "system":
+            messages = [{"role": "system", "content": system}] + messages
+        return messages
 
-    def prompt(self, prompt: str, system=None) -> str:
+    def prompt(self, prompt, system=None) -> str:
         """The text a generator continues from."""
         if self.raw:
-            return f"{system}\n\n{prompt}" if system else prompt
+            return "\n\n".join(m["content"] for m in self.conversation(prompt, system))
         return self.render(self.conversation(prompt, system), add_generation_prompt=True)
 
     def around_answer(self, prompt: str, system=None, follow_up=None):

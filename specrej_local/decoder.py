@@ -116,8 +116,10 @@ class Interrupted(SpecRejError):
 class Run:
     """One prompt decoded with Speculative Rejection; `run()` is the algorithm."""
 
-    def __init__(self, engine, scorer, settings: Settings, on_round: Optional[Callable] = None):
+    def __init__(self, engine, scorer, settings: Settings, on_round: Optional[Callable] = None,
+                 should_stop: Optional[Callable] = None):
         self.engine, self.scorer, self.s, self.on_round = engine, scorer, settings, on_round
+        self.should_stop = should_stop  # asked before each step; True ends the run as Interrupted
         self.reward: dict = {}
         self.rejected_at: dict = {}
         self.finished: list = []  # finished answers still competing
@@ -146,6 +148,8 @@ class Run:
                 waiting = waiting[room:]
                 # 1. generate until the KV budget is full, every answer has finished, or a wave has room
                 while e.live() and self._fits() and not (waiting and len(e.live()) < self.at_once):
+                    if self.should_stop and self.should_stop():
+                        raise Interrupted(self._result(interrupted=True))
                     self._finish(e.step())
                     self.peak = max(self.peak, e.kv_used())
                 if e.live() and not self._fits():
@@ -230,6 +234,6 @@ class Run:
         return Result(q.text, self.reward[best], q.finish_reason, cands, stats)
 
 
-def decode(engine, scorer, prompt: str, settings: Optional[Settings] = None, on_round=None) -> Result:
-    """Best-of-N (alpha 0) or Speculative Rejection of one prompt."""
-    return Run(engine, scorer, settings or Settings(), on_round).run(prompt)
+def decode(engine, scorer, prompt, settings: Optional[Settings] = None, on_round=None, should_stop=None) -> Result:
+    """Best-of-N (alpha 0) or Speculative Rejection of one prompt (a string or a message list)."""
+    return Run(engine, scorer, settings or Settings(), on_round, should_stop).run(prompt)

@@ -63,8 +63,9 @@ class LlamaEngine:
         add = self.model.adds_bos and not (self._bos_text and text.startswith(self._bos_text))
         return self.model.tokenize(text, add_special=add, parse_special=True)
 
-    def load_prompt(self, prompt: str, system: Optional[str] = None) -> int:
-        if not prompt or not prompt.strip():
+    def load_prompt(self, prompt, system: Optional[str] = None) -> int:
+        """`prompt`: a string, or a message list (checked by the chat format)."""
+        if prompt is None or isinstance(prompt, str) and not prompt.strip():
             raise BadInput("the prompt is empty")
         self.prompt_text = self.chat.prompt(prompt, system)
         self.prompt_ids = self.tokenize(self.prompt_text)
