@@ -14,6 +14,7 @@ from .bench import bench_command
 from .cli_common import (CliError, decoding_options, friendly_errors, load, make_settings, model_options,
                          require_text, result_record)
 from .decoder import Interrupted
+from .serve import serve_command
 
 
 class StopOnCtrlC(DefaultGroup):
@@ -163,6 +164,7 @@ def convert_reward(src, out, out_type):
 
 cli.add_command(batch_command)
 cli.add_command(bench_command)
+cli.add_command(serve_command)
 
 
 def main():

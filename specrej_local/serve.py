@@ -1,0 +1,82 @@
+"""`specrej-local serve`: the click command that loads the models once and runs the HTTP server.
+
+The web stack (the `server` extra) is imported only here, when the command runs, so the rest of
+the CLI works without it.
+"""
+import socket
+
+import click
+
+from .cli_common import CliError, decoding_options, friendly_errors, load, model_options
+from .openai_schema import Defaults, Limits, RequestError, parse_completion
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """Bind before loading anything, so a busy port fails fast; port 0 picks a free one."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise CliError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.listen(128)
+    return sock
+
+
+@click.command("serve")
+@model_options
+@decoding_options
+@click.option("-H", "--host", default="127.0.0.1", show_default=True, envvar="SPECREJ_HOST",
+              help="Address to listen on; 0.0.0.0 opens it to the network.")
+@click.option("-p", "--port", type=int, default=8080, show_default=True, envvar="SPECREJ_PORT",
+              help="Port (0 = any free one; the address is printed).")
+@click.option("-k", "--api-key", default=None, envvar="SPECREJ_API_KEY",
+              help="Require 'Authorization: Bearer KEY' on /v1 requests.")
+@click.option("--model-name", default=None, help="The model id clients see (default: the generator).")
+@click.option("--queue-size", type=click.IntRange(1, 10_000), default=16, show_default=True,
+              help="Requests that may wait behind the running one; more get 429.")
+@click.option("--max-best-of", type=click.IntRange(1, 256), default=64, show_default=True,
+              help="Largest best_of a request may ask for.")
+@click.option("--max-tokens-limit", type=click.IntRange(1), default=2048, show_default=True,
+              help="Largest max_tokens a request may ask for.")
+@click.option("--max-request-bytes", type=click.IntRange(1), default=1_000_000, show_default=True,
+              help="Largest request body accepted.")
+def serve_command(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_template, host, port, api_key,
+                  model_name, queue_size, max_best_of, max_tokens_limit, max_request_bytes, **decoding):
+    """Serve the OpenAI API (/v1/chat/completions, /v1/completions, /v1/models, /health); every
+    answer is the best of N. The decoding options are the defaults of each request.
+
+    \b
+    Examples:
+      specrej-local serve
+      specrej-local serve -g qwen2.5-1.5b -r skywork-v2-qwen3-0.6b -ngl -1 -n 32
+      specrej-local serve --host 0.0.0.0 --port 8000 --api-key "$KEY"
+    """
+    try:
+        import uvicorn
+
+        from .server import ServerConfig, create_app
+    except ImportError as e:
+        raise CliError(f"the server needs its extra ({e.name} is missing): pip install 'specrej-local[server]'")
+    seed_given = click.get_current_context().get_parameter_source("seed") != click.core.ParameterSource.DEFAULT
+    defaults = Defaults(best_of=decoding["n"], alpha=decoding["alpha"], method=decoding["method"],
+                        max_tokens=decoding["max_tokens"], temperature=decoding["temperature"],
+                        top_p=decoding["top_p"], top_k=decoding["top_k"], min_p=decoding["min_p"],
+                        seed=decoding["seed"] if seed_given else None, system=decoding["system"],
+                        stop=tuple(decoding["stop"]), kv_budget=decoding["kv_budget"])
+    config = ServerConfig(model_name=model_name or generator, defaults=defaults, api_key=api_key or None,
+                          limits=Limits(max_best_of=max_best_of, max_tokens=max_tokens_limit),
+                          queue_size=queue_size, max_request_bytes=max_request_bytes)
+    try:  # flag defaults that every request would inherit must be valid themselves
+        parse_completion({"prompt": "check"}, defaults, config.limits)
+    except RequestError as e:
+        raise CliError(e.message) from None
+    sock = _listen(host, port)
+    with friendly_errors(), load(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_template) as s:
+        app = create_app(s, config)
+        bound = sock.getsockname()
+        shown = f"[{bound[0]}]" if sock.family == socket.AF_INET6 else bound[0]
+        click.echo(f"Serving {config.model_name} at http://{shown}:{bound[1]}/v1", err=True)
+        uvicorn.Server(uvicorn.Config(app, log_level="info")).run(sockets=[sock])

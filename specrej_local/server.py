@@ -1,0 +1,323 @@
+"""The OpenAI-compatible HTTP server behind `specrej-local serve`.
+
+One model, loaded before the server starts, answers one request at a time. Its llama.cpp calls
+block, so they run in a single worker thread fed by a bounded queue; the event loop only reads
+requests, waits and writes answers. A full queue answers 429 at once. A client that goes away
+sets its job's cancel flag, which the decoder reads before every step.
+"""
+import asyncio
+import hmac
+import json
+import math
+import queue
+import sys
+import threading
+import time
+import traceback
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Optional
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .decoder import Interrupted
+from .errors import PromptTooLong, ResourceError, SpecRejError
+from .openai_schema import Defaults, Limits, Reply, RequestError, parse_chat, parse_completion
+
+KEEPALIVE_S = 1.0  # an SSE comment this often while a streamed run goes on
+CANCELLED = "cancelled"
+
+
+@dataclass
+class ServerConfig:
+    model_name: str
+    defaults: Defaults = field(default_factory=Defaults)
+    limits: Limits = field(default_factory=Limits)
+    api_key: Optional[str] = None
+    queue_size: int = 16          # requests waiting behind the one running
+    max_request_bytes: int = 1_000_000
+
+
+class Job:
+    """One request's run. The worker thread reports back through the event loop's thread-safe calls."""
+
+    def __init__(self, request, loop):
+        self.request, self.loop = request, loop
+        self.cancelled = threading.Event()
+        self.started = asyncio.Event()   # the prompt was accepted and decoding began
+        self.done = loop.create_future()  # a Result, a SpecRejError / Exception, or CANCELLED
+        self.queued_at = time.perf_counter()
+        self.queue_s = 0.0
+
+    def cancel(self):
+        self.cancelled.set()
+
+    def report(self, outcome):
+        def settle():
+            if not self.done.done():
+                self.done.set_result(outcome)
+        self.loop.call_soon_threadsafe(settle)
+
+
+class Worker:
+    """Runs jobs one at a time on the loaded SpecRej, in its own thread."""
+
+    def __init__(self, specrej, queue_size: int):
+        self.specrej = specrej
+        self.jobs = queue.Queue(maxsize=queue_size)
+        self.running: Optional[Job] = None
+        self.counts = dict(served=0, failed=0, cancelled=0, refused_busy=0)
+        self.mean_s = 1.0  # moving average of a run's wall time, for Retry-After
+        self.thread = threading.Thread(target=self._loop, name="specrej-worker", daemon=True)
+
+    def start(self):
+        self.thread.start()
+
+    def submit(self, job: Job) -> bool:
+        try:
+            self.jobs.put_nowait(job)
+            return True
+        except queue.Full:
+            self.counts["refused_busy"] += 1
+            return False
+
+    def retry_after(self) -> int:
+        return max(1, math.ceil(self.mean_s * (self.jobs.qsize() + 1)))
+
+    def stop(self):
+        """Cancel what is running and waiting, end the thread; the model may be closed after this."""
+        if self.running:
+            self.running.cancel()
+        while True:
+            try:
+                job = self.jobs.get_nowait()
+            except queue.Empty:
+                break
+            job.cancel()
+            job.report(CANCELLED)
+        self.jobs.put(None)
+        self.thread.join()
+
+    def _loop(self):
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            if job.cancelled.is_set():  # its client left while it waited
+                self.counts["cancelled"] += 1
+                job.report(CANCELLED)
+                continue
+            self.running = job
+            job.queue_s = time.perf_counter() - job.queued_at
+            t0 = time.perf_counter()
+            outcome = self._run(job)
+            self.mean_s = 0.8 * self.mean_s + 0.2 * (time.perf_counter() - t0)
+            self.running = None
+            job.report(outcome)
+
+    def _run(self, job: Job):
+        said_started = []
+
+        def should_stop() -> bool:
+            if not said_started:
+                said_started.append(True)
+                job.loop.call_soon_threadsafe(job.started.set)
+            return job.cancelled.is_set()
+
+        try:
+            result = self.specrej.generate(**job.request.generate_kwargs(), should_stop=should_stop)
+            self.counts["served"] += 1
+            return result
+        except Interrupted:
+            self.counts["cancelled"] += 1
+            return CANCELLED
+        except SpecRejError as e:
+            self.counts["failed"] += 1
+            return e
+        except Exception as e:  # a bug: logged here in full, the client gets one line
+            self.counts["failed"] += 1
+            traceback.print_exc(file=sys.stderr)
+            return e
+
+
+# -- errors --------------------------------------------------------------------------------------
+def error_response(err: RequestError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+def run_error(exc: Exception) -> RequestError:
+    """What a failed run tells its client: the library's message, never a traceback."""
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, PromptTooLong):
+        return RequestError(400, message, param="messages", code="context_length_exceeded")
+    if isinstance(exc, ResourceError):
+        return RequestError(503, message, kind="server_error", code="out_of_memory")
+    if isinstance(exc, ValueError) and isinstance(exc, SpecRejError):  # BadInput and its kin
+        return RequestError(400, message, code="invalid_value")
+    if isinstance(exc, SpecRejError):
+        return RequestError(500, message, kind="server_error")
+    return RequestError(500, f"internal error ({type(exc).__name__}); see the server's log", kind="server_error")
+
+
+async def _http_error(request, exc: HTTPException):
+    kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    return error_response(RequestError(exc.status_code, str(exc.detail), kind=kind))
+
+
+async def _crash(request, exc: Exception):
+    traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    return error_response(run_error(exc))
+
+
+# -- the app --------------------------------------------------------------------------------------
+async def _read_json(request, limit: int):
+    size = request.headers.get("content-length", "")
+    if size.isdigit() and int(size) > limit:
+        raise RequestError(413, f"the request body is over this server's limit of {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise RequestError(413, f"the request body is over this server's limit of {limit} bytes")
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise RequestError(400, f"the request body is not valid JSON: {e}") from None
+
+
+async def _until_disconnect(receive):
+    """Returns when the client has gone away (the body has been read by then)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def _sse(obj) -> bytes:
+    return f"data: {json.dumps(obj)}\n\n".encode()
+
+
+class EventStream:
+    """An ASGI response of server-sent events for one job: comments while it runs, then its
+    chunks and [DONE]. If the client leaves first, the job is cancelled."""
+
+    headers = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
+               (b"x-accel-buffering", b"no")]  # proxies must not hold the events back
+
+    def __init__(self, job: Job, reply: Reply, watcher: asyncio.Future):
+        self.job, self.reply, self.watcher = job, reply, watcher
+
+    async def __call__(self, scope, receive, send):
+        job = self.job
+        await send({"type": "http.response.start", "status": 200, "headers": self.headers})
+        try:
+            while not job.done.done():
+                await asyncio.wait({job.done, self.watcher}, timeout=KEEPALIVE_S,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if self.watcher.done():
+                    return
+                if not job.done.done():
+                    await send({"type": "http.response.body", "body": b": running\n\n", "more_body": True})
+            outcome = job.done.result()
+            if outcome == CANCELLED:
+                events = [_sse(RequestError(503, "the server is shutting down", kind="server_error").body())]
+            elif isinstance(outcome, Exception):
+                events = [_sse(run_error(outcome).body())]
+            else:
+                events = [_sse(chunk) for chunk in self.reply.chunks(outcome, job.queue_s)]
+            for event in events:
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+            await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+        finally:
+            self.watcher.cancel()
+            job.cancel()  # no effect on a finished run; ends one whose client left
+
+
+def create_app(specrej, config: ServerConfig) -> Starlette:
+    """The ASGI app around one loaded `SpecRej`; its worker starts and stops with the app."""
+    worker = Worker(specrej, config.queue_size)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        worker.start()
+        try:
+            yield
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, worker.stop)
+
+    def check_key(request):
+        if config.api_key is None:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), config.api_key.encode()):
+            raise RequestError(401, "a valid API key is required: send 'Authorization: Bearer KEY'",
+                               kind="authentication_error", code="invalid_api_key")
+
+    async def health(request):
+        return JSONResponse({"status": "ok", "model": config.model_name, "running": int(worker.running is not None),
+                             "queued": worker.jobs.qsize(), **worker.counts})
+
+    async def models(request):
+        try:
+            check_key(request)
+        except RequestError as e:
+            return error_response(e)
+        return JSONResponse({"object": "list", "data": [
+            {"id": config.model_name, "object": "model", "created": 0, "owned_by": "specrej-local"}]})
+
+    def completion_endpoint(parse):
+        async def endpoint(request):
+            try:
+                check_key(request)
+                body = await _read_json(request, config.max_request_bytes)
+                req = parse(body, config.defaults, config.limits)
+                return await answer(request, req)
+            except RequestError as e:
+                return error_response(e)
+        return endpoint
+
+    async def answer(request, req):
+        job = Job(req, asyncio.get_running_loop())
+        if not worker.submit(job):
+            raise RequestError(429, f"the server is busy ({config.queue_size} requests waiting); retry later",
+                               kind="rate_limit_error", code="server_busy",
+                               headers={"retry-after": str(worker.retry_after())})
+        watcher = asyncio.ensure_future(_until_disconnect(request.receive))
+        handed_over = False
+        try:
+            # a stream starts once the prompt is accepted, so a bad prompt still gets its 4xx
+            first = asyncio.ensure_future(job.started.wait()) if req.stream else job.done
+            await asyncio.wait({first, job.done, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if first is not job.done:
+                first.cancel()
+            if watcher.done():
+                return Response(status_code=499)  # nobody is listening any more
+            outcome = job.done.result() if job.done.done() else None
+            if outcome == CANCELLED:
+                raise RequestError(503, "the server is shutting down", kind="server_error")
+            if isinstance(outcome, Exception):
+                raise run_error(outcome)
+            reply = Reply(req, config.model_name)
+            if req.stream:
+                handed_over = True
+                return EventStream(job, reply, watcher)
+            return JSONResponse(reply.whole(outcome, job.queue_s))
+        finally:
+            if not handed_over:
+                watcher.cancel()
+                job.cancel()  # no effect on a finished run
+
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/chat/completions", completion_endpoint(parse_chat), methods=["POST"]),
+        Route("/v1/completions", completion_endpoint(parse_completion), methods=["POST"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={HTTPException: _http_error, Exception: _crash})
+    app.state.worker = worker
+    return app

@@ -1,0 +1,274 @@
+"""`specrej-local serve` end to end: the real `openai` client against a live server on loopback.
+
+One server (a `serve` subprocess on the default model, one thread, tiny settings) is shared by the
+module; a second one with a queue of one shows the 429. A heavy request samples near-uniformly
+from the whole vocabulary, so it would run for minutes unless its cancellation works.
+"""
+import concurrent.futures
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+httpx = pytest.importorskip("httpx")
+openai = pytest.importorskip("openai")
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+
+from click.testing import CliRunner  # noqa: E402
+
+from specrej_local.cli import cli  # noqa: E402
+
+KEY = "test-key"
+MODEL = "smollm2-135m"
+CHAT = [{"role": "user", "content": "Name a fruit."}]
+SMALL = dict(max_tokens=8, extra_body={"best_of": 2})
+# never ends by itself: near-uniform sampling over the whole vocabulary, 16 x 2048 tokens
+HEAVY = dict(model=MODEL, messages=CHAT, max_tokens=2048, best_of=16, temperature=5.0, top_k=0, top_p=1.0,
+             min_p=0.0)
+
+
+class Server:
+    """A `specrej-local serve` process on a free loopback port, its log in a file."""
+
+    def __init__(self, log_path, model_path, cache_home, *args):
+        env = dict(os.environ, SPECREJ_HOME=str(cache_home))
+        self.log_path = log_path
+        with open(log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "specrej_local", "serve", "-g", str(model_path), "--model-name", MODEL,
+                 "-t", "1", "-p", "0", "--api-key", KEY, *args], stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.url = self._wait_for_address()
+        self.http = httpx.Client(base_url=self.url.rsplit("/v1", 1)[0], timeout=120,
+                                 headers={"authorization": f"Bearer {KEY}"})
+        self.client = openai.OpenAI(base_url=self.url, api_key=KEY, max_retries=0, timeout=120)
+
+    def _wait_for_address(self) -> str:
+        for _ in range(1200):  # the model loads first: at most two minutes
+            text = self.log_path.read_text(errors="replace")
+            found = re.search(r"at (http://\S+/v1)", text)
+            if found:
+                return found.group(1)
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the server exited:\n{text}")
+            time.sleep(0.1)
+        raise AssertionError("the server did not start")
+
+    def health(self) -> dict:
+        return self.http.get("/health").json()
+
+    def wait_health(self, **want) -> dict:
+        """Polls /health until it shows `want` (bounded: a minute)."""
+        for _ in range(600):
+            h = self.health()
+            if all(h[k] == v for k, v in want.items()):
+                return h
+            time.sleep(0.1)
+        raise AssertionError(f"/health never showed {want}: {h}")
+
+    def open_request(self, body: dict) -> socket.socket:
+        """A chat request sent on a raw socket, so the test decides when its client goes away."""
+        host, port = re.match(r"http://([^:/]+):(\d+)", self.url).groups()
+        data = json.dumps(body).encode()
+        s = socket.create_connection((host, int(port)))
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                  b"Authorization: Bearer " + KEY.encode() + b"\r\nContent-Length: " + str(len(data)).encode()
+                  + b"\r\n\r\n" + data)
+        return s
+
+    def stop(self):
+        self.http.close()
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, default_model, real_cache_home):
+    s = Server(tmp_path_factory.mktemp("serve") / "server.log", default_model, real_cache_home,
+               "-n", "4", "--max-tokens", "12", "--max-best-of", "16", "--queue-size", "16",
+               "--max-request-bytes", "200000")
+    yield s
+    s.stop()
+
+
+def good_request_succeeds(server):
+    r = server.client.chat.completions.create(model=MODEL, messages=CHAT, seed=1, **SMALL)
+    assert r.choices[0].finish_reason in ("stop", "length")
+    return r
+
+
+# -- the standard API ------------------------------------------------------------------------------
+def test_models_and_health(server):
+    assert [m.id for m in server.client.models.list().data] == [MODEL]
+    assert server.health()["status"] == "ok"
+
+
+def test_chat_completion_carries_reward_usage_and_stats(server):
+    r = server.client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=12, seed=5,
+                                              extra_body={"best_of": 4})
+    choice = r.choices[0]
+    assert r.object == "chat.completion" and r.model == MODEL and len(r.choices) == 1
+    assert choice.message.role == "assistant" and choice.message.content.strip()
+    assert isinstance(choice.reward, float)
+    assert r.stats["n"] == 4 and r.stats["seed"] == 5
+    # usage counts every token generated, the three answers not returned included
+    assert r.usage.completion_tokens == r.stats["generated_tokens"] >= len(choice.message.content.split())
+    assert r.usage.prompt_tokens == r.stats["prompt_tokens"] > 0
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+
+
+def test_a_conversation_is_rendered_with_its_earlier_turns(server):
+    turns = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+             {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Name a fruit."}]
+    short = server.client.chat.completions.create(model=MODEL, messages=turns[-1:], seed=2, **SMALL)
+    long = server.client.chat.completions.create(model=MODEL, messages=turns, seed=2, **SMALL)
+    assert long.usage.prompt_tokens > short.usage.prompt_tokens
+    assert long.choices[0].message.content.strip()
+
+
+def test_completions(server):
+    r = server.client.completions.create(model=MODEL, prompt="Name a color.", max_tokens=8, seed=3,
+                                         extra_body={"best_of": 2})
+    assert r.object == "text_completion" and r.choices[0].text.strip()
+    assert r.choices[0].finish_reason in ("stop", "length") and isinstance(r.choices[0].reward, float)
+
+
+def test_n_returns_the_best_n_of_best_of_in_reward_order(server):
+    r = server.client.chat.completions.create(model=MODEL, messages=CHAT, n=3, max_tokens=12, seed=4,
+                                              extra_body={"best_of": 8})
+    assert [c.index for c in r.choices] == [0, 1, 2]
+    rewards = [c.reward for c in r.choices]
+    assert rewards == sorted(rewards, reverse=True)
+    assert r.stats["n"] == 8
+
+
+def test_the_same_seed_gives_the_same_answers(server):
+    ask = dict(model=MODEL, messages=CHAT, n=2, max_tokens=12, seed=11, extra_body={"best_of": 4})
+    one, two = (server.client.chat.completions.create(**ask) for _ in range(2))
+    assert [c.message.content for c in one.choices] == [c.message.content for c in two.choices]
+    assert [c.reward for c in one.choices] == pytest.approx([c.reward for c in two.choices])
+
+
+def test_streaming_gives_the_same_answer_then_usage_and_done(server):
+    ask = dict(model=MODEL, messages=CHAT, n=2, max_tokens=12, seed=6, extra_body={"best_of": 4})
+    whole = server.client.chat.completions.create(**ask)
+    text, finish, usage = {0: "", 1: ""}, {}, None
+    for chunk in server.client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **ask):
+        for c in chunk.choices:
+            text[c.index] += c.delta.content or ""
+            if c.finish_reason:
+                finish[c.index] = (c.finish_reason, c.reward)
+        usage = chunk.usage or usage
+    assert [text[0], text[1]] == [c.message.content for c in whole.choices]
+    assert [finish[0][0], finish[1][0]] == [c.finish_reason for c in whole.choices]
+    assert usage.completion_tokens == whole.usage.completion_tokens
+    raw = server.http.post("/v1/completions", json={"prompt": "Hi", "stream": True, "max_tokens": 4, "best_of": 2})
+    assert raw.headers["content-type"].startswith("text/event-stream")
+    assert raw.text.rstrip().splitlines()[-1] == "data: [DONE]"
+
+
+# -- load ------------------------------------------------------------------------------------------
+def test_sixteen_concurrent_requests_are_all_answered_each_with_its_own_answer(server):
+    asks = [dict(model=MODEL, messages=[{"role": "user", "content": f"Say the number {i}."}], seed=100 + i,
+                 **SMALL) for i in range(16)]
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(lambda a: server.client.chat.completions.create(**a), asks))
+    assert len({r.id for r in together}) == 16
+    alone = [server.client.chat.completions.create(**a) for a in asks]  # one at a time, same seeds
+    assert [(r.choices[0].message.content, r.usage.prompt_tokens, r.stats["seed"]) for r in together] == \
+           [(r.choices[0].message.content, r.usage.prompt_tokens, r.stats["seed"]) for r in alone]
+
+
+def test_a_client_that_leaves_frees_the_engine(server):
+    before = server.wait_health(running=0, queued=0)
+    sock = server.open_request(HEAVY)
+    server.wait_health(running=1)
+    sock.close()
+    after = server.wait_health(running=0, cancelled=before["cancelled"] + 1)
+    assert after["served"] == before["served"]  # it was stopped, not finished
+    good_request_succeeds(server)
+
+
+def test_a_full_queue_answers_429_with_retry_after(tmp_path, default_model, real_cache_home):
+    s = Server(tmp_path / "server.log", default_model, real_cache_home, "--queue-size", "1")
+    try:
+        running = s.open_request(HEAVY)
+        s.wait_health(running=1)
+        waiting = s.open_request(HEAVY)
+        s.wait_health(queued=1)
+        with pytest.raises(openai.RateLimitError) as info:
+            s.client.chat.completions.create(model=MODEL, messages=CHAT, **SMALL)
+        assert int(info.value.response.headers["retry-after"]) >= 1
+        assert info.value.body["code"] == "server_busy"
+        running.close()
+        waiting.close()
+        h = s.wait_health(running=0, queued=0, cancelled=2)
+        assert h["refused_busy"] == 1 and h["served"] == 0
+        good_request_succeeds(s)
+    finally:
+        s.stop()
+
+
+# -- bad requests -----------------------------------------------------------------------------------
+LONG = "word " * 9000  # longer than the model's 8192-token context, shorter than the body limit
+BAD = [  # (path, body: dict or raw bytes, status, words of the message)
+    ("/v1/chat/completions", b"{not json", 400, "not valid JSON"),
+    ("/v1/chat/completions", b"[1, 2]", 400, "JSON object"),
+    ("/v1/chat/completions", {"model": MODEL}, 400, "'messages' is required"),
+    ("/v1/chat/completions", {"messages": []}, 400, "non-empty list"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": 5}]}, 400, "content must be a string"),
+    ("/v1/chat/completions", {"messages": [{"role": "assistant", "content": "Hi"}]}, 400, "last message"),
+    ("/v1/chat/completions", {"messages": CHAT, "temperature": "hot"}, 400, "'temperature' must be a number"),
+    ("/v1/chat/completions", {"messages": CHAT, "n": True}, 400, "'n' must be an integer"),
+    ("/v1/chat/completions", {"messages": CHAT, "n": 5, "best_of": 4}, 400, "cannot exceed 'best_of'"),
+    ("/v1/chat/completions", {"messages": CHAT, "best_of": 17}, 400, "between 1 and 16"),
+    ("/v1/chat/completions", {"messages": CHAT, "max_tokens": 100000}, 400, "between 1 and 2048"),
+    ("/v1/chat/completions", {"messages": CHAT, "alpha": 1.5}, 400, "alpha must be in"),
+    ("/v1/chat/completions", {"messages": CHAT, "method": "magic"}, 400, "method must be one of"),
+    ("/v1/chat/completions", {"messages": CHAT, "stop": [1]}, 400, "'stop' must be a string or a list"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": LONG}]}, 400, "context holds"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x" * 300_000}]}, 413, "limit of"),
+    ("/v1/completions", {"prompt": 5}, 400, "'prompt' must be a string"),
+    ("/v1/completions", {"prompt": "  "}, 400, "empty"),
+    ("/v1/nothing-here", {}, 404, "Not Found"),
+]
+
+
+@pytest.mark.parametrize("path, body, status, words", BAD, ids=[f"{b[2]}-{b[3][:24]}" for b in BAD])
+def test_a_bad_request_gets_its_4xx_and_the_server_goes_on(server, path, body, status, words):
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    r = server.http.post(path, content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == status
+    error = r.json()["error"]
+    assert words in error["message"] and error["type"] == "invalid_request_error"
+    good_request_succeeds(server)
+
+
+@pytest.mark.parametrize("key", [None, "wrong-key"])
+def test_a_missing_or_wrong_api_key_is_401(server, key):
+    headers = {} if key is None else {"authorization": f"Bearer {key}"}
+    r = httpx.post(server.url + "/chat/completions", json={"messages": CHAT}, headers=headers)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    bad_client = openai.OpenAI(base_url=server.url, api_key=key or "none", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad_client.models.list()
+    good_request_succeeds(server)
+
+
+def test_a_get_on_a_post_endpoint_is_405(server):
+    r = server.http.get("/v1/chat/completions")
+    assert r.status_code == 405 and r.json()["error"]["message"]
+
+
+def test_serve_refuses_bad_defaults_before_loading_anything():
+    result = CliRunner().invoke(cli, ["serve", "--alpha", "1.5", "-g", "no-such-model"])
+    assert result.exit_code == 2 and "alpha must be in [0, 1)" in result.output
