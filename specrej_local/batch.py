@@ -4,7 +4,8 @@ IN, by its file name:
 
     *.jsonl  one JSON object a line: {"id", "prompt", optional "system", "n", "alpha",
              "max_tokens", "seed"}; "id" defaults to the line number, and "instruction" (plus a
-             non-empty "input" after a blank line) stands in for a missing "prompt"
+             non-empty "input" after a blank line) or "messages" (a conversation, a list of
+             {"role", "content"} turns) stands in for a missing "prompt"
     *.json   a JSON list of such objects (or of plain strings), e.g. an AlpacaFarm prompt set;
              "id" defaults to the item's position, counted from 1
     other    plain text, one prompt a line, id = line number; blank lines are skipped
@@ -40,10 +41,11 @@ from typing import Iterator, Optional
 
 import click
 
+from .chat import check_messages
 from .cli_common import (decoding_options, friendly_errors, load, make_settings, model_options, not_text,
                          out_of_range, require_text, result_record)
 from .decoder import Interrupted
-from .errors import SpecRejError
+from .errors import BadInput, SpecRejError
 
 try:
     import fcntl
@@ -153,9 +155,14 @@ def _from_object(obj, number: int, where: str) -> Item:
         if not isinstance(prompt, str) or not isinstance(extra, str):
             return bad("\"instruction\" and \"input\" must be strings", id)
         prompt = f"{prompt}\n\n{extra}" if extra.strip() else prompt
-    if prompt is None:
+    if prompt is None and "messages" in obj:  # a conversation, rendered with the chat template
+        try:
+            prompt = check_messages(obj["messages"])
+        except BadInput as e:
+            return bad(f"\"messages\": {e}", id)
+    elif prompt is None:
         return bad("no \"prompt\" (or \"instruction\")", id)
-    if not isinstance(prompt, str):
+    elif not isinstance(prompt, str):
         return bad(f"\"prompt\" must be a string, got {json.dumps(prompt)[:40]}", id)
     for key in ("prompt", "instruction", "input", "system"):  # every string that can reach the model
         problem = isinstance(obj.get(key), str) and not_text(obj[key])

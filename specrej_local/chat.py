@@ -33,6 +33,10 @@ def check_messages(messages) -> list:
             raise BadInput(f"messages[{k}].role must be one of {', '.join(ROLES)}, got {m['role']!r:.40}")
         if not isinstance(m.get("content"), str):
             raise BadInput(f"messages[{k}].content must be a string")
+        try:  # JSON can spell a lone surrogate, which has no UTF-8 form for the tokenizer
+            m["content"].encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise BadInput(f"messages[{k}].content is not valid UTF-8 text (character {e.start + 1})") from None
         out.append({"role": m["role"], "content": m["content"]})
     if out[-1]["role"] != "user":
         raise BadInput("the last message must be the user's")

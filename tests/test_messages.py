@@ -1,4 +1,6 @@
 """Conversations (a message list instead of one prompt) and the decoder's stop hook."""
+import json
+
 import pytest
 
 from specrej_local import SpecRej
@@ -75,3 +77,14 @@ def test_the_api_takes_messages_and_an_engine_reused_after_a_stop(default_model)
             s.generate("Hi", messages=TURNS)
         with pytest.raises(BadInput, match="last message"):
             s.generate(messages=TURNS[:3])
+
+
+def test_a_batch_line_may_hold_a_conversation(tmp_path):
+    from specrej_local.batch import read_items
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(json.dumps(o) for o in [
+        {"id": "a", "messages": TURNS}, {"id": "b", "messages": TURNS[:3]}, {"id": "c"}]) + "\n")
+    good, bad_turns, missing = read_items(src)
+    assert good.error is None and good.prompt == TURNS
+    assert "last message" in bad_turns.error and "no \"prompt\"" in missing.error
