@@ -79,4 +79,14 @@ def serve_command(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_
         bound = sock.getsockname()
         shown = f"[{bound[0]}]" if sock.family == socket.AF_INET6 else bound[0]
         click.echo(f"Serving {config.model_name} at http://{shown}:{bound[1]}/v1", err=True)
-        uvicorn.Server(uvicorn.Config(app, log_level="info")).run(sockets=[sock])
+        server = uvicorn.Server(uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=5))
+        stop_server = server.handle_exit
+
+        def shut_down(sig, frame):
+            """Ctrl-C: every run stops at its next token, so each client gets a 503 and uvicorn
+            does not wait for long runs."""
+            app.state.worker.cancel_all()
+            stop_server(sig, frame)
+
+        server.handle_exit = shut_down
+        server.run(sockets=[sock])

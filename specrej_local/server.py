@@ -87,10 +87,11 @@ class Worker:
     def retry_after(self) -> int:
         return max(1, math.ceil(self.mean_s * (self.jobs.qsize() + 1)))
 
-    def stop(self):
-        """Cancel what is running and waiting, end the thread; the model may be closed after this."""
-        if self.running:
-            self.running.cancel()
+    def cancel_all(self):
+        """Cancel what is running and waiting (the server is shutting down)."""
+        running = self.running
+        if running:
+            running.cancel()
         while True:
             try:
                 job = self.jobs.get_nowait()
@@ -98,6 +99,10 @@ class Worker:
                 break
             job.cancel()
             job.report(CANCELLED)
+
+    def stop(self):
+        """End the thread after cancelling every job; the model may be closed after this."""
+        self.cancel_all()
         self.jobs.put(None)
         self.thread.join()
 
@@ -152,7 +157,7 @@ def run_error(exc: Exception) -> RequestError:
     """What a failed run tells its client: the library's message, never a traceback."""
     message = " ".join(str(exc).split()) or type(exc).__name__
     if isinstance(exc, PromptTooLong):
-        return RequestError(400, message, param="messages", code="context_length_exceeded")
+        return RequestError(400, message, code="context_length_exceeded")
     if isinstance(exc, ResourceError):
         return RequestError(503, message, kind="server_error", code="out_of_memory")
     if isinstance(exc, ValueError) and isinstance(exc, SpecRejError):  # BadInput and its kin
