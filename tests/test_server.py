@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -272,3 +273,13 @@ def test_a_get_on_a_post_endpoint_is_405(server):
 def test_serve_refuses_bad_defaults_before_loading_anything():
     result = CliRunner().invoke(cli, ["serve", "--alpha", "1.5", "-g", "no-such-model"])
     assert result.exit_code == 2 and "alpha must be in [0, 1)" in result.output
+
+
+def test_the_openai_client_example_prints_the_best_answers(server):
+    example = Path(__file__).resolve().parents[1] / "examples" / "openai_client.py"
+    p = subprocess.run([sys.executable, str(example), "Name a fruit.", "--url", server.url, "--api-key", KEY,
+                        "--best-of", "3", "-n", "2", "--max-tokens", "8"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    rewards = [float(r) for r in re.findall(r"^\[\d\] reward (-?\d+\.\d{3}): ", p.stdout, re.M)]
+    assert len(rewards) == 2 and rewards[0] >= rewards[1]
+    assert re.search(r"^\[3 candidates, \d+ tokens generated in \d+\.\d s\]$", p.stdout, re.M)
