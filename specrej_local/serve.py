@@ -34,6 +34,9 @@ def _listen(host: str, port: int) -> socket.socket:
               help="Port (0 = any free one; the address is printed).")
 @click.option("-k", "--api-key", default=None, envvar="SPECREJ_API_KEY",
               help="Require 'Authorization: Bearer KEY' on /v1 requests.")
+@click.option("--cors-origin", "cors_origins", multiple=True, envvar="SPECREJ_CORS_ORIGINS",
+              help="A web page's origin (e.g. http://localhost:3000) allowed to call the API from a browser; "
+                   "repeatable, '*' for any.")
 @click.option("--model-name", default=None, help="The model id clients see (default: the generator).")
 @click.option("--queue-size", type=click.IntRange(1, 10_000), default=16, show_default=True,
               help="Requests that may wait behind the running one; more get 429.")
@@ -44,7 +47,7 @@ def _listen(host: str, port: int) -> socket.socket:
 @click.option("--max-request-bytes", type=click.IntRange(1), default=1_000_000, show_default=True,
               help="Largest request body accepted.")
 def serve_command(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_template, host, port, api_key,
-                  model_name, queue_size, max_best_of, max_tokens_limit, max_request_bytes, **decoding):
+                  cors_origins, model_name, queue_size, max_best_of, max_tokens_limit, max_request_bytes, **decoding):
     """Serve the OpenAI API (/v1/chat/completions, /v1/completions, /v1/models, /health); every
     answer is the best of N. The decoding options are the defaults of each request.
 
@@ -68,7 +71,7 @@ def serve_command(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_
                         stop=tuple(decoding["stop"]), kv_budget=decoding["kv_budget"])
     config = ServerConfig(model_name=model_name or generator, defaults=defaults, api_key=api_key or None,
                           limits=Limits(max_best_of=max_best_of, max_tokens=max_tokens_limit),
-                          queue_size=queue_size, max_request_bytes=max_request_bytes)
+                          queue_size=queue_size, max_request_bytes=max_request_bytes, cors_origins=cors_origins)
     try:  # flag defaults that every request would inherit must be valid themselves
         parse_completion({"prompt": "check"}, defaults, config.limits)
     except RequestError as e:

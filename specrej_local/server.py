@@ -20,6 +20,8 @@ from typing import Optional
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -39,6 +41,7 @@ class ServerConfig:
     api_key: Optional[str] = None
     queue_size: int = 16          # requests waiting behind the one running
     max_request_bytes: int = 1_000_000
+    cors_origins: tuple = ()      # web pages (origins) whose scripts may call the API from a browser
 
 
 class Job:
@@ -322,7 +325,9 @@ def create_app(specrej, config: ServerConfig) -> Starlette:
         Route("/v1/chat/completions", completion_endpoint(parse_chat), methods=["POST"]),
         Route("/v1/completions", completion_endpoint(parse_completion), methods=["POST"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan,
+    cors = [Middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
+                       allow_headers=["authorization", "content-type"])] if config.cors_origins else []
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=cors,
                     exception_handlers={HTTPException: _http_error, Exception: _crash})
     app.state.worker = worker
     return app

@@ -96,7 +96,7 @@ class Server:
 def server(tmp_path_factory, default_model, real_cache_home):
     s = Server(tmp_path_factory.mktemp("serve") / "server.log", default_model, real_cache_home,
                "-n", "4", "--max-tokens", "12", "--max-best-of", "16", "--queue-size", "16",
-               "--max-request-bytes", "200000")
+               "--max-request-bytes", "200000", "--cors-origin", "http://localhost:3000")
     yield s
     s.stop()
 
@@ -283,3 +283,14 @@ def test_the_openai_client_example_prints_the_best_answers(server):
     rewards = [float(r) for r in re.findall(r"^\[\d\] reward (-?\d+\.\d{3}): ", p.stdout, re.M)]
     assert len(rewards) == 2 and rewards[0] >= rewards[1]
     assert re.search(r"^\[3 candidates, \d+ tokens generated in \d+\.\d s\]$", p.stdout, re.M)
+
+
+@pytest.mark.parametrize("origin, allowed", [("http://localhost:3000", True), ("http://elsewhere.test", False)])
+def test_only_the_allowed_web_origin_may_call_from_a_browser(server, origin, allowed):
+    preflight = {"origin": origin, "access-control-request-method": "POST",
+                 "access-control-request-headers": "authorization, content-type"}
+    r = httpx.options(server.url + "/chat/completions", headers=preflight)
+    assert (r.headers.get("access-control-allow-origin") == origin) is allowed
+    r = server.http.post("/v1/chat/completions", headers={"origin": origin},
+                         json={"messages": CHAT, "max_tokens": 4, "best_of": 2})
+    assert r.status_code == 200 and (r.headers.get("access-control-allow-origin") == origin) is allowed
