@@ -177,6 +177,8 @@ def _request(kind: str, conversation, f: dict, d: Defaults, limits: Limits) -> R
     n = f.get("n", 1)
     if n < 1:
         raise _bad(f"'n' must be at least 1, got {n}", "n")
+    if "best_of" not in f and n > limits.max_best_of:
+        raise _bad(f"'n' must be at most {limits.max_best_of} on this server, got {n}", "n")
     best_of = f.get("best_of", max(d.best_of, n))
     if not 1 <= best_of <= limits.max_best_of:
         raise _bad(f"'best_of' must be between 1 and {limits.max_best_of} on this server, got {best_of}", "best_of")

@@ -189,10 +189,13 @@ def test_sixteen_concurrent_requests_are_all_answered_each_with_its_own_answer(s
            [(r.choices[0].message.content, r.usage.prompt_tokens, r.stats["seed"]) for r in alone]
 
 
-def test_a_client_that_leaves_frees_the_engine(server):
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_that_leaves_frees_the_engine(server, stream):
     before = server.wait_health(running=0, queued=0)
-    sock = server.open_request(HEAVY)
+    sock = server.open_request({**HEAVY, "stream": stream})
     server.wait_health(running=1)
+    if stream:  # the events have begun: the status line and a first ': running' comment
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
     sock.close()
     after = server.wait_health(running=0, cancelled=before["cancelled"] + 1)
     assert after["served"] == before["served"]  # it was stopped, not finished
@@ -236,7 +239,9 @@ BAD = [  # (path, body: dict or raw bytes, status, words of the message)
     ("/v1/chat/completions", {"messages": CHAT, "alpha": 1.5}, 400, "alpha must be in"),
     ("/v1/chat/completions", {"messages": CHAT, "method": "magic"}, 400, "method must be one of"),
     ("/v1/chat/completions", {"messages": CHAT, "stop": [1]}, 400, "'stop' must be a string or a list"),
+    ("/v1/chat/completions", {"messages": CHAT, "n": 17}, 400, "'n' must be at most 16"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": LONG}]}, 400, "context holds"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": LONG}], "stream": True}, 400, "context holds"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x" * 300_000}]}, 413, "limit of"),
     ("/v1/completions", {"prompt": 5}, 400, "'prompt' must be a string"),
     ("/v1/completions", {"prompt": "  "}, 400, "empty"),
