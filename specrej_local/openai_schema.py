@@ -10,10 +10,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Optional
 
+from .api import make_settings
 from .chat import check_messages
-from .decoder import Settings
 from .errors import BadInput
-from .sampling import Sampling
 
 FINISHED = {"stop": "stop", "length": "length", "budget": "length"}  # engine reason -> OpenAI's
 MAX_STOP_STRINGS = 16
@@ -73,7 +72,12 @@ class Request:
 
 # -- field checks ------------------------------------------------------------------------------
 def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    """An integer llama.cpp can take (its counts are 32-bit)."""
+    return isinstance(v, int) and not isinstance(v, bool) and -2**31 <= v < 2**31
+
+
+def _is_seed(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and -2**63 <= v < 2**64
 
 
 def _is_number(v) -> bool:
@@ -82,22 +86,22 @@ def _is_number(v) -> bool:
 
 KINDS = {  # field -> (check, noun for the error message)
     "model": (lambda v: isinstance(v, str), "a string"),
-    "max_tokens": (_is_int, "an integer"),
-    "max_completion_tokens": (_is_int, "an integer"),
+    "max_tokens": (_is_int, "a 32-bit integer"),
+    "max_completion_tokens": (_is_int, "a 32-bit integer"),
     "temperature": (_is_number, "a number"),
     "top_p": (_is_number, "a number"),
-    "seed": (_is_int, "an integer"),
-    "n": (_is_int, "an integer"),
+    "seed": (_is_seed, "a 64-bit integer"),
+    "n": (_is_int, "a 32-bit integer"),
     "stream": (lambda v: isinstance(v, bool), "a boolean"),
     "stream_options": (lambda v: isinstance(v, dict), "an object"),
     "stop": (lambda v: isinstance(v, str) or isinstance(v, list) and all(isinstance(s, str) for s in v),
              "a string or a list of strings"),
     # extensions
-    "best_of": (_is_int, "an integer"),
+    "best_of": (_is_int, "a 32-bit integer"),
     "alpha": (_is_number, "a number"),
     "method": (lambda v: isinstance(v, str), "a string"),
-    "kv_budget": (_is_int, "an integer"),
-    "top_k": (_is_int, "an integer"),
+    "kv_budget": (_is_int, "a 32-bit integer"),
+    "top_k": (_is_int, "a 32-bit integer"),
     "min_p": (_is_number, "a number"),
 }
 
@@ -121,6 +125,14 @@ def _fields(body) -> dict:
 def _show(value) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _text(value: str, param: str):
+    """JSON can spell a lone surrogate ("\\ud800"), which has no UTF-8 form for the tokenizer."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise _bad(f"'{param}' is not valid UTF-8 text (character {e.start + 1})", param) from None
 
 
 def _bad(message: str, param: str) -> RequestError:
@@ -170,6 +182,7 @@ def parse_completion(body, defaults: Defaults, limits: Limits) -> Request:
                            code="invalid_type")
     if not prompt.strip():
         raise _bad("the prompt is empty", "prompt")
+    _text(prompt, "prompt")
     return _request("completion", prompt, fields, defaults, limits)
 
 
@@ -192,6 +205,8 @@ def _request(kind: str, conversation, f: dict, d: Defaults, limits: Limits) -> R
     stop = (stop,) if isinstance(stop, str) else tuple(stop)
     if len(stop) > MAX_STOP_STRINGS:
         raise _bad(f"at most {MAX_STOP_STRINGS} stop strings, got {len(stop)}", "stop")
+    for text in stop:
+        _text(text, "stop")
     seed = f.get("seed", d.seed)
     settings = dict(
         n=best_of, alpha=f.get("alpha", d.alpha), method=f.get("method", d.method), max_tokens=max_tokens,
@@ -207,12 +222,8 @@ def _request(kind: str, conversation, f: dict, d: Defaults, limits: Limits) -> R
 
 def _check(settings: dict):
     """The library's own range checks, made now so a bad value is refused before it waits in the queue."""
-    s = settings
     try:
-        sampling = Sampling(temperature=s["temperature"], top_k=s["top_k"], top_p=s["top_p"], min_p=s["min_p"],
-                            seed=s["seed"])
-        Settings(n=s["n"], alpha=s["alpha"], method=s["method"], max_tokens=s["max_tokens"],
-                 kv_budget=s["kv_budget"], sampling=sampling, stop=s["stop"])
+        make_settings(**settings)
     except BadInput as e:
         raise _bad(str(e), None) from None
 

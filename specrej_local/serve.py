@@ -46,8 +46,9 @@ def _listen(host: str, port: int) -> socket.socket:
               help="Largest max_tokens a request may ask for.")
 @click.option("--max-request-bytes", type=click.IntRange(1), default=1_000_000, show_default=True,
               help="Largest request body accepted.")
-def serve_command(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_template, host, port, api_key,
-                  cors_origins, model_name, queue_size, max_best_of, max_tokens_limit, max_request_bytes, **decoding):
+def serve_command(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_template, kv_layout, host, port,
+                  api_key, cors_origins, model_name, queue_size, max_best_of, max_tokens_limit, max_request_bytes,
+                  **decoding):
     """Serve the OpenAI API (/v1/chat/completions, /v1/completions, /v1/models, /health); every
     answer is the best of N. The decoding options are the defaults of each request.
 
@@ -77,7 +78,8 @@ def serve_command(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_
     except RequestError as e:
         raise CliError(e.message) from None
     sock = _listen(host, port)
-    with friendly_errors(), load(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_template) as s:
+    models = (generator, reward, n_gpu_layers, threads, flash_attn, no_chat_template, kv_layout)
+    with friendly_errors(), load(*models) as s:
         app = create_app(s, config)
         bound = sock.getsockname()
         shown = f"[{bound[0]}]" if sock.family == socket.AF_INET6 else bound[0]

@@ -144,23 +144,29 @@ def test_completions(server):
 
 
 def test_n_returns_the_best_n_of_best_of_in_reward_order(server):
+    # Best-of-N finishes all 8; Speculative Rejection may reject all but fewer than 3 on the way
     r = server.client.chat.completions.create(model=MODEL, messages=CHAT, n=3, max_tokens=12, seed=4,
-                                              extra_body={"best_of": 8})
+                                              extra_body={"best_of": 8, "method": "bon"})
     assert [c.index for c in r.choices] == [0, 1, 2]
     rewards = [c.reward for c in r.choices]
     assert rewards == sorted(rewards, reverse=True)
-    assert r.stats["n"] == 8
+    assert r.stats["n"] == 8 and r.stats["method"] == "bon"
+    r = server.client.chat.completions.create(model=MODEL, messages=CHAT, n=3, max_tokens=12, seed=4,
+                                              extra_body={"best_of": 8})
+    rewards = [c.reward for c in r.choices]
+    assert 1 <= len(rewards) <= 3 and rewards == sorted(rewards, reverse=True)
+    assert all(c.finish_reason in ("stop", "length") for c in r.choices)
 
 
 def test_the_same_seed_gives_the_same_answers(server):
-    ask = dict(model=MODEL, messages=CHAT, n=2, max_tokens=12, seed=11, extra_body={"best_of": 4})
+    ask = dict(model=MODEL, messages=CHAT, n=2, max_tokens=12, seed=11, extra_body={"best_of": 4, "method": "bon"})
     one, two = (server.client.chat.completions.create(**ask) for _ in range(2))
     assert [c.message.content for c in one.choices] == [c.message.content for c in two.choices]
     assert [c.reward for c in one.choices] == pytest.approx([c.reward for c in two.choices])
 
 
 def test_streaming_gives_the_same_answer_then_usage_and_done(server):
-    ask = dict(model=MODEL, messages=CHAT, n=2, max_tokens=12, seed=6, extra_body={"best_of": 4})
+    ask = dict(model=MODEL, messages=CHAT, n=2, max_tokens=12, seed=6, extra_body={"best_of": 4, "method": "bon"})
     whole = server.client.chat.completions.create(**ask)
     text, finish, usage = {0: "", 1: ""}, {}, None
     for chunk in server.client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **ask):
@@ -232,7 +238,7 @@ BAD = [  # (path, body: dict or raw bytes, status, words of the message)
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": 5}]}, 400, "content must be a string"),
     ("/v1/chat/completions", {"messages": [{"role": "assistant", "content": "Hi"}]}, 400, "last message"),
     ("/v1/chat/completions", {"messages": CHAT, "temperature": "hot"}, 400, "'temperature' must be a number"),
-    ("/v1/chat/completions", {"messages": CHAT, "n": True}, 400, "'n' must be an integer"),
+    ("/v1/chat/completions", {"messages": CHAT, "n": True}, 400, "'n' must be a 32-bit integer"),
     ("/v1/chat/completions", {"messages": CHAT, "n": 5, "best_of": 4}, 400, "cannot exceed 'best_of'"),
     ("/v1/chat/completions", {"messages": CHAT, "best_of": 17}, 400, "between 1 and 16"),
     ("/v1/chat/completions", {"messages": CHAT, "max_tokens": 100000}, 400, "between 1 and 2048"),
@@ -243,6 +249,9 @@ BAD = [  # (path, body: dict or raw bytes, status, words of the message)
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": LONG}]}, 400, "context holds"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": LONG}], "stream": True}, 400, "context holds"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x" * 300_000}]}, 413, "limit of"),
+    ("/v1/chat/completions", {"messages": CHAT, "top_k": 2**40}, 400, "'top_k' must be a 32-bit integer"),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "\\ud800"}]}', 400, "not valid UTF-8"),
+    ("/v1/completions", {"prompt": "Hi", "stop": ["\ud800"]}, 400, "'stop' is not valid UTF-8"),
     ("/v1/completions", {"prompt": 5}, 400, "'prompt' must be a string"),
     ("/v1/completions", {"prompt": "  "}, 400, "empty"),
     ("/v1/nothing-here", {}, 404, "Not Found"),
@@ -283,7 +292,8 @@ def test_serve_refuses_bad_defaults_before_loading_anything():
 def test_the_openai_client_example_prints_the_best_answers(server):
     example = Path(__file__).resolve().parents[1] / "examples" / "openai_client.py"
     p = subprocess.run([sys.executable, str(example), "Name a fruit.", "--url", server.url, "--api-key", KEY,
-                        "--best-of", "3", "-n", "2", "--max-tokens", "8"], capture_output=True, text=True, timeout=300)
+                        "--best-of", "3", "-n", "2", "--method", "bon", "--max-tokens", "8"],
+                       capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     rewards = [float(r) for r in re.findall(r"^\[\d\] reward (-?\d+\.\d{3}): ", p.stdout, re.M)]
     assert len(rewards) == 2 and rewards[0] >= rewards[1]
