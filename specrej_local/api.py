@@ -111,11 +111,12 @@ class SpecRej:
 
 def make_settings(n: int = 16, alpha: float = 0.5, method: str = "specrej", max_tokens: int = 256,
                   temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
-                  seed: int = 0, stop=(), system: Optional[str] = None, kv_budget: Optional[int] = None) -> Settings:
+                  seed: int = 0, stop=(), system: Optional[str] = None, kv_budget: Optional[int] = None,
+                  keep_at_least: int = 1) -> Settings:
     """Checked decoding settings: made before any model loads, so a bad value fails at once."""
     sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
     return Settings(n=n, alpha=alpha, method=method, max_tokens=max_tokens, kv_budget=kv_budget,
-                    sampling=sampling, stop=tuple(stop), system=system)
+                    keep_at_least=keep_at_least, sampling=sampling, stop=tuple(stop), system=system)
 
 
 def prompt_or_messages(prompt: Optional[str], messages: Optional[list]):

@@ -35,6 +35,7 @@ class Settings:
     max_tokens: int = 256                # per answer
     kv_budget: Optional[int] = None      # KV cells for all sequences; None = chosen from the prompt
     sampling: Sampling = field(default_factory=Sampling)
+    keep_at_least: int = 1               # answers every cut keeps, finished ones included (a server's n)
     stop: tuple = ()                     # user stop strings
     system: Optional[str] = None
 
@@ -46,6 +47,8 @@ class Settings:
         check_counts(self.n, self.max_tokens)
         if not 0 <= self.alpha < 1:
             raise BadInput(f"alpha must be in [0, 1), got {self.alpha}")
+        if not 1 <= self.keep_at_least <= self.n:
+            raise BadInput(f"keep-at-least must be between 1 and n ({self.n}), got {self.keep_at_least}")
         self.stop = tuple(self.stop)
 
     def plan(self, prompt_tokens: int, max_tokens: int):
@@ -68,9 +71,9 @@ class Settings:
         return budget, at_once
 
 
-def keep_count(pool: int, alpha: float) -> int:
-    """round((1 - alpha) * pool), halves rounded up, and at least one."""
-    return max(1, math.floor((1 - alpha) * pool + 0.5))
+def keep_count(pool: int, alpha: float, floor: int = 1) -> int:
+    """round((1 - alpha) * pool), halves rounded up, and at least `floor` (at least one)."""
+    return max(floor, 1, math.floor((1 - alpha) * pool + 0.5))
 
 
 @dataclass
@@ -180,9 +183,10 @@ class Run:
         self._score(live)
         pool = live + self.finished
         ranked = sorted(pool, key=lambda i: (-self.reward[i], i))  # ties: the older id wins
-        losers = ranked[keep_count(len(pool), self.s.alpha):]
+        keep = keep_count(len(pool), self.s.alpha, self.s.keep_at_least)
+        losers = ranked[keep:]
         if not set(losers) & set(live):
-            losers += self._make_room(live, ranked)
+            losers += self._make_room(live, ranked, keep)
         for i in losers:
             self.rejected_at[i] = self.rounds
         freed = [i for i in losers if i in live]
@@ -193,10 +197,11 @@ class Run:
             self.on_round(RoundEvent(self.rounds, len(e.live()), len(self.finished), self._generated(),
                                      max(self.reward[i] for i in pool), e.kv_used()))
 
-    def _make_room(self, live, ranked) -> list:
+    def _make_room(self, live, ranked, keep: int) -> list:
         """The cut freed no memory (a tiny alpha or a small pool). With several live answers the
-        worst one goes too; a lone survivor with no room to grow ends here, as just scored."""
-        if len(live) > 1:
+        worst one goes too, unless that leaves fewer than keep_at_least; otherwise the live
+        answers have no room to grow and end here, as just scored."""
+        if len(live) > 1 and min(keep, len(ranked)) > self.s.keep_at_least:
             return [max(live, key=ranked.index)]
         self.engine.release(live, reason="budget")
         self.scorer.drop(live)

@@ -214,6 +214,7 @@ def _request(kind: str, conversation, f: dict, d: Defaults, limits: Limits) -> R
         top_k=f.get("top_k", d.top_k), min_p=f.get("min_p", d.min_p),
         seed=random.randrange(2**31) if seed is None else seed,
         stop=stop, kv_budget=f.get("kv_budget", d.kv_budget), system=d.system,
+        keep_at_least=n,  # every cut keeps n answers, so n finished answers come back
     )
     _check(settings)
     usage = (f.get("stream_options") or {}).get("include_usage") is True
@@ -231,7 +232,8 @@ def _check(settings: dict):
 # -- responses ---------------------------------------------------------------------------------
 def best_answers(result, n: int) -> list:
     """The n best finished candidates, best first (ties: the older one). Candidates rejected part
-    way through are never answers, so Speculative Rejection can return fewer than n."""
+    way through are never answers; the decoder keeps at least n (keep_at_least), some of which
+    may have ended early for lack of room (finish reason "budget")."""
     done = [c for c in result.candidates if c.finish_reason in FINISHED and c.reward is not None]
     return sorted(done, key=lambda c: (-c.reward, c.id))[:n]
 

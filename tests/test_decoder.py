@@ -183,3 +183,22 @@ def test_max_tokens_and_the_budget_are_capped_by_the_models_context():
     assert result.stats["kv_budget"] == P + 2 * (50 - P)
     with pytest.raises(PromptTooLong, match="leaves no room for an answer"):
         decode(FakeEngine([5], prompt_tokens=50, context_length=50), by_id([0.0]), "q", Settings(n=1))
+
+
+def test_keep_at_least_holds_every_cut_to_a_floor_of_answers():
+    # A server asked for n = 3 answers: cuts never leave fewer than 3, finished ones included, and
+    # when no more may go the live ones end for lack of room, as just scored.
+    rewards = [float(i) for i in range(8)]
+    result, engine, events = run([100] * 8, by_id(rewards), n=8, alpha=0.5, max_tokens=40, kv_budget=P + 16,
+                                 keep_at_least=3)
+    assert all(e.survivors + e.finished >= 3 for e in events)
+    answers = [c for c in result.candidates if c.finish_reason in ("stop", "length", "budget")]
+    assert len(answers) == 3 and {c.id for c in answers} == {5, 6, 7}
+    assert {c.finish_reason for c in answers} == {"budget"}
+    assert result.text.startswith("7.0")
+
+
+@pytest.mark.parametrize("floor", [0, 9])
+def test_keep_at_least_must_be_between_one_and_n(floor):
+    with pytest.raises(BadInput, match="keep-at-least must be between 1 and n"):
+        Settings(n=8, keep_at_least=floor)
