@@ -74,7 +74,7 @@ class RayPool:
             raise RayError(f"--gpus-per-worker must be 0 or more, got {gpus_per_worker}")
         self.ray = require_ray()
         self.started = False
-        self.actors = []
+        self.actors, self.losses = [], []
         self._connect(address, workers)
         try:
             self._check_room(address, workers, gpus_per_worker)
@@ -142,6 +142,7 @@ class RayPool:
                 value = ray.get(ref)
             except WORKER_LOST(ray) as e:
                 last_loss = f"worker {i + 1} died: {short(e)}"
+                self.losses.append(last_loss)
                 deaths[i] = deaths.get(i, 0) + 1
                 if deaths[i] <= MAX_RESTARTS:  # Ray restarts it; it is ready again once reloaded
                     starting[self.actors[i].ready.remote()] = i
