@@ -146,3 +146,59 @@ def test_without_ray_installed_the_option_says_how_to_get_it(tmp_path, monkeypat
     assert (result.exit_code, result.stdout) == (2, "")
     assert result.stderr == 'Error: --ray needs Ray, which is not installed: pip install "specrej-local[ray]"\n'
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def ray_processes() -> set:
+    """Pids of the Ray services and workers running on this machine."""
+    found = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if any(name in cmdline for name in (b"gcs_server", b"raylet", b"ray::", b"ray/dashboard")):
+            found.add(int(pid))
+    return found
+
+
+def wait_until_gone(pids: set, timeout=60) -> set:
+    deadline = time.monotonic() + timeout
+    while pids and time.monotonic() < deadline:
+        pids = {p for p in pids if Path(f"/proc/{p}").exists()}
+        time.sleep(0.2)
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="lists processes through /proc")
+def test_ray_with_no_address_starts_a_local_instance_and_stops_it_at_the_end(tmp_path, tiny, address):
+    src = tmp_path / "in.txt"
+    src.write_text("Say hi.\nName a color.\n")
+    out = tmp_path / "out.jsonl"
+    before = ray_processes()
+    result = subprocess.run([SCRIPT, "batch", str(src), "-o", str(out), *tiny, "--ray"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.endswith(f"Done: 2 answered, 0 failed, 0 already in {out}.\n")
+    assert sorted(by_id(out)) == [1, 2]
+    assert wait_until_gone(ray_processes() - before) == set()
+
+
+def test_ctrl_c_stops_the_workers_and_leaves_out_resumable(tmp_path, tiny, address):
+    src = twelve_prompts(tmp_path / "in.jsonl")
+    out = tmp_path / "out.jsonl"
+    command = [SCRIPT, "batch", str(src), "-o", str(out), *tiny, "--ray", address, "--workers", "2"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        if out.exists() and out.read_bytes().count(b"\n") >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate()
+    assert proc.returncode == 130, stderr
+    assert "Interrupted: " in stderr and stderr.endswith("run the same command again to resume.\n")
+    before = len(by_id(out))
+    assert not (tmp_path / "out.jsonl.lock").exists()
+    again = subprocess.run(command, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.endswith(f"Done: {12 - before} answered, 0 failed, {before} already in {out}.\n")
+    assert sorted(by_id(out)) == sorted(f"p{i}" for i in range(12))
