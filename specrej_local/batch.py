@@ -42,7 +42,7 @@ from typing import Iterator, Optional
 import click
 
 from .chat import check_messages
-from .cli_common import (decoding_options, friendly_errors, load, make_settings, model_options, not_text,
+from .cli_common import (CliError, decoding_options, friendly_errors, load, make_settings, model_options, not_text,
                          out_of_range, require_text, result_record)
 from .decoder import Interrupted
 from .errors import BadInput, SpecRejError
@@ -443,6 +443,8 @@ def batch_command(source, out_path, generator, reward, n_gpu_layers, threads, fl
         if ray_address is not None:
             from . import ray_batch
             ray_batch.require_ray()
+        elif workers != 1 or gpus_per_worker:
+            raise CliError("--workers and --gpus-per-worker need --ray")
         require_text(decoding)
         make_settings(**decoding)  # the command's own settings fail before any model is fetched or loaded
         refuse_input_as_output(source, out_path)

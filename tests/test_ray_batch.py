@@ -202,3 +202,21 @@ def test_ctrl_c_stops_the_workers_and_leaves_out_resumable(tmp_path, tiny, addre
     assert again.returncode == 0, again.stderr
     assert again.stderr.endswith(f"Done: {12 - before} answered, 0 failed, {before} already in {out}.\n")
     assert sorted(by_id(out)) == sorted(f"p{i}" for i in range(12))
+
+
+def test_workers_without_ray_is_refused_in_one_line(tmp_path):
+    src = twelve_prompts(tmp_path / "in.jsonl")
+    result = batch(src, "-o", tmp_path / "out.jsonl", "--workers", "2")
+    assert (result.exit_code, result.stderr) == (2, "Error: --workers and --gpus-per-worker need --ray\n")
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="lists processes through /proc")
+def test_more_gpus_than_this_machine_has_is_refused_and_ray_stopped(tmp_path, tiny, address):
+    src = twelve_prompts(tmp_path / "in.jsonl")
+    before = ray_processes()
+    result = subprocess.run([SCRIPT, "batch", str(src), "-o", str(tmp_path / "out.jsonl"), *tiny, "--ray",
+                             "--workers", "2", "--gpus-per-worker", "64"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.startswith("Error: 2 workers x 64 GPUs need 128 GPUs; this machine has ")
+    assert result.stderr.count("\n") == 1
+    assert wait_until_gone(ray_processes() - before) == set()
