@@ -466,6 +466,8 @@ def batch_command(source, out_path, generator, reward, n_gpu_layers, threads, fl
                                    else answer_all(s, todo, out, decoding, generator, reward))
                         for _ in answers:
                             bar.update()
+                    if on_ray and s.summary() and not quiet:
+                        click.echo(s.summary(), err=True)
         except (Interrupted, KeyboardInterrupt):
             interrupted = True
     answered, failed = (out.answered, out.failed) if out else (0, 0)

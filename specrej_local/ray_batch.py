@@ -168,6 +168,13 @@ class RayPool:
                 idle.append(i)
                 yield value
 
+    def summary(self) -> Optional[str]:
+        """One line on the workers lost during the run (None when none was)."""
+        if not self.losses:
+            return None
+        return (f"Ray: {len(self.losses)} worker death(s), their prompts handed to other workers; "
+                f"last: {self.losses[-1]}")
+
     def close(self):
         """Stop the workers and, when this run started Ray, Ray itself."""
         for a in self.actors:

@@ -148,16 +148,16 @@ def test_without_ray_installed_the_option_says_how_to_get_it(tmp_path, monkeypat
     assert not (tmp_path / "out.jsonl").exists()
 
 
-def ray_processes() -> set:
-    """Pids of the Ray services and workers running on this machine."""
-    found = set()
+def ray_processes() -> dict:
+    """The Ray services and workers running on this machine: pid -> command line."""
+    found = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
         if any(name in cmdline for name in (b"gcs_server", b"raylet", b"ray::", b"ray/dashboard")):
-            found.add(int(pid))
+            found[int(pid)] = cmdline
     return found
 
 
@@ -179,7 +179,7 @@ def test_ray_with_no_address_starts_a_local_instance_and_stops_it_at_the_end(tmp
     assert result.returncode == 0, result.stderr
     assert result.stderr.endswith(f"Done: 2 answered, 0 failed, 0 already in {out}.\n")
     assert sorted(by_id(out)) == [1, 2]
-    assert wait_until_gone(ray_processes() - before) == set()
+    assert wait_until_gone(set(ray_processes()) - set(before)) == set()
 
 
 def test_ctrl_c_stops_the_workers_and_leaves_out_resumable(tmp_path, tiny, address):
@@ -219,4 +219,26 @@ def test_more_gpus_than_this_machine_has_is_refused_and_ray_stopped(tmp_path, ti
     assert result.returncode == 2
     assert result.stderr.startswith("Error: 2 workers x 64 GPUs need 128 GPUs; this machine has ")
     assert result.stderr.count("\n") == 1
-    assert wait_until_gone(ray_processes() - before) == set()
+    assert wait_until_gone(set(ray_processes()) - set(before)) == set()
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="lists processes through /proc")
+def test_the_command_goes_on_through_a_killed_worker_and_says_so(tmp_path, tiny, address):
+    src = twelve_prompts(tmp_path / "in.jsonl")
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.Popen([SCRIPT, "batch", str(src), "-o", str(out), *tiny, "--ray", address, "--workers", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        if out.exists() and out.read_bytes().count(b"\n") >= 2:
+            break
+        time.sleep(0.05)
+    workers = [pid for pid, cmdline in ray_processes().items() if cmdline.startswith(b"ray::Worker")]
+    assert workers, "no worker process found"
+    os.kill(workers[0], signal.SIGKILL)
+    _, stderr = proc.communicate()
+    assert proc.returncode == 0, stderr
+    assert f"Done: 12 answered, 0 failed, 0 already in {out}.\n" in stderr
+    assert "Ray: 1 worker death(s), their prompts handed to other workers; last: worker " in stderr
+    lines = by_id(out)
+    assert sorted(lines) == sorted(f"p{i}" for i in range(12)) and all("text" in r for r in lines.values())
