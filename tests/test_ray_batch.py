@@ -42,8 +42,10 @@ def tiny(default_model):
 
 
 def twelve_prompts(path: Path) -> Path:
-    """12 prompts, some with a seed of their own."""
+    """12 prompts, some with a seed of their own, the last one a conversation."""
     rows = [{"id": f"p{i}", "prompt": p, **({"seed": i} if i % 3 == 0 else {})} for i, p in enumerate(PROMPTS)]
+    rows[-1] = {"id": "p11", "messages": [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello!"},
+                                          {"role": "user", "content": PROMPTS[-1]}]}
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
