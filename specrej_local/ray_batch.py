@@ -140,7 +140,7 @@ class RayPool:
                 i, it = running.pop(ref)
             try:
                 value = ray.get(ref)
-            except WORKER_LOST(ray) as e:
+            except worker_lost_errors(ray) as e:
                 last_loss = f"worker {i + 1} died: {short(e)}"
                 self.losses.append(last_loss)
                 deaths[i] = deaths.get(i, 0) + 1
@@ -194,7 +194,7 @@ class RayPool:
         self.close()
 
 
-def WORKER_LOST(ray) -> tuple:
+def worker_lost_errors(ray) -> tuple:
     """Ray's errors for a call whose worker process went away (killed, out of memory, node lost)."""
     ex = ray.exceptions
     return tuple(getattr(ex, name) for name in ("RayActorError", "WorkerCrashedError", "OutOfMemoryError",
