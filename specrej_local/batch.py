@@ -42,7 +42,7 @@ from typing import Iterator, Optional
 import click
 
 from .chat import check_messages
-from .cli_common import (decoding_options, friendly_errors, load, make_settings, model_options, not_text,
+from .cli_common import (CliError, decoding_options, friendly_errors, load, make_settings, model_options, not_text,
                          out_of_range, require_text, result_record)
 from .decoder import Interrupted
 from .errors import BadInput, SpecRejError
@@ -380,22 +380,29 @@ def pending(items, out: ResultsFile) -> list:
     return [it for it in items if it.error or it.id not in out.done]
 
 
+def answer_one(s, it: Item, options: dict, generator: str, reward) -> dict:
+    """The OUT line of one item: its answer from the loaded SpecRej `s`, or its error line."""
+    if it.error:
+        return error_record(it, it.error)
+    opts = {**options, **it.settings}
+    try:
+        result = s.generate(it.prompt, **opts)
+    except Interrupted:
+        raise
+    except SpecRejError as e:
+        return error_record(it, f"{it.where}: {' '.join(str(e).split())}")
+    return dict(id=it.id, **result_record(result, generator, reward, opts["seed"]))
+
+
+def error_record(it: Item, error: str) -> dict:
+    return dict(id=it.id, line=it.line, error=error)
+
+
 def answer_all(s, items, out: ResultsFile, options: dict, generator: str, reward) -> Iterator[dict]:
     """Answer each item with the loaded SpecRej `s`, append its line to OUT as soon as it is
     ready, and yield it. Ctrl-C (Interrupted / KeyboardInterrupt) abandons the current prompt."""
     for it in items:
-        if it.error:
-            rec = dict(id=it.id, line=it.line, error=it.error)
-        else:
-            opts = {**options, **it.settings}
-            try:
-                result = s.generate(it.prompt, **opts)
-            except Interrupted:
-                raise
-            except SpecRejError as e:
-                rec = dict(id=it.id, line=it.line, error=f"{it.where}: {' '.join(str(e).split())}")
-            else:
-                rec = dict(id=it.id, **result_record(result, generator, reward, opts["seed"]))
+        rec = answer_one(s, it, options, generator, reward)
         out.append(rec)
         yield rec
 
@@ -408,8 +415,14 @@ def answer_all(s, items, out: ResultsFile, options: dict, generator: str, reward
 @model_options
 @decoding_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary on stderr.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Answer on Ray workers: alone, a Ray instance started here; auto or ray://host:port, a cluster.")
+@click.option("--workers", type=click.IntRange(1, 4096), default=1, show_default=True,
+              help="With --ray: worker slots, each holding its own copy of the models.")
+@click.option("--gpus-per-worker", type=click.FloatRange(0), default=0, show_default=True,
+              help="With --ray: GPUs each worker reserves (e.g. 1, or 0.5 to share one).")
 def batch_command(source, out_path, generator, reward, n_gpu_layers, threads, flash_attn, no_chat_template,
-                  kv_layout, quiet, **decoding):
+                  kv_layout, quiet, ray_address, workers, gpus_per_worker, **decoding):
     """Answer every prompt in IN (.jsonl, .json list, or text: one a line), one JSON line each in OUT.
 
     Models load once. Each line is on disk as soon as its prompt is done; run the same command
@@ -421,11 +434,17 @@ def batch_command(source, out_path, generator, reward, n_gpu_layers, threads, fl
       specrej-local batch prompts.jsonl -o answers.jsonl
       specrej-local batch questions.txt -o answers.jsonl -n 8 --max-tokens 128
       specrej-local batch alpaca_farm_100.json -o af.jsonl -g qwen2.5-1.5b -q
+      specrej-local batch prompts.jsonl -o answers.jsonl --ray --workers 4 --gpus-per-worker 1 -ngl -1
     """
     from tqdm import tqdm
 
     out, skipped, interrupted = None, 0, False
     with friendly_errors():
+        if ray_address is not None:
+            from . import ray_batch
+            ray_batch.require_ray()
+        elif workers != 1 or gpus_per_worker:
+            raise CliError("--workers and --gpus-per-worker need --ray")
         require_text(decoding)
         make_settings(**decoding)  # the command's own settings fail before any model is fetched or loaded
         refuse_input_as_output(source, out_path)
@@ -435,12 +454,20 @@ def batch_command(source, out_path, generator, reward, n_gpu_layers, threads, fl
                 todo = pending(items, out)
                 skipped = len(items) - len(todo)
                 if todo:  # when only unreadable entries are left to report, no model is needed
-                    models = (load(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_template, kv_layout)
-                              if any(it.error is None for it in todo) else contextlib.nullcontext())
+                    model = dict(generator=generator, reward=reward, n_gpu_layers=n_gpu_layers, threads=threads,
+                                 flash_attn=flash_attn, no_chat_template=no_chat_template, kv_layout=kv_layout)
+                    needed = any(it.error is None for it in todo)
+                    on_ray = needed and ray_address is not None
+                    models = (ray_batch.RayPool(ray_address, workers, gpus_per_worker, model, decoding) if on_ray
+                              else load(**model) if needed else contextlib.nullcontext())
                     with models as s, tqdm(total=len(items), initial=skipped, unit="prompt", file=sys.stderr,
                                            disable=quiet or not sys.stderr.isatty()) as bar:
-                        for _ in answer_all(s, todo, out, decoding, generator, reward):
+                        answers = (ray_batch.answer_all(s, todo, out) if on_ray
+                                   else answer_all(s, todo, out, decoding, generator, reward))
+                        for _ in answers:
                             bar.update()
+                    if on_ray and s.summary() and not quiet:
+                        click.echo(s.summary(), err=True)
         except (Interrupted, KeyboardInterrupt):
             interrupted = True
     answered, failed = (out.answered, out.failed) if out else (0, 0)

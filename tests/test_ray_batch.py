@@ -1,0 +1,246 @@
+"""`specrej-local batch --ray`: the same OUT as a single-process batch, whichever worker answers,
+with every prompt answered exactly once through a dead worker or a killed driver.
+
+One Ray instance serves the whole module (started in this process, stopped at the end); the
+CLI runs join it by its address. Workers are CPU-only, one thread each, on the real default model."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from specrej_local.batch import ResultsFile, read_items
+from specrej_local.cli import cli
+
+ray = pytest.importorskip("ray")  # the test extra installs it: skipped only outside the test setup
+from specrej_local import ray_batch  # noqa: E402
+
+SCRIPT = str(Path(sys.executable).with_name("specrej-local"))
+TINY = ["-n", "2", "--max-tokens", "6", "-t", "1", "--no-chat-template"]
+PROMPTS = ["Name a color.", "Say hi.", "Count to three.", "Name a fruit.", "What is 2 + 2?", "Name a city.",
+           "Say bye.", "Name an animal.", "Name a tree.", "What is ice?", "Name a metal.", "Say thanks."]
+
+
+@pytest.fixture(scope="module")
+def address():
+    """A Ray instance for this module: two CPUs, a small object store, stopped at the end."""
+    ray.init(num_cpus=2, object_store_memory=100 * 2**20, include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture
+def tiny(default_model):
+    return ["-g", str(default_model), *TINY]
+
+
+def twelve_prompts(path: Path) -> Path:
+    """12 prompts, some with a seed of their own, the last one a conversation."""
+    rows = [{"id": f"p{i}", "prompt": p, **({"seed": i} if i % 3 == 0 else {})} for i, p in enumerate(PROMPTS)]
+    rows[-1] = {"id": "p11", "messages": [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello!"},
+                                          {"role": "user", "content": PROMPTS[-1]}]}
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def by_id(path: Path) -> dict:
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    out = {r["id"]: r for r in lines}
+    assert len(out) == len(lines), "an id has two lines"
+    return out
+
+
+def batch(*args):
+    return CliRunner().invoke(cli, ["batch", *map(str, args)])
+
+
+def test_two_workers_write_what_the_single_process_batch_writes(tmp_path, tiny, address):
+    src = twelve_prompts(tmp_path / "in.jsonl")
+    alone, on_ray = tmp_path / "alone.jsonl", tmp_path / "ray.jsonl"
+    assert batch(src, "-o", alone, *tiny).exit_code == 0
+    result = batch(src, "-o", on_ray, *tiny, "--ray", address, "--workers", "2")
+    assert result.exit_code == 0, result.output
+    assert result.stderr == f"Done: 12 answered, 0 failed, 0 already in {on_ray}.\n"
+    expected, got = by_id(alone), by_id(on_ray)
+    assert sorted(got) == sorted(expected) == sorted(f"p{i}" for i in range(12))
+    for key in got:
+        assert (got[key]["text"], got[key]["reward"], got[key]["seed"]) == \
+               (expected[key]["text"], expected[key]["reward"], expected[key]["seed"])
+    assert not (tmp_path / "ray.jsonl.lock").exists()
+
+
+def test_a_killed_worker_loses_only_its_prompt_which_another_answers(tmp_path, default_model, address):
+    src = twelve_prompts(tmp_path / "in.jsonl")
+    model = dict(generator=str(default_model), reward="self", n_gpu_layers=0, threads=1, flash_attn=True,
+                 no_chat_template=True, kv_layout="auto")
+    options = dict(n=2, max_tokens=6, seed=0)
+    with ResultsFile(tmp_path / "out.jsonl") as out, \
+            ray_batch.RayPool(address, 2, 0, model, options) as pool:
+        first, second = pool.pids()
+        for count, _ in enumerate(ray_batch.answer_all(pool, read_items(src), out), 1):
+            if count == 2:
+                os.kill(first, signal.SIGKILL)
+        assert (out.answered, out.failed) == (12, 0)
+        assert len(pool.losses) >= 1 and pool.losses[0].startswith("worker 1 died")
+        assert second in pool.pids() and first not in pool.pids()  # worker 1 came back as a new process
+    lines = by_id(tmp_path / "out.jsonl")
+    assert sorted(lines) == sorted(f"p{i}" for i in range(12))
+    assert all("text" in r for r in lines.values())
+
+
+def test_kill_9_of_the_driver_then_the_same_command_finishes_each_id_once(tmp_path, tiny, address):
+    src = twelve_prompts(tmp_path / "in.jsonl")
+    out = tmp_path / "out.jsonl"
+    command = [SCRIPT, "batch", str(src), "-o", str(out), *tiny, "--ray", address, "--workers", "2"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and time.monotonic() < deadline:
+            if out.exists() and out.read_bytes().count(b"\n") >= 3:
+                break
+            time.sleep(0.05)
+        proc.kill()
+    finally:
+        proc.wait()
+    before = len(by_id(out))
+    assert 3 <= before < 12  # killed mid-run; what is there is whole lines
+    again = subprocess.run(command, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.endswith(f"Done: {12 - before} answered, 0 failed, {before} already in {out}.\n")
+    lines = by_id(out)
+    assert sorted(lines) == sorted(f"p{i}" for i in range(12))
+    assert all("text" in r for r in lines.values())
+
+
+def test_bad_lines_become_error_lines_and_the_run_goes_on(tmp_path, tiny, address):
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"id": "a", "prompt": "Say hi."}\nnot JSON\n{"id": "c", "prompt": "Hi.", "alpha": 1.5}\n')
+    out = tmp_path / "out.jsonl"
+    result = batch(src, "-o", out, *tiny, "--ray", address)
+    assert result.exit_code == 1
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["id"] for r in lines if "text" in r) == ["a"]
+    assert [r for r in lines if "error" in r] == [
+        {"id": None, "line": 2, "error": "line 2: invalid JSON (Expecting value at column 1)"},
+        {"id": "c", "line": 3, "error": "line 3: alpha must be in [0, 1), got 1.5"}]
+
+
+def test_a_model_that_cannot_load_stops_the_run_in_one_line(tmp_path, address):
+    src = twelve_prompts(tmp_path / "in.jsonl")
+    missing = tmp_path / "missing.gguf"
+    result = batch(src, "-o", tmp_path / "out.jsonl", "-g", missing, *TINY, "--ray", address)
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Error: a Ray worker could not load the models: ")
+    assert result.stderr.count("\n") == 1
+
+
+def test_without_ray_installed_the_option_says_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if it were absent
+    src = twelve_prompts(tmp_path / "in.jsonl")
+    result = batch(src, "-o", tmp_path / "out.jsonl", "--ray")
+    assert (result.exit_code, result.stdout) == (2, "")
+    assert result.stderr == 'Error: --ray needs Ray, which is not installed: pip install "specrej-local[ray]"\n'
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def ray_processes() -> dict:
+    """The Ray services and workers running on this machine: pid -> command line."""
+    found = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if any(name in cmdline for name in (b"gcs_server", b"raylet", b"ray::", b"ray/dashboard")):
+            found[int(pid)] = cmdline
+    return found
+
+
+def wait_until_gone(pids: set, timeout=60) -> set:
+    deadline = time.monotonic() + timeout
+    while pids and time.monotonic() < deadline:
+        pids = {p for p in pids if Path(f"/proc/{p}").exists()}
+        time.sleep(0.2)
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="lists processes through /proc")
+def test_ray_with_no_address_starts_a_local_instance_and_stops_it_at_the_end(tmp_path, tiny, address):
+    src = tmp_path / "in.txt"
+    src.write_text("Say hi.\nName a color.\n")
+    out = tmp_path / "out.jsonl"
+    before = ray_processes()
+    result = subprocess.run([SCRIPT, "batch", str(src), "-o", str(out), *tiny, "--ray"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.endswith(f"Done: 2 answered, 0 failed, 0 already in {out}.\n")
+    assert sorted(by_id(out)) == [1, 2]
+    assert wait_until_gone(set(ray_processes()) - set(before)) == set()
+
+
+def test_ctrl_c_stops_the_workers_and_leaves_out_resumable(tmp_path, tiny, address):
+    src = twelve_prompts(tmp_path / "in.jsonl")
+    out = tmp_path / "out.jsonl"
+    command = [SCRIPT, "batch", str(src), "-o", str(out), *tiny, "--ray", address, "--workers", "2"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        if out.exists() and out.read_bytes().count(b"\n") >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate()
+    assert proc.returncode == 130, stderr
+    assert "Interrupted: " in stderr and stderr.endswith("run the same command again to resume.\n")
+    before = len(by_id(out))
+    assert not (tmp_path / "out.jsonl.lock").exists()
+    again = subprocess.run(command, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.endswith(f"Done: {12 - before} answered, 0 failed, {before} already in {out}.\n")
+    assert sorted(by_id(out)) == sorted(f"p{i}" for i in range(12))
+
+
+def test_workers_without_ray_is_refused_in_one_line(tmp_path):
+    src = twelve_prompts(tmp_path / "in.jsonl")
+    result = batch(src, "-o", tmp_path / "out.jsonl", "--workers", "2")
+    assert (result.exit_code, result.stderr) == (2, "Error: --workers and --gpus-per-worker need --ray\n")
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="lists processes through /proc")
+def test_more_gpus_than_this_machine_has_is_refused_and_ray_stopped(tmp_path, tiny, address):
+    src = twelve_prompts(tmp_path / "in.jsonl")
+    before = ray_processes()
+    result = subprocess.run([SCRIPT, "batch", str(src), "-o", str(tmp_path / "out.jsonl"), *tiny, "--ray",
+                             "--workers", "2", "--gpus-per-worker", "64"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.startswith("Error: 2 workers x 64 GPUs need 128 GPUs; this machine has ")
+    assert result.stderr.count("\n") == 1
+    assert wait_until_gone(set(ray_processes()) - set(before)) == set()
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="lists processes through /proc")
+def test_the_command_goes_on_through_a_killed_worker_and_says_so(tmp_path, tiny, address):
+    src = twelve_prompts(tmp_path / "in.jsonl")
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.Popen([SCRIPT, "batch", str(src), "-o", str(out), *tiny, "--ray", address, "--workers", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        if out.exists() and out.read_bytes().count(b"\n") >= 2:
+            break
+        time.sleep(0.05)
+    workers = [pid for pid, cmdline in ray_processes().items() if cmdline.startswith(b"ray::Worker")]
+    assert workers, "no worker process found"
+    os.kill(workers[0], signal.SIGKILL)
+    _, stderr = proc.communicate()
+    assert proc.returncode == 0, stderr
+    assert f"Done: 12 answered, 0 failed, 0 already in {out}.\n" in stderr
+    assert "Ray: 1 worker death(s), their prompts handed to other workers; last: worker " in stderr
+    lines = by_id(out)
+    assert sorted(lines) == sorted(f"p{i}" for i in range(12)) and all("text" in r for r in lines.values())
