@@ -128,7 +128,7 @@ def test_bench_end_to_end(default_model, tmp_path):
     prompts = tmp_path / "prompts.json"
     prompts.write_text(json.dumps(["Name three prime numbers."]))
     out = tmp_path / "out"
-    res = CliRunner().invoke(cli, ["bench", "-g", str(default_model), "-t", "1", "-P", str(prompts), "-k", "1",
+    res = CliRunner().invoke(cli, ["bench", "-g", str(default_model), "-r", "self", "-t", "1", "-P", str(prompts), "-k", "1",
                                    "-N", "2", "--max-tokens", "4", "-o", str(out)])
     assert res.exit_code == 0, res.output
     data = json.loads((out / "bench.json").read_text())
