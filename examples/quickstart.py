@@ -21,7 +21,7 @@ def main():
     p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all cores)")
     args = p.parse_args()
 
-    # Load the generator once. The reward is "self": the generator judges its own answers.
+    # Load the generator once. The reward is "logprob": the generator's mean token log-probability.
     # (For a single prompt, `specrej_local.generate(prompt, ...)` does the same in one call.)
     with SpecRej(args.generator, n_threads=args.threads) as s:
         # Start n answers; whenever the KV budget fills up, score the partial answers and keep

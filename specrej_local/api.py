@@ -4,8 +4,8 @@
     result = generate("Name three prime numbers.", n=16, alpha=0.5)
     print(result.text, result.reward)
 
-Rewards (`reward=`): "self" (default: the generator judges its own answers on its own KV),
-"logprob" (the generator's mean token log-probability of each answer: no extra tokens at all),
+Rewards (`reward=`): "logprob" (default: the generator's mean token log-probability of each
+answer, no extra tokens at all), "self" (the generator judges its own answers on its own KV),
 "judge" (the generator as an LLM judge on a separate context), "judge:MODEL" (another model as
 judge), a reward-model alias or .gguf with a score head (see `convert-reward`), or a Python
 callable `fn(prompt, response) -> float` (wrap it with `batched_reward` for the list form).
@@ -24,7 +24,7 @@ from .scoring import CallableScorer, MeanLogprob
 # loads libllama, so `--help`, `models` and `convert-reward` would pay for it.
 
 DEFAULT_GENERATOR = "smollm2-135m"
-DEFAULT_REWARD = "self"
+DEFAULT_REWARD = "logprob"  # ranked right answers above wrong ones best: bench/RESULTS.md
 
 
 def batched_reward(fn: Callable) -> Callable:

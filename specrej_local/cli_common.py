@@ -90,7 +90,7 @@ def model_options(f):
         click.option("-g", "--generator", default=DEFAULT_GENERATOR, show_default=True, envvar="SPECREJ_GENERATOR",
                      help="Generator: alias from models.txt, .gguf path or hf:owner/repo/file.gguf."),
         click.option("-r", "--reward", default=DEFAULT_REWARD, show_default=True, envvar="SPECREJ_REWARD",
-                     help="Reward: self, logprob, judge, judge:MODEL, or a reward-model alias/.gguf with a score head."),
+                     help="Reward: logprob, self, judge, judge:MODEL, or a reward-model alias/.gguf with a score head."),
         click.option("--n-gpu-layers", "-ngl", type=int, callback=check_int, default=0, show_default=True,
                      envvar="SPECREJ_N_GPU_LAYERS",
                      help="Layers to offload to the GPU (-1 = all); needs a CUDA/Metal build of llama-cpp-python."),

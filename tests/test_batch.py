@@ -323,8 +323,9 @@ def test_a_terminal_gets_a_progress_bar_over_prompts_with_an_eta(tmp_path, tiny)
     src = write_lines(tmp_path / "in.txt", "Say hi.", "Say yes.")
     master, terminal = pty.openpty()
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 100 columns
-    proc = subprocess.Popen([SCRIPT, "batch", str(src), "-o", str(tmp_path / "out.jsonl"), *tiny, "-n", "1"],
-                            stdout=subprocess.DEVNULL, stderr=terminal)
+    # the self-judge makes each prompt slow enough for the bar to be redrawn between the two
+    proc = subprocess.Popen([SCRIPT, "batch", str(src), "-o", str(tmp_path / "out.jsonl"), *tiny, "-n", "1",
+                             "-r", "self"], stdout=subprocess.DEVNULL, stderr=terminal)
     os.close(terminal)
     shown = b""
     while True:

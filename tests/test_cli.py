@@ -75,7 +75,7 @@ def test_json_is_one_object_with_the_answer_first_then_how_it_was_obtained(model
     assert list(record["stats"]) == STATS_KEYS
     assert [list(c) for c in record["candidates"]] == [CANDIDATE_KEYS] * 2
     assert record["method"] == record["stats"]["method"] == "specrej"
-    assert (record["generator"], record["reward_model"], record["seed"]) == (model, "self", 0)
+    assert (record["generator"], record["reward_model"], record["seed"]) == (model, "logprob", 0)
     assert (record["stats"]["n"], record["stats"]["alpha"]) == (2, 0.5)
     assert record["finish_reason"] in ("stop", "length")
     best = max((c for c in record["candidates"] if c["rejected_at"] is None), key=lambda c: c["reward"])
@@ -246,8 +246,8 @@ def test_ctrl_c_exits_130_and_json_shows_the_best_answer_finished_so_far(model):
     # the run going for many rounds. Progress, shown on a terminal, says when a cut has left both
     # live and finished candidates: Ctrl-C then.
     master, terminal = pty.openpty()
-    proc = subprocess.Popen([SCRIPT, "-g", model, "-t", "1", "-n", "64", "--alpha", "0.1", "--max-tokens", "2000",
-                             "--kv-budget", "600", "--json", "What is the capital of France?"],
+    proc = subprocess.Popen([SCRIPT, "-g", model, "-r", "self", "-t", "1", "-n", "64", "--alpha", "0.1",
+                             "--max-tokens", "2000", "--kv-budget", "600", "--json", "What is the capital of France?"],
                             stdout=subprocess.PIPE, stderr=terminal, text=True)
     os.close(terminal)
     progress = ""
