@@ -102,6 +102,11 @@ def test_bench_end_to_end(default_model, tmp_path):
     assert all(r["tokens"] > 0 and r["ratio"] > 0 for r in eng["batched"]) and eng["sequential"]["calls"] == 2
     assert "score 100 = the best of Best-of-N's N answers" in res.output
     assert "x wall (equal memory)" in res.output and "THAT reward prefers" in res.output
+    try:
+        import matplotlib  # noqa: F401  (only whether it is installed)
+        assert (out / "reward_vs_compute.png").stat().st_size > 0 and data["files"]["plot"]
+    except ImportError:
+        assert data["files"]["plot"] is None
 
 
 @pytest.mark.slow

@@ -164,6 +164,7 @@ def bench_command(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_
     settings.update(prompts=len(prompts), prompts_file=prompts_file or "the paper's 100 AlpacaFarm prompts")
     data = run(opts, settings, prompts, Sampling(**settings["sampling"]), engine=not no_engine or engine_only)
     msg = None
+    out.mkdir(parents=True, exist_ok=True)
     if data["summary"]:
         msg = plot(data["summary"], out / "reward_vs_compute.png",
                    f"{Path(opts['generator']).name}, {len(prompts)} prompts, max {settings['max_tokens']} tokens")
