@@ -49,7 +49,8 @@ def test_the_wheel_holds_the_registry_and_the_prompt_set(installed):
         names = set(zf.namelist())
         assert zf.read("specrej_local/data/models.txt") == (REPO / "specrej_local" / "data" / "models.txt").read_bytes()
         prompts = json.loads(zf.read("specrej_local/data/alpaca_farm_100.json"))
-    assert {"specrej_local/cli.py", "specrej_local/data/__init__.py"} <= names
+    sources = {p.relative_to(REPO).as_posix() for p in (REPO / "specrej_local").rglob("*.py")}
+    assert sources <= names, f"missing from the wheel: {sorted(sources - names)}"
     assert len(prompts) == 100 and all(p["prompt"] for p in prompts)
 
 
@@ -59,14 +60,17 @@ def test_the_top_level_models_txt_is_the_shipped_one():
 
 def test_the_installed_cli_lists_models_from_outside_the_repository(installed, tmp_path):
     _, target = installed
-    env = {**os.environ, "PYTHONPATH": str(target), "SPECREJ_HOME": str(tmp_path / "home")}
+    # -S: no site processing, so the editable install's import hook (which finds any module of
+    # the source tree) is not there; the dependencies come from site-packages as a plain path.
+    deps = [p for p in sys.path if p.endswith("site-packages")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), *deps]), "SPECREJ_HOME": str(tmp_path / "home")}
     env.pop("SPECREJ_MODELS", None)
     run = dict(cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    where = subprocess.run([sys.executable, "-c", "import specrej_local.data as d; print(d.MODELS_TXT)"], **run)
+    where = subprocess.run([sys.executable, "-S", "-c", "import specrej_local.data as d; print(d.MODELS_TXT)"], **run)
     assert where.returncode == 0, where.stderr
     assert Path(where.stdout.strip()).is_relative_to(target)  # the wheel's copy, not the source tree's
 
-    listed = subprocess.run([sys.executable, "-m", "specrej_local", "models"], **run)
+    listed = subprocess.run([sys.executable, "-S", "-m", "specrej_local", "models"], **run)
     assert listed.returncode == 0, listed.stderr
     header, first, *rest = listed.stdout.splitlines()
     assert header.split()[:2] == ["ALIAS", "ROLE"]
