@@ -1,16 +1,30 @@
-"""specrej-local: Best-of-N and Speculative Rejection decoding on llama.cpp."""
+"""specrej-local: Best-of-N and Speculative Rejection decoding on llama.cpp.
+
+The public names are imported on first use (PEP 562), so that `import specrej_local` and the
+command's start-up stay light, and a Ctrl-C during start-up reaches the command's own handler.
+"""
+import importlib
 
 __version__ = "0.1.0"
 
-from .api import SpecRej, batched_reward, generate  # noqa: E402
-from .decoder import Candidate, Interrupted, Result, RoundEvent  # noqa: E402
-from .errors import (  # noqa: E402
-    BadInput, CacheDirError, ChecksumMismatch, ContextTooSmall, DownloadError, ModelFileError,
-    PromptTooLong, ResourceError, RewardError, SpecRejError, TemplateError, UnknownModelError,
-)
+_EXPORTS = {
+    "api": ("generate", "SpecRej", "batched_reward"),
+    "decoder": ("Result", "Candidate", "RoundEvent", "Interrupted"),
+    "errors": ("SpecRejError", "BadInput", "PromptTooLong", "ContextTooSmall", "UnknownModelError",
+               "ModelFileError", "ChecksumMismatch", "DownloadError", "CacheDirError", "ResourceError",
+               "RewardError", "TemplateError"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = list(_WHERE)
 
-__all__ = [
-    "generate", "SpecRej", "batched_reward", "Result", "Candidate", "RoundEvent", "Interrupted",
-    "SpecRejError", "BadInput", "PromptTooLong", "ContextTooSmall", "UnknownModelError", "ModelFileError",
-    "ChecksumMismatch", "DownloadError", "CacheDirError", "ResourceError", "RewardError", "TemplateError",
-]
+
+def __getattr__(name):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -77,6 +77,8 @@ def read_items(path) -> list:
     a bad line only becomes an Item with an `error`."""
     path = Path(path)
     try:
+        if not path.is_file():  # a device or a pipe (/dev/zero) could fill memory without end
+            raise BatchFileError(f"{path} is not a regular file: give a file of prompts")
         data = path.read_bytes()
     except OSError as e:
         raise BatchFileError(f"cannot read {path}: {e.strerror or e}") from None

@@ -208,12 +208,12 @@ def memory_problem(model: Model, cells: int, share: float = 0.9, scale: int = 1)
     return None
 
 
-def check_memory(model: Model, cells: int, scale: int = 1):
+def check_memory(model: Model, cells: int, scale: int = 1, advice: str = "lower --kv-budget or -n"):
     """Refuse a KV cache that cannot fit before asking llama.cpp, which may take minutes to fail
     (or be killed) on a huge allocation, and whose 32-bit n_ctx would silently wrap."""
     problem = memory_problem(model, cells, scale=scale)
     if problem:
-        raise ResourceError(f"{problem}: lower --kv-budget or -n")
+        raise ResourceError(f"{problem}: {advice}")
 
 
 def split_fits(model: Model, n_seq: int, per_seq: int) -> bool:
@@ -236,7 +236,8 @@ class Context:
         if not 1 <= n_seq_max <= MAX_SEQUENCES:
             raise SpecRejError(f"n_seq_max must be in 1..{MAX_SEQUENCES}, got {n_seq_max}")
         self.model = model
-        check_memory(model, allocated_cells(n_ctx, n_seq_max, unified), scale=2 if kv_f32 else 1)
+        advice = "lower --kv-budget or -n" if unified else "lower --max-tokens or -n, or use --kv-layout unified"
+        check_memory(model, allocated_cells(n_ctx, n_seq_max, unified), scale=2 if kv_f32 else 1, advice=advice)
         p = lc.llama_context_default_params()
         p.n_ctx = n_ctx
         p.n_batch = n_batch

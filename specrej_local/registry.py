@@ -215,7 +215,8 @@ def fetch(entry: ModelEntry, download: bool = True) -> Path:
     present = path is not None and path.is_file()
     if entry.kind == "path":
         if not present:
-            raise ModelFileError(f"model file {entry.source} does not exist")
+            what = "is not a regular file" if path is not None and path.exists() else "does not exist"
+            raise ModelFileError(f"model file {entry.source} {what}")
         mismatch = _mismatch(path, entry)
         if mismatch:
             raise ModelFileError(f"model file {path} is not the file the registry names for {entry.alias} "

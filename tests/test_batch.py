@@ -438,3 +438,9 @@ def test_memory_stays_flat_over_50_prompts(tmp_path, default_model):
     # 4 MB, i.e. 100 kB a prompt: ~20x a result record (measured growth: ~0.1 MB in all), but
     # less than keeping one logits row (49152 floats = 192 kB) or one context a prompt.
     assert rss[-1] - rss[9] < 4, [round(r, 1) for r in rss]
+
+
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/urandom"])
+def test_an_endless_input_that_is_not_a_regular_file_is_refused(tmp_path, device):
+    result = CliRunner().invoke(cli, ["batch", device, "-o", str(tmp_path / "out.jsonl")])
+    assert result.exit_code == 2 and f"{device} is not a regular file" in result.output

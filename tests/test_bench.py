@@ -130,3 +130,8 @@ def test_engine_only_on_a_random_weight_model(default_model, tmp_path):
 def test_bad_bench_settings_are_one_line_errors(tmp_path, args, words):
     res = CliRunner().invoke(cli, ["bench", "-o", str(tmp_path), *args])
     assert res.exit_code == 2 and words in res.output
+
+
+def test_bench_refuses_prompts_from_a_device(tmp_path):
+    res = CliRunner().invoke(cli, ["bench", "-P", "/dev/zero", "-o", str(tmp_path)])
+    assert res.exit_code == 2 and "/dev/zero is not a regular file" in res.output

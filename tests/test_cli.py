@@ -340,3 +340,25 @@ def test_threads_outside_1_to_the_usable_cpus_are_refused_before_any_model_loads
 
 def test_threads_help_names_the_default():
     assert "(default: all of those)" in " ".join(specrej("run", "--help").stdout.split())
+
+
+def test_ctrl_c_while_the_command_is_still_importing_exits_130():
+    # A Ctrl-C in the first fraction of a second lands in the imports (click, numpy, ...), before
+    # the command's own handler exists. It is raised here where the import of the CLI happens.
+    code = (
+        "import sys\n"
+        "class CtrlC:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'specrej_local.cli':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, CtrlC())\n"
+        "from specrej_local.entry import main\n"
+        "main()\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (p.returncode, p.stderr) == (130, "Interrupted.\n")
+
+
+def test_the_package_imports_its_api_on_first_use():
+    code = "import sys, specrej_local; print('numpy' in sys.modules, specrej_local.SpecRej.__name__)"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert p.stdout.split() == ["False", "SpecRej"]

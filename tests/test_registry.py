@@ -499,3 +499,9 @@ def test_cli_path_and_pull_use_the_real_cache(default_model, real_cache_home, mo
         assert result.exit_code == 0, result.output
         assert result.stdout.strip() == str(default_model) and result.stderr == ""
     assert "smollm2-135m generator 98.4 yes" in " ".join(run_cli("models", "list").stdout.split())
+
+
+def test_a_model_path_that_is_a_directory_or_a_device_says_so(tmp_path):
+    for path in (tmp_path, "/dev/zero"):
+        with pytest.raises(ModelFileError, match="is not a regular file"):
+            registry.resolve(str(path))

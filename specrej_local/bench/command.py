@@ -38,6 +38,8 @@ PRESETS = {
 def read_prompts(path, limit=None) -> list:
     """Prompts from a JSON list or JSONL file; items are strings or objects with a 'prompt' field."""
     path = Path(path)
+    if not path.is_file():  # a device or a pipe (/dev/zero) could fill memory without end
+        raise BadInput(f"{path} is not a regular file: give a file of prompts")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
