@@ -85,11 +85,12 @@ def plot(rows: list, path: Path, title: str) -> Optional[str]:
                 ax.annotate(f"N={r['n']}", (r["wall_s"], r["improvement_score"]), textcoords="offset points",
                             xytext=(4, -10))
         ax.set_xscale("log")
+        ax.margins(0.15)
         ax.set_xlabel("wall seconds (all prompts)")
         ax.set_ylabel("improvement score")
         ax.set_title(f"reward: {reward}", fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right")
+        ax.legend(loc="best")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
