@@ -60,7 +60,8 @@ class Settings:
         if self.kv_budget is None:
             budget = full if self.alpha == 0 else min(full, P + max(n * math.ceil(FIRST_CUT * T), T))
         else:
-            check_start(n, self.kv_budget, P, T)
+            if self.alpha > 0:
+                check_start(n, self.kv_budget, P, T)
             budget = min(self.kv_budget, full)  # more than Best-of-N's peak would never be used
         if self.alpha > 0:
             return budget, n

@@ -5,6 +5,7 @@ They mean what they mean in llama.cpp (top-k, top-p, min-p, then temperature), a
 random stream seeded by (seed, sequence index), so an answer does not depend on which other
 sequences are still alive.
 """
+import math
 from dataclasses import dataclass
 
 from .errors import BadInput
@@ -19,11 +20,27 @@ class Sampling:
     seed: int = 0
 
     def __post_init__(self):
-        if not self.temperature >= 0:
-            raise BadInput(f"temperature must be >= 0, got {self.temperature}")
+        for name in ("temperature", "top_p", "min_p"):
+            object.__setattr__(self, name, _finite(name.replace("_", "-"), getattr(self, name)))
+        if not 0 <= self.temperature <= MAX_TEMPERATURE:
+            raise BadInput(f"temperature must be between 0 and {MAX_TEMPERATURE:g}, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise BadInput(f"top-p must be in (0, 1], got {self.top_p}")
         if not 0 <= self.min_p <= 1:
             raise BadInput(f"min-p must be in [0, 1], got {self.min_p}")
-        if self.top_k < 0:
-            raise BadInput(f"top-k must be >= 0, got {self.top_k}")
+        if not 0 <= self.top_k < 2**31:
+            raise BadInput(f"top-k must be between 0 and {2**31 - 1}, got {self.top_k}")
+
+
+MAX_TEMPERATURE = 100.0  # far past any use: logits / 100 are already near uniform
+
+
+def _finite(name: str, value) -> float:
+    """A finite float, or a one-line BadInput (a 400-digit integer would overflow a C float)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise BadInput(f"{name} must be a finite number, got {str(value)[:40]}") from None
+    if not math.isfinite(number):
+        raise BadInput(f"{name} must be a finite number, got {number}")
+    return number

@@ -202,3 +202,9 @@ def test_keep_at_least_holds_every_cut_to_a_floor_of_answers():
 def test_keep_at_least_must_be_between_one_and_n(floor):
     with pytest.raises(BadInput, match="keep-at-least must be between 1 and n"):
         Settings(n=8, keep_at_least=floor)
+
+
+def test_best_of_n_names_its_own_minimum_budget_the_first_time():
+    # prompt 10 + one whole answer of 8: the minimum is 18, said at once (not the 14 a cut needs)
+    with pytest.raises(ContextTooSmall, match="at least 18"):
+        run([5] * 4, by_id([0.0] * 4), n=4, method="bon", max_tokens=8, kv_budget=5)
