@@ -8,10 +8,10 @@ from typing import Optional
 import click
 
 from . import registry
-from .api import DEFAULT_GENERATOR, DEFAULT_REWARD, SpecRej, make_settings
+from .api import DEFAULT_GENERATOR, DEFAULT_REWARD, SpecRej, make_settings, check_threads as check_threads_setting
 from .engine import KV_LAYOUTS
 from .decoder import Interrupted
-from .errors import SpecRejError
+from .errors import BadInput, SpecRejError
 from .machine import usable_cpus
 
 
@@ -76,11 +76,12 @@ def require_text(decoding: dict, prompt: Optional[str] = None):
 def check_threads(ctx, param, value):
     """--threads within 1..usable_cpus(), checked while parsing, before any model is fetched or
     loaded: llama.cpp crashes on huge thread counts and crawls on oversubscribed ones."""
-    most = usable_cpus()
     if value is None:
-        return most
-    if not 1 <= value <= most:
-        raise CliError(f"--threads must be between 1 and {most} (the CPUs this process may use), got {value}")
+        return usable_cpus()
+    try:
+        check_threads_setting(value)
+    except BadInput as e:
+        raise CliError(f"--{e}") from None  # the option's name, as typed
     return value
 
 
