@@ -9,6 +9,7 @@ rendering a marker in the answer's place.
 from jinja2 import TemplateError as JinjaError
 
 from .errors import BadInput, TemplateError
+from .text import not_text
 from .template_sandbox import SANDBOX, environment
 
 # Used when a GGUF file carries no template: the widespread ChatML layout.
@@ -33,10 +34,9 @@ def check_messages(messages) -> list:
             raise BadInput(f"messages[{k}].role must be one of {', '.join(ROLES)}, got {m['role']!r:.40}")
         if not isinstance(m.get("content"), str):
             raise BadInput(f"messages[{k}].content must be a string")
-        try:  # JSON can spell a lone surrogate, which has no UTF-8 form for the tokenizer
-            m["content"].encode("utf-8")
-        except UnicodeEncodeError as e:
-            raise BadInput(f"messages[{k}].content is not valid UTF-8 text (character {e.start + 1})") from None
+        problem = not_text(m["content"])
+        if problem:
+            raise BadInput(f"messages[{k}].content {problem}")
         out.append({"role": m["role"], "content": m["content"]})
     if out[-1]["role"] != "user":
         raise BadInput("the last message must be the user's")
@@ -66,6 +66,10 @@ class ChatFormat:
         """The turns to render: `prompt` is one user turn, or a whole conversation (a list of
         {"role", "content"} turns, checked by `check_messages`). `system` goes first unless the
         conversation already starts with one."""
+        for name, text in (("the prompt", prompt), ("the system prompt", system)):
+            problem = isinstance(text, str) and not_text(text)
+            if problem:
+                raise BadInput(f"{name} {problem}")
         if isinstance(prompt, str):
             messages = [{"role": "user", "content": prompt}]
         else:

@@ -12,6 +12,7 @@ from .api import DEFAULT_GENERATOR, DEFAULT_REWARD, SpecRej, make_settings, chec
 from .engine import KV_LAYOUTS
 from .decoder import Interrupted
 from .errors import BadInput, SpecRejError
+from .text import not_text
 from .machine import usable_cpus
 
 
@@ -51,16 +52,6 @@ def check_int(ctx, param, value):
     if problem:
         raise CliError(f"{max(param.opts, key=len)} {problem}")
     return value
-
-
-def not_text(value: str) -> Optional[str]:
-    """Why `value` cannot reach a model as text (None when it can). A lone surrogate has no
-    UTF-8 form: JSON can spell one ("\\ud800"), and Python turns a non-UTF-8 byte in argv into one."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as e:
-        return f"is not valid UTF-8 text (character {e.start + 1})"
-    return None
 
 
 def require_text(decoding: dict, prompt: Optional[str] = None):

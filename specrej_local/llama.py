@@ -19,6 +19,7 @@ import llama_cpp as lc
 from .engine import MAX_SEQUENCES
 from .errors import BadInput, ModelFileError, ResourceError, SpecRejError
 from .machine import free_memory_bytes, usable_cpus
+from .text import not_text
 
 # llama.cpp's own log, kept quiet: its warning and error lines explain a failure better than any
 # guess, so errors raised here quote the first one since the failing call began (`said()`).
@@ -137,11 +138,10 @@ class Model:
             size = n + 1
 
     def tokenize(self, text: str, add_special: bool = False, parse_special: bool = True) -> list:
-        try:
-            data = text.encode("utf-8")
-        except UnicodeEncodeError as e:
-            raise BadInput(f"the text is not valid Unicode (character {e.start + 1} is {text[e.start]!r}, "
-                           "a lone surrogate)") from None
+        problem = not_text(text)
+        if problem:
+            raise BadInput(f"the text {problem}")
+        data = text.encode("utf-8")
         cap = len(data) + 16
         buf = (lc.llama_token * cap)()
         n = lc.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)

@@ -13,6 +13,7 @@ from typing import Optional
 from .api import make_settings
 from .chat import check_messages
 from .errors import BadInput
+from .text import not_text
 
 FINISHED = {"stop": "stop", "length": "length", "budget": "length"}  # engine reason -> OpenAI's
 MAX_STOP_STRINGS = 16
@@ -128,11 +129,9 @@ def _show(value) -> str:
 
 
 def _text(value: str, param: str):
-    """JSON can spell a lone surrogate ("\\ud800"), which has no UTF-8 form for the tokenizer."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise _bad(f"'{param}' is not valid UTF-8 text (character {e.start + 1})", param) from None
+    problem = not_text(value)
+    if problem:
+        raise _bad(f"'{param}' {problem}", param)
 
 
 def _bad(message: str, param: str) -> RequestError:

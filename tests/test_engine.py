@@ -199,6 +199,7 @@ def test_a_prompt_longer_than_a_batch_is_decoded_in_chunks(model):
     (PROMPT, 0, None, BadInput, "between 1 and 256"),
     ("   ", 2, None, BadInput, "empty"),
     (PROMPT, 4, 10, ContextTooSmall, "kv-budget"),
+    ("caf\udcff", 2, None, BadInput, r"not valid UTF-8 text \(character 4\)"),
 ])
 def test_bad_input_raises_typed_errors(engine, prompt, n, budget, error, words):
     with pytest.raises(error, match=words):

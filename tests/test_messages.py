@@ -44,6 +44,7 @@ def test_around_answer_takes_a_conversation():
     (["hello"], "must be an object"),
     ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yes"}], "last message"),
     ([{"role": "user", "content": "  "}], "empty"),
+    ([{"role": "user", "content": "Hi \ud800"}], r"messages\[0\].content is not valid UTF-8 text \(character 4\)"),
 ])
 def test_bad_conversations_are_bad_input(messages, problem):
     with pytest.raises(BadInput, match=problem):
