@@ -58,7 +58,7 @@ class Settings:
         P, n, T = prompt_tokens, self.n, max_tokens
         full = P + n * T  # what Best-of-N holds at its peak
         if self.kv_budget is None:
-            budget = full if self.alpha == 0 else min(full, P + max(n * math.ceil(FIRST_CUT * T), T))
+            budget = full if self.alpha == 0 else min(full, first_cut_budget(P, n, T))
         else:
             if self.alpha > 0:
                 check_start(n, self.kv_budget, P, T)
@@ -70,6 +70,12 @@ class Settings:
             raise ContextTooSmall(f"Best-of-N (alpha 0) never frees memory: --kv-budget must hold the prompt and "
                                   f"one whole answer, at least {P + T} (prompt {P} + {T} tokens), got {budget}")
         return budget, at_once
+
+
+def first_cut_budget(prompt_tokens: int, n: int, max_tokens: int, share: float = FIRST_CUT) -> int:
+    """KV cells for every answer to write `share` of max_tokens before the first cut; never less
+    than one whole answer, so Best-of-N in waves under the same budget can run."""
+    return prompt_tokens + max(n * math.ceil(share * max_tokens), max_tokens)
 
 
 def keep_count(pool: int, alpha: float, floor: int = 1) -> int:

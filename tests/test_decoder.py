@@ -1,7 +1,7 @@
 """The Speculative Rejection controller, on the fake engine and scorer (no model, fast)."""
 import pytest
 
-from specrej_local.decoder import Interrupted, Settings, decode, keep_count
+from specrej_local.decoder import Interrupted, Settings, decode, first_cut_budget, keep_count
 from specrej_local.errors import BadInput, ContextTooSmall, PromptTooLong, RewardError
 from fakes import FakeEngine, FakeScorer
 
@@ -18,6 +18,17 @@ def run(lengths, scorer, **settings):
     engine = FakeEngine(lengths, prompt_tokens=P)
     result = decode(engine, scorer, "a prompt", Settings(**settings), on_round=events.append)
     return result, engine, events
+
+
+@pytest.mark.parametrize("n, max_tokens, budget", [
+    (32, 128, P + 32 * 32),   # every answer writes a quarter of max-tokens before the first cut
+    (4, 10, P + 4 * 3),       # a quarter of 10 tokens rounds up to 3
+    (2, 128, P + 128),        # never less than one whole answer, so Best-of-N in waves fits
+])
+def test_the_default_budget_gives_every_answer_a_quarter_of_max_tokens_before_the_first_cut(n, max_tokens, budget):
+    assert first_cut_budget(P, n, max_tokens) == budget
+    assert Settings(n=n, max_tokens=max_tokens).plan(P, max_tokens) == (budget, n)
+    assert Settings(n=n, max_tokens=max_tokens, method="bon").plan(P, max_tokens) == (P + n * max_tokens, n)
 
 
 @pytest.mark.parametrize("pool, alpha, keep", [

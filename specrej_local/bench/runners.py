@@ -11,7 +11,6 @@ Engine: Best-of-N generation alone (no reward) in each KV layout against sequent
 `llama_cpp.Llama.create_completion` calls on the same prompt tokens and settings.
 """
 import contextlib
-import math
 import os
 import platform
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from .. import __version__
-from ..decoder import Settings, decode
+from ..decoder import Settings, decode, first_cut_budget
 from ..sampling import Sampling
 from ..scoring import CallableScorer
 
@@ -41,11 +40,6 @@ def kv_layout(engine, layout: str):
         engine.kv_layout = before
 
 
-def budget_for(prompt_tokens: int, n: int, max_tokens: int, cut: float) -> int:
-    """Room for every answer to write `cut` of max-tokens before Speculative Rejection's first cut."""
-    return prompt_tokens + n * math.ceil(cut * max_tokens)
-
-
 def quality_runs(s, reward: str, prompts: list, n: int, alpha: float, cut: float, gen: dict, tick) -> list:
     """The three runs of every prompt with the loaded SpecRej `s`; one record per prompt."""
     records = []
@@ -53,7 +47,7 @@ def quality_runs(s, reward: str, prompts: list, n: int, alpha: float, cut: float
         tick(f"{reward} N={n} prompt {k + 1}/{len(prompts)}")
         bon = s.generate(prompt, n=n, method="bon", **gen)
         final = [c.reward for c in bon.candidates if c.reward is not None]
-        budget = budget_for(bon.stats["prompt_tokens"], n, gen["max_tokens"], cut)
+        budget = first_cut_budget(bon.stats["prompt_tokens"], n, gen["max_tokens"], cut)
         with kv_layout(s.engine, "unified"):
             waves = s.generate(prompt, n=n, method="bon", kv_budget=budget, **gen)
             sr = s.generate(prompt, n=n, alpha=alpha, kv_budget=budget, **gen)
