@@ -220,12 +220,19 @@ def _request(kind: str, conversation, f: dict, d: Defaults, limits: Limits) -> R
     return Request(kind, conversation, n, f.get("stream", False), usage, settings)
 
 
+SETTING_FIELDS = {"temperature": "temperature", "top-p": "top_p", "top-k": "top_k", "min-p": "min_p",
+                  "alpha": "alpha", "method": "method"}
+
+
 def _check(settings: dict):
-    """The library's own range checks, made now so a bad value is refused before it waits in the queue."""
+    """The library's own range checks, made now so a bad value is refused before it waits in the
+    queue. Its messages start with the setting's CLI name; the error names the request's field."""
     try:
         make_settings(**settings)
     except BadInput as e:
-        raise _bad(str(e), None) from None
+        name, _, rest = str(e).partition(" ")
+        param = SETTING_FIELDS.get(name)
+        raise _bad(f"'{param}' {rest}" if param else str(e), param) from None
 
 
 # -- responses ---------------------------------------------------------------------------------

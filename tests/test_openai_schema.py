@@ -1,0 +1,31 @@
+"""Request checks of the OpenAI-compatible server, without a server or a model: a refused
+request names the field it refuses, as OpenAI's `param` does, so a client can point at it."""
+import pytest
+
+from specrej_local.openai_schema import Defaults, Limits, RequestError, parse_chat, parse_completion
+
+CHAT = [{"role": "user", "content": "Name a fruit."}]
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("temperature", -1, "'temperature' must be between 0 and"),
+    ("temperature", 10**400, "'temperature' must be a finite number"),
+    ("top_p", 0, "'top_p' must be in (0, 1]"),
+    ("min_p", 2, "'min_p' must be in [0, 1]"),
+    ("top_k", -3, "'top_k' must be between 0 and"),
+    ("alpha", 1.5, "'alpha' must be in [0, 1)"),
+    ("method", "magic", "'method' must be one of specrej, bon"),
+])
+def test_a_bad_sampling_or_method_value_names_its_field(field, value, words):
+    with pytest.raises(RequestError) as e:
+        parse_chat({"messages": CHAT, field: value}, Defaults(), Limits())
+    assert e.value.status == 400 and e.value.param == field
+    assert e.value.message.startswith(words)
+
+
+def test_good_values_pass_through_as_generate_settings():
+    r = parse_completion({"prompt": "Hi", "temperature": 0.2, "top_p": 0.5, "n": 2, "best_of": 4, "seed": 7},
+                         Defaults(), Limits())
+    assert r.generate_kwargs()["prompt"] == "Hi"
+    assert (r.n, r.settings["n"], r.settings["keep_at_least"]) == (2, 4, 2)
+    assert (r.settings["temperature"], r.settings["top_p"], r.settings["seed"]) == (0.2, 0.5, 7)
