@@ -11,8 +11,8 @@ from click_default_group import DefaultGroup
 from . import __version__, registry
 from .batch import batch_command
 from .bench import bench_command
-from .cli_common import (CliError, decoding_options, friendly_errors, load, make_settings, model_options,
-                         require_text, result_record)
+from .cli_common import (CliError, announce_downloads, decoding_options, friendly_errors, load, make_settings,
+                         model_options, require_text, result_record)
 from .decoder import Interrupted
 from .serve import serve_command
 
@@ -70,9 +70,7 @@ def models_list():
 def models_pull(alias):
     """Download ALIAS (and check it) unless it is already here; prints its path."""
     entry = registry.entry_for(alias)
-    if not registry.is_downloaded(entry):
-        click.echo(f"Fetching {entry.source} ..." if entry.alias == entry.source
-                   else f"Fetching {entry.alias} from {entry.source} ...", err=True)
+    announce_downloads(alias)
     click.echo(registry.fetch(entry))
 
 

