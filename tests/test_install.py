@@ -16,7 +16,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 # What the build reads; copied so that the build's scratch folders never land in the source tree.
-BUILD_INPUTS = ("pyproject.toml", "README.md", "models.txt", "specrej_local")
+BUILD_INPUTS = ("pyproject.toml", "README.md", "LICENSE", "models.txt", "specrej_local")
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def installed(tmp_path_factory) -> tuple:
     return wheel, target
 
 
-def test_the_wheel_holds_the_registry_and_the_prompt_set(installed):
+def test_the_wheel_holds_the_registry_the_prompt_set_and_their_licences(installed):
     wheel, _ = installed
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
@@ -52,6 +52,10 @@ def test_the_wheel_holds_the_registry_and_the_prompt_set(installed):
     sources = {p.relative_to(REPO).as_posix() for p in (REPO / "specrej_local").rglob("*.py")}
     assert sources <= names, f"missing from the wheel: {sorted(sources - names)}"
     assert len(prompts) == 100 and all(p["prompt"] for p in prompts)
+    notice = "specrej_local/data/ALPACA_FARM_NOTICE.md"
+    assert notice in names and "CC BY-NC 4.0" in (REPO / notice).read_text()
+    licences = {n.split("/licenses/", 1)[1] for n in names if ".dist-info/licenses/" in n}
+    assert licences == {"LICENSE", notice}  # in the metadata as well, where pip's tools look
 
 
 def test_the_top_level_models_txt_is_the_shipped_one():

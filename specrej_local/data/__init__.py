@@ -3,7 +3,7 @@ a normal (non-editable) install as well as in the source tree.
 
     models.txt             the model registry (the repository's top-level models.txt links here)
     alpaca_farm_100.json   the 100 AlpacaFarm-Eval prompts of the Speculative Rejection paper,
-                           bench's default prompt set (AlpacaFarm data: CC BY-NC 4.0)
+                           bench's default prompt set (CC BY-NC 4.0: ALPACA_FARM_NOTICE.md)
 """
 from importlib.resources import files
 from pathlib import Path
