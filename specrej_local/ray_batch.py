@@ -10,6 +10,7 @@ Ray is an optional extra: `pip install "specrej-local[ray]"`.
 """
 import logging
 import os
+import socket
 from collections import deque
 from typing import Iterator, Optional
 
@@ -18,6 +19,7 @@ from .cli_common import load
 from .errors import SpecRejError
 
 LOCAL = "local"        # --ray with no ADDRESS: start a Ray instance on this machine for the run
+PROBE_S = 5.0          # how long to wait for a TCP answer from an explicit host:port
 MAX_ATTEMPTS = 3       # tries per prompt when its worker dies under it
 MAX_RESTARTS = 3       # times Ray brings back one worker after it died
 INSTALL_HINT = 'pip install "specrej-local[ray]"'
@@ -62,6 +64,23 @@ class Worker:
         return answer_one(self.s, it, self.options, self.generator, self.reward)
 
 
+def check_reachable(address: str):
+    """Refuse in seconds an explicit `host:port` or `ray://host:port` that nothing answers on:
+    Ray itself retries such an address for minutes before it gives up. Other forms (`auto`) are
+    left to Ray."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    if not 0 < int(port) < 65536:
+        raise RayError(f"cannot reach Ray at {address!r}: port {port} is not a TCP port (1-65535)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_S).close()
+    except OSError as e:
+        why = "no answer" if isinstance(e, socket.timeout) else e.strerror or str(e)
+        raise RayError(f"cannot reach Ray at {address!r}: {why} (is the cluster up, and is this its "
+                       "address and port?)") from None
+
+
 class RayPool:
     """K workers on a Ray cluster, as a context manager. ADDRESS `local` starts a small Ray
     instance for the run (stopped at the end); anything else is passed to ray.init (`auto`,
@@ -94,6 +113,7 @@ class RayPool:
             if address == LOCAL:
                 ray.init(num_cpus=workers, object_store_memory=100 * 2**20, include_dashboard=False, **quiet)
             else:
+                check_reachable(address)
                 ray.init(address=address, **quiet)
         except (ConnectionError, ValueError, RuntimeError) as e:
             raise RayError(f"cannot start or join Ray at {address!r}: {' '.join(str(e).split())}") from None

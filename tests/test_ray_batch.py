@@ -244,3 +244,23 @@ def test_the_command_goes_on_through_a_killed_worker_and_says_so(tmp_path, tiny,
     assert "Ray: 1 worker death(s), their prompts handed to other workers; last: worker " in stderr
     lines = by_id(out)
     assert sorted(lines) == sorted(f"p{i}" for i in range(12)) and all("text" in r for r in lines.values())
+
+
+def closed_port() -> int:
+    """A local TCP port that nothing listens on (bound, then released)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("form", ["127.0.0.1:{port}", "ray://127.0.0.1:{port}", "localhost:99999"])
+def test_an_address_nothing_answers_on_is_refused_in_one_line_at_once(tmp_path, form):
+    # Ray alone would retry such an address for minutes; the probe answers in well under its 5 s.
+    address = form.format(port=closed_port())
+    src = twelve_prompts(tmp_path / "in.jsonl")
+    result = subprocess.run([SCRIPT, "batch", str(src), "-o", str(tmp_path / "out.jsonl"), "-g", "nothing.gguf",
+                             *TINY, "--ray", address], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"Error: cannot reach Ray at '{address}': ")
+    assert not (tmp_path / "out.jsonl").exists() or (tmp_path / "out.jsonl").read_text() == ""
