@@ -107,11 +107,37 @@ KINDS = {  # field -> (check, noun for the error message)
 }
 
 
+def _off(v) -> bool:
+    """The value a client sends for a feature it does not use: false, 0, "", [] or {}."""
+    return not v
+
+
+UNSUPPORTED = {  # standard field -> (is this value harmless?, what the server cannot do)
+    "tools": (_off, "tool calls"),
+    "functions": (_off, "function calls"),
+    "tool_choice": (lambda v: v in ("none", "auto"), "tool calls"),
+    "function_call": (lambda v: v in ("none", "auto"), "function calls"),
+    "response_format": (lambda v: v == {"type": "text"}, "response formats other than text"),
+    "logprobs": (_off, "log-probabilities"),
+    "top_logprobs": (_off, "log-probabilities"),
+    "echo": (_off, "echoing the prompt"),
+    "suffix": (_off, "a suffix"),
+    "logit_bias": (_off, "logit bias"),
+    "presence_penalty": (_off, "repetition penalties"),
+    "frequency_penalty": (_off, "repetition penalties"),
+}
+
+
 def _fields(body) -> dict:
     """The known fields that are set (null counts as absent), each of the right JSON type.
-    Unknown fields are ignored, as OpenAI-compatible servers do (clients send many)."""
+    Unknown fields are ignored, as OpenAI-compatible servers do (clients send many); a standard
+    field asking for what this server cannot do is refused rather than silently dropped."""
     if not isinstance(body, dict):
         raise RequestError(400, "the request body must be a JSON object")
+    for key, (harmless, feature) in UNSUPPORTED.items():
+        if body.get(key) is not None and not harmless(body[key]):
+            raise RequestError(400, f"'{key}' is not supported: this server does not do {feature}",
+                               param=key, code="unsupported_value")
     out = {}
     for key, (ok, noun) in KINDS.items():
         value = body.get(key)

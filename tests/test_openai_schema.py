@@ -29,3 +29,22 @@ def test_good_values_pass_through_as_generate_settings():
     assert r.generate_kwargs()["prompt"] == "Hi"
     assert (r.n, r.settings["n"], r.settings["keep_at_least"]) == (2, 4, 2)
     assert (r.settings["temperature"], r.settings["top_p"], r.settings["seed"]) == (0.2, 0.5, 7)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("tools", [{"type": "function", "function": {"name": "f"}}]), ("tool_choice", "required"),
+    ("response_format", {"type": "json_object"}), ("logprobs", True), ("top_logprobs", 3),
+    ("logit_bias", {"50256": -100}), ("frequency_penalty", 0.5), ("echo", True),
+])
+def test_a_feature_the_server_cannot_do_is_refused_not_silently_dropped(field, value):
+    with pytest.raises(RequestError) as e:
+        parse_chat({"messages": CHAT, field: value}, Defaults(), Limits())
+    assert (e.value.status, e.value.param, e.value.code) == (400, field, "unsupported_value")
+    assert e.value.message.startswith(f"'{field}' is not supported: this server does not do ")
+
+
+def test_the_values_clients_send_by_default_and_unknown_fields_are_accepted():
+    body = {"messages": CHAT, "tools": [], "tool_choice": "none", "response_format": {"type": "text"},
+            "logprobs": False, "presence_penalty": 0, "frequency_penalty": 0.0, "logit_bias": {},
+            "user": "someone", "store": False, "a_field_from_the_future": {"x": 1}}
+    assert parse_chat(body, Defaults(), Limits()).conversation == CHAT
