@@ -33,8 +33,10 @@ def quality_table(rows) -> str:
 
 def engine_table(engine: dict) -> str:
     seq = engine["sequential"]
-    headers = ["layout", "N", "tokens", "tok/s", "decode share", "batched / sequential"]
-    table = build_table(headers, [[r["layout"], r["n"], r["tokens"], r["tokens_per_s"], r["decode_share"], r["ratio"]]
+    headers = ["layout", "N", "tokens", "tok/s", "decode share", "batched / sequential",
+               "one-sequence batch tok/s", "share of it"]
+    table = build_table(headers, [[r["layout"], r["n"], r["tokens"], r["tokens_per_s"], r["decode_share"], r["ratio"],
+                                   r.get("one_sequence_batch_tokens_per_s"), r.get("of_ceiling")]
                                   for r in engine["batched"]])
     return table + (f"\nsequential llama_cpp.Llama: {seq['calls']} calls, {seq['tokens']} tokens, "
                     f"{format_number(seq['tokens_per_s'])} tok/s")

@@ -81,6 +81,20 @@ def sequential_generation(llm, prompt_ids: list, calls: int, max_tokens: int, sa
     return dict(calls=calls, tokens=tok, wall_s=wall, tokens_per_s=tok / wall if wall > 0 else None)
 
 
+def one_sequence_batch(llm, prompt_ids: list, n: int, repeats: int = 3) -> float:
+    """Tokens/s of n tokens of ONE sequence decoded in one batch, logits for every one: the same
+    matmuls as one step of n answers, attention over at most n cells, no sampling, no streams.
+    Batched generation's ceiling: how near it comes says what its own overheads cost."""
+    tokens = (prompt_ids * (n // len(prompt_ids) + 1))[:n]
+    best = float("inf")
+    for _ in range(repeats):
+        llm.reset()
+        t0 = time.perf_counter()
+        llm.eval(tokens)
+        best = min(best, time.perf_counter() - t0)
+    return n / best
+
+
 def engine_runs(model, opts: dict, prompt: str, ns, layouts, max_tokens: int, seq_calls: int,
                 sampling: Sampling, tick) -> dict:
     """Batched tokens/s per N and layout, and sequential `Llama` tokens/s (which does not depend
@@ -112,8 +126,19 @@ def engine_runs(model, opts: dict, prompt: str, ns, layouts, max_tokens: int, se
         seq = sequential_generation(llm, prompt_ids, seq_calls, max_tokens, sampling)
     finally:
         llm.close()
+    tick("engine one-sequence batches")
+    top = max(ns)
+    llm = llama_cpp.Llama(model_path=str(model.path), n_ctx=top + 8, n_batch=top, n_ubatch=top, n_threads=threads,
+                          n_threads_batch=threads, n_gpu_layers=opts["n_gpu_layers"], flash_attn=opts["flash_attn"],
+                          logits_all=True, verbose=False)
+    try:
+        ceiling = {n: one_sequence_batch(llm, prompt_ids, n) for n in sorted(set(ns))}
+    finally:
+        llm.close()
     for r in rows:
         r["ratio"] = r["tokens_per_s"] / seq["tokens_per_s"] if seq["tokens_per_s"] else None
+        r["one_sequence_batch_tokens_per_s"] = ceiling[r["n"]]
+        r["of_ceiling"] = r["tokens_per_s"] / ceiling[r["n"]]
     return dict(prompt_tokens=len(prompt_ids), max_tokens=max_tokens, sequential=seq, batched=rows)
 
 
