@@ -33,9 +33,11 @@ def _run(reward, wall, tokens, waves=1):
 def test_summarize_two_prompts_at_equal_n_and_equal_memory():
     prompts = [
         dict(reward="logprob", n=4, ref_best=4.0, ref_worst=0.0,
-             runs={"bon": _run(4.0, 2.0, 40), "bon-waves": _run(4.0, 3.0, 40, 4), "specrej": _run(2.0, 1.0, 20)}),
+             runs={"bon": _run(4.0, 2.0, 40), "bon-waves": _run(4.0, 3.0, 40, 4), "specrej": _run(2.0, 1.0, 20),
+                   "specrej-auto": _run(2.0, 0.5, 20)}),
         dict(reward="logprob", n=4, ref_best=2.0, ref_worst=0.0,
-             runs={"bon": _run(2.0, 2.0, 40), "bon-waves": _run(2.0, 3.0, 40, 4), "specrej": _run(2.0, 1.0, 20)}),
+             runs={"bon": _run(2.0, 2.0, 40), "bon-waves": _run(2.0, 3.0, 40, 4), "specrej": _run(2.0, 1.0, 20),
+                   "specrej-auto": _run(2.0, 0.5, 20)}),
     ]
     rows = {r["method"]: r for r in summarize(prompts)}
     assert rows["bon"]["improvement_score"] == pytest.approx(100.0)
@@ -47,6 +49,13 @@ def test_summarize_two_prompts_at_equal_n_and_equal_memory():
     assert sr["speedup_wall_equal_memory"] == pytest.approx(6.0 / 2.0)
     assert sr["speedup_tokens"] == pytest.approx(80 / 40) and sr["reward_per_generated"] == pytest.approx(0.5)
     assert rows["bon-waves"]["waves"] == 4 and rows["bon"]["speedup_wall_equal_n"] == pytest.approx(1.0)
+    assert rows["specrej-auto"]["speedup_wall_equal_n"] == pytest.approx(4.0 / 1.0)
+
+
+def test_summarize_reads_files_written_before_the_equal_n_run_existed():
+    old = dict(reward="self", n=4, ref_best=1.0, ref_worst=0.0,
+               runs={"bon": _run(1.0, 2.0, 40), "bon-waves": _run(1.0, 3.0, 40, 4), "specrej": _run(0.0, 1.0, 20)})
+    assert [r["method"] for r in summarize([old])] == ["bon", "bon-waves", "specrej"]
 
 
 def test_build_table_aligns_columns():
@@ -86,12 +95,15 @@ def test_bench_end_to_end(default_model, tmp_path):
     assert data["settings"]["prompts"] == 1 and data["settings"]["rewards"] == ["logprob", "self"]
     assert {"cpu", "cores", "llama_cpp_python", "gpu_offload_supported", "n_gpu_layers"} <= set(data["hardware"])
     assert [(r["reward"], r["method"]) for r in data["summary"]] == [
-        (w, m) for w in ("logprob", "self") for m in ("bon", "bon-waves", "specrej")]
+        (w, m) for w in ("logprob", "self") for m in ("bon", "bon-waves", "specrej", "specrej-auto")]
     rec = data["prompts"][0]
     budget = rec["prompt_tokens"] + 4 * 4  # the smoke preset: N 4, 16 tokens, first cut at a quarter
     assert rec["kv_budget"] == budget
     assert rec["runs"]["bon-waves"]["waves"] == 4 and rec["runs"]["bon-waves"]["peak_kv_cells"] <= budget
     assert rec["runs"]["specrej"]["peak_kv_cells"] <= budget and rec["runs"]["bon"]["waves"] == 1
+    # equal N: the layout auto picks, cut at the same budget (live cells), whatever it allocates
+    assert rec["runs"]["specrej"]["kv_layout"] == "unified" and rec["runs"]["specrej-auto"]["peak_kv_cells"] <= budget
+    assert rec["runs"]["specrej-auto"]["kv_layout"] == rec["runs"]["bon"]["kv_layout"]
     # the same seed draws the same candidates in one pass and in waves: the same best answer
     assert rec["runs"]["bon-waves"]["reward"] == pytest.approx(rec["runs"]["bon"]["reward"], abs=0.2)
     assert data["prompts"][0]["runs"]["bon"]["reward_tokens"] == 0  # logprob reads no extra token

@@ -128,8 +128,9 @@ def bench_command(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_
 
     \b
     For every reward, N and prompt: Best-of-N in one pass, Best-of-N in waves under Speculative
-    Rejection's KV budget, and Speculative Rejection; then the engine's batched tokens/s per KV
-    layout against sequential llama_cpp.Llama calls. Writes OUT/bench.json and a plot.
+    Rejection's KV budget, and Speculative Rejection twice (unified layout for equal memory, the
+    layout auto picks for equal N); then the engine's batched tokens/s per KV layout against
+    sequential llama_cpp.Llama calls. Writes OUT/bench.json and a plot.
       specrej-local bench                          # the cpu preset: 20 prompts, N = 32
       specrej-local bench --preset smoke
       specrej-local bench -N 64 --rewards logprob -k 20

@@ -10,7 +10,9 @@ from typing import Optional
 
 import numpy as np
 
-METHODS = ("bon", "bon-waves", "specrej")  # Best-of-N in one pass, in waves at SpecRej's budget, SpecRej
+# Best-of-N in one pass; in waves at SpecRej's budget; SpecRej in the unified layout (allocating
+# that budget: equal memory); SpecRej in the layout `auto` picks (equal N, like Best-of-N in one pass)
+METHODS = ("bon", "bon-waves", "specrej", "specrej-auto")
 
 
 def improvement_score(rewards, best, worst) -> Optional[float]:
@@ -41,8 +43,9 @@ def summarize(prompts: list) -> list:
         groups.setdefault((p["reward"], p["n"]), []).append(p)
     rows = []
     for (reward, n), ps in groups.items():
-        tot = {m: {k: float(sum(p["runs"][m][k] for p in ps)) for k in TOTALS} for m in METHODS}
-        for m in METHODS:
+        methods = [m for m in METHODS if all(m in p["runs"] for p in ps)]  # older files lack specrej-auto
+        tot = {m: {k: float(sum(p["runs"][m][k] for p in ps)) for k in TOTALS} for m in methods}
+        for m in methods:
             t = tot[m]
             rows.append(dict(
                 reward=reward, n=n, method=m, prompts=len(ps),

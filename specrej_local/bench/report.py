@@ -2,7 +2,8 @@
 from pathlib import Path
 from typing import Optional
 
-NAMES = {"bon": "Best-of-N", "bon-waves": "Best-of-N in waves", "specrej": "Speculative Rejection"}
+NAMES = {"bon": "Best-of-N", "bon-waves": "Best-of-N in waves", "specrej": "Speculative Rejection",
+         "specrej-auto": "Speculative Rejection, layout auto"}
 
 
 def format_number(v, digits=2) -> str:
@@ -23,9 +24,10 @@ def build_table(headers, rows) -> str:
 
 
 def quality_table(rows) -> str:
-    headers = ["reward", "N", "method", "waves", "score", "wall s", "gen tok", "rm tok", "rm/gen",
+    headers = ["reward", "N", "method", "layout", "waves", "score", "wall s", "gen tok", "rm tok", "rm/gen",
                "x wall (equal N)", "x wall (equal memory)", "x tokens"]
-    return build_table(headers, [[r["reward"], r["n"], r["method"], r["waves"], r["improvement_score"], r["wall_s"],
+    return build_table(headers, [[r["reward"], r["n"], r["method"], "/".join(r["kv_layout"]), r["waves"],
+                                  r["improvement_score"], r["wall_s"],
                                   int(r["generated_tokens"]), int(r["reward_tokens"]), r["reward_per_generated"],
                                   r["speedup_wall_equal_n"], r["speedup_wall_equal_memory"], r["speedup_tokens"]]
                                  for r in rows])
@@ -79,7 +81,7 @@ def plot(rows: list, path: Path, title: str) -> Optional[str]:
     rewards = sorted({r["reward"] for r in rows})
     fig, axes = plt.subplots(1, len(rewards), figsize=(5.5 * len(rewards), 4.2), squeeze=False)
     for ax, reward in zip(axes[0], rewards):
-        for method, marker in (("bon", "o"), ("bon-waves", "^"), ("specrej", "s")):
+        for method, marker in (("bon", "o"), ("bon-waves", "^"), ("specrej", "s"), ("specrej-auto", "D")):
             pts = [r for r in rows if r["reward"] == reward and r["method"] == method
                    and r["improvement_score"] is not None]
             ax.plot([r["wall_s"] for r in pts], [r["improvement_score"] for r in pts], marker, label=NAMES[method])

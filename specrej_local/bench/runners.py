@@ -1,11 +1,13 @@
 """The benchmark's runs: every figure here comes from a real run on this machine.
 
-Quality: for each reward, N and prompt, three runs back to back with the same seed:
-  bon        Best-of-N, all N answers at once (the KV layout the engine picks: `auto`)
-  bon-waves  Best-of-N in waves under Speculative Rejection's budget (equal memory)
-  specrej    Speculative Rejection under that budget
-The budget is prompt + N x ceil(cut x max-tokens); both budget-bound runs use the unified layout,
-so that they allocate the same cells.
+Quality: for each reward, N and prompt, four runs back to back with the same seed:
+  bon           Best-of-N, all N answers at once (the KV layout the engine picks: `auto`)
+  bon-waves     Best-of-N in waves under Speculative Rejection's budget (equal memory)
+  specrej       Speculative Rejection under that budget, unified layout (equal memory)
+  specrej-auto  the same with the layout `auto` picks (equal N: compared with `bon`)
+The budget is prompt + N x ceil(cut x max-tokens). The equal-memory pair uses the unified layout,
+which allocates just the budget; the split layout allocates every answer's whole length, as
+Best-of-N in one pass does, and its cuts still come when live answers hold the budget.
 
 Engine: Best-of-N generation alone (no reward) in each KV layout against sequential
 `llama_cpp.Llama.create_completion` calls on the same prompt tokens and settings.
@@ -51,10 +53,11 @@ def quality_runs(s, reward: str, prompts: list, n: int, alpha: float, cut: float
         with kv_layout(s.engine, "unified"):
             waves = s.generate(prompt, n=n, method="bon", kv_budget=budget, **gen)
             sr = s.generate(prompt, n=n, alpha=alpha, kv_budget=budget, **gen)
+        sr_auto = s.generate(prompt, n=n, alpha=alpha, kv_budget=budget, **gen)
         records.append(dict(reward=reward, n=n, index=k, prompt=prompt[:200], prompt_tokens=bon.stats["prompt_tokens"],
                             kv_budget=budget, ref_best=max(final), ref_worst=min(final),
                             runs={"bon": run_figures(bon), "bon-waves": run_figures(waves),
-                                  "specrej": run_figures(sr)}))
+                                  "specrej": run_figures(sr), "specrej-auto": run_figures(sr_auto)}))
     return records
 
 
