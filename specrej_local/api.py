@@ -47,6 +47,7 @@ class SpecRej:
         from .llama_engine import LlamaEngine
 
         check_threads(n_threads)
+        check_gpu_layers(n_gpu_layers)
         check_kv_layout(kv_layout)
         self.generator, self.reward = generator, reward
         opts = dict(n_threads=n_threads, flash_attn=flash_attn)
@@ -126,6 +127,13 @@ def prompt_or_messages(prompt: Optional[str], messages: Optional[list]):
         raise BadInput("give either a prompt or messages, not both" if prompt is not None
                        else "give a prompt or messages")
     return prompt if messages is None else messages
+
+
+def check_gpu_layers(n_gpu_layers: int):
+    """-1 means every layer, as in llama.cpp's tools; other negatives are typos, not "all", and
+    llama.cpp's field is a 32-bit int (999 is the usual way to say "all" as well)."""
+    if isinstance(n_gpu_layers, bool) or not isinstance(n_gpu_layers, int) or not -1 <= n_gpu_layers < 2**31:
+        raise BadInput(f"n-gpu-layers must be -1 (all layers) or a count from 0, got {n_gpu_layers}")
 
 
 def check_threads(n_threads: Optional[int]):

@@ -109,6 +109,8 @@ def test_the_real_command_answers_an_argument_and_stdin(model):
     (["--top-p", "0"], "top-p must be in (0, 1], got 0.0"),
     (["--top-p", "1.5"], "top-p must be in (0, 1], got 1.5"),
     (["--max-tokens", "0"], "max-tokens must be at least 1, got 0"),
+    (["-ngl", "-5"], "n-gpu-layers must be -1 (all layers) or a count from 0, got -5"),
+    (["-ngl", str(2**31)], f"n-gpu-layers must be -1 (all layers) or a count from 0, got {2**31}"),
     (["-n", "4", "--kv-budget", "20"],
      "--kv-budget 20 cannot hold the prompt (37 tokens) plus one token for each of 4 sequences: use at least 41"),
     (["-m", "bon", "-n", "4", "--max-tokens", "8", "--kv-budget", "44"],
