@@ -87,6 +87,17 @@ class Worker:
             self.counts["refused_busy"] += 1
             return False
 
+    def withdraw(self, job: Job):
+        """Take a job whose client left out of the queue at once, so it no longer holds a place
+        that a new request could have (the worker also skips a cancelled job it reaches)."""
+        with self.jobs.mutex:
+            if job not in self.jobs.queue:
+                return  # running, finished, or already taken
+            self.jobs.queue.remove(job)
+            self.jobs.not_full.notify()
+        self.counts["cancelled"] += 1
+        job.report(CANCELLED)
+
     def retry_after(self) -> int:
         return max(1, math.ceil(self.mean_s * (self.jobs.qsize() + 1)))
 
@@ -318,6 +329,7 @@ def create_app(specrej, config: ServerConfig) -> Starlette:
             if not handed_over:
                 watcher.cancel()
                 job.cancel()  # no effect on a finished run
+                worker.withdraw(job)
 
     routes = [
         Route("/health", health, methods=["GET"]),

@@ -219,9 +219,13 @@ def test_a_full_queue_answers_429_with_retry_after(tmp_path, default_model, real
             s.client.chat.completions.create(model=MODEL, messages=CHAT, **SMALL)
         assert int(info.value.response.headers["retry-after"]) >= 1
         assert info.value.body["code"] == "server_busy"
+        waiting.close()  # a client that leaves gives its place in the queue back at once
+        s.wait_health(running=1, queued=0, cancelled=1)
+        again = s.open_request(HEAVY)
+        s.wait_health(running=1, queued=1)
         running.close()
-        waiting.close()
-        h = s.wait_health(running=0, queued=0, cancelled=2)
+        again.close()
+        h = s.wait_health(running=0, queued=0, cancelled=3)
         assert h["refused_busy"] == 1 and h["served"] == 0
         good_request_succeeds(s)
     finally:
