@@ -14,7 +14,7 @@ from typing import Callable, Optional, Union
 
 from . import registry
 from .decoder import Result, Settings, decode
-from .engine import check_kv_layout
+from .engine import check_kv_layout, check_kv_memory
 from .errors import BadInput
 from .machine import usable_cpus
 from .sampling import Sampling
@@ -42,17 +42,18 @@ class SpecRej:
 
     def __init__(self, generator: str = DEFAULT_GENERATOR, reward: Union[str, Callable] = DEFAULT_REWARD,
                  n_gpu_layers: int = 0, n_threads: Optional[int] = None, flash_attn: bool = True,
-                 chat_template: bool = True, kv_layout: str = "auto"):
+                 chat_template: bool = True, kv_layout: str = "auto", kv_memory: Optional[int] = None):
         from .llama import Model
         from .llama_engine import LlamaEngine
 
         check_threads(n_threads)
         check_gpu_layers(n_gpu_layers)
         check_kv_layout(kv_layout)
+        check_kv_memory(kv_memory)
         self.generator, self.reward = generator, reward
         opts = dict(n_threads=n_threads, flash_attn=flash_attn)
         self.model = Model(registry.resolve(generator), n_gpu_layers=n_gpu_layers)
-        self.engine = LlamaEngine(self.model, raw=not chat_template, kv_layout=kv_layout, **opts)
+        self.engine = LlamaEngine(self.model, raw=not chat_template, kv_layout=kv_layout, kv_memory=kv_memory, **opts)
         self._own = []  # models loaded for the reward, closed with this object
         self.scorer = self._scorer(reward, n_gpu_layers, chat_template, opts)
 
@@ -148,10 +149,11 @@ def check_threads(n_threads: Optional[int]):
 def generate(prompt: Optional[str] = None, generator: str = DEFAULT_GENERATOR,
              reward: Union[str, Callable] = DEFAULT_REWARD, n_gpu_layers: int = 0, n_threads: Optional[int] = None,
              flash_attn: bool = True, chat_template: bool = True, kv_layout: str = "auto",
-             on_round: Optional[Callable] = None, messages: Optional[list] = None, **settings) -> Result:
+             kv_memory: Optional[int] = None, on_round: Optional[Callable] = None, messages: Optional[list] = None,
+             **settings) -> Result:
     """Load the models, decode one prompt, free everything. See `make_settings` for settings."""
     checked = make_settings(**settings)  # before the slow part
     what = prompt_or_messages(prompt, messages)
     with SpecRej(generator, reward, n_gpu_layers=n_gpu_layers, n_threads=n_threads, flash_attn=flash_attn,
-                 chat_template=chat_template, kv_layout=kv_layout) as s:
+                 chat_template=chat_template, kv_layout=kv_layout, kv_memory=kv_memory) as s:
         return decode(s.engine, s.scorer, what, checked, on_round)

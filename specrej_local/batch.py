@@ -42,10 +42,11 @@ from typing import Iterator, Optional
 import click
 
 from .chat import check_messages
-from .cli_common import (CliError, decoding_options, friendly_errors, load, make_settings, model_options, not_text,
-                         out_of_range, require_text, result_record)
+from .cli_common import (CliError, decoding_options, friendly_errors, load, make_settings, model_options,
+                         out_of_range, require_text, result_record, take_model_options)
 from .decoder import Interrupted
 from .errors import BadInput, SpecRejError
+from .text import not_text
 
 try:
     import fcntl
@@ -423,8 +424,7 @@ def answer_all(s, items, out: ResultsFile, options: dict, generator: str, reward
               help="With --ray: worker slots, each holding its own copy of the models.")
 @click.option("--gpus-per-worker", type=click.FloatRange(0), default=0, show_default=True,
               help="With --ray: GPUs each worker reserves (e.g. 1, or 0.5 to share one).")
-def batch_command(source, out_path, generator, reward, n_gpu_layers, threads, flash_attn, no_chat_template,
-                  kv_layout, quiet, ray_address, workers, gpus_per_worker, **decoding):
+def batch_command(source, out_path, quiet, ray_address, workers, gpus_per_worker, **decoding):
     """Answer every prompt in IN (.jsonl, .json list, or text: one a line), one JSON line each in OUT.
 
     Models load once. Each line is on disk as soon as its prompt is done; run the same command
@@ -440,6 +440,7 @@ def batch_command(source, out_path, generator, reward, n_gpu_layers, threads, fl
     """
     from tqdm import tqdm
 
+    model = take_model_options(decoding)
     out, skipped, interrupted = None, 0, False
     with friendly_errors():
         if ray_address is not None:
@@ -456,8 +457,6 @@ def batch_command(source, out_path, generator, reward, n_gpu_layers, threads, fl
                 todo = pending(items, out)
                 skipped = len(items) - len(todo)
                 if todo:  # when only unreadable entries are left to report, no model is needed
-                    model = dict(generator=generator, reward=reward, n_gpu_layers=n_gpu_layers, threads=threads,
-                                 flash_attn=flash_attn, no_chat_template=no_chat_template, kv_layout=kv_layout)
                     needed = any(it.error is None for it in todo)
                     on_ray = needed and ray_address is not None
                     models = (ray_batch.RayPool(ray_address, workers, gpus_per_worker, model, decoding) if on_ray
@@ -465,7 +464,7 @@ def batch_command(source, out_path, generator, reward, n_gpu_layers, threads, fl
                     with models as s, tqdm(total=len(items), initial=skipped, unit="prompt", file=sys.stderr,
                                            disable=quiet or not sys.stderr.isatty()) as bar:
                         answers = (ray_batch.answer_all(s, todo, out) if on_ray
-                                   else answer_all(s, todo, out, decoding, generator, reward))
+                                   else answer_all(s, todo, out, decoding, model["generator"], model["reward"]))
                         for _ in answers:
                             bar.update()
                     if on_ray and s.summary() and not quiet:

@@ -12,7 +12,7 @@ from . import __version__, registry
 from .batch import batch_command
 from .bench import bench_command
 from .cli_common import (CliError, announce_downloads, decoding_options, friendly_errors, load, make_settings,
-                         model_options, require_text, result_record)
+                         model_options, require_text, result_record, take_model_options)
 from .decoder import Interrupted
 from .serve import serve_command
 
@@ -109,8 +109,7 @@ def read_prompt(prompt) -> str:
 @decoding_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: answer, candidates and stats.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
-def run(prompt, generator, reward, n_gpu_layers, threads, flash_attn, no_chat_template, kv_layout, as_json, quiet,
-        **decoding):
+def run(prompt, as_json, quiet, **decoding):
     """Answer PROMPT with the best of N sampled answers (PROMPT '-' or absent: read stdin).
 
     \b
@@ -120,20 +119,22 @@ def run(prompt, generator, reward, n_gpu_layers, threads, flash_attn, no_chat_te
       specrej-local -g qwen2.5-1.5b -r skywork-v2-qwen3-0.6b -ngl -1 "..."
       echo "What is 17 * 23?" | specrej-local --json -q
     """
+    model = take_model_options(decoding)
     with friendly_errors():
         make_settings(**decoding)  # bad settings fail before a model is fetched or loaded
         text = read_prompt(prompt)
         require_text(decoding, text)
-        with load(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_template, kv_layout) as s:
+        with load(**model) as s:
             try:
                 result = s.generate(text, on_round=progress_printer(quiet), **decoding)
             except Interrupted as e:
                 if as_json:
-                    click.echo(json.dumps(result_record(e.partial, generator, reward, decoding["seed"])))
+                    click.echo(json.dumps(result_record(e.partial, model["generator"], model["reward"],
+                                                        decoding["seed"])))
                 click.echo("Interrupted.", err=True)
                 sys.exit(130)
     if as_json:
-        click.echo(json.dumps(result_record(result, generator, reward, decoding["seed"])))
+        click.echo(json.dumps(result_record(result, model["generator"], model["reward"], decoding["seed"])))
     else:
         click.echo(result.text)
 

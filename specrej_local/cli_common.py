@@ -3,6 +3,7 @@
 Kept apart from cli.py so that command modules (batch, bench) can use them without a cycle.
 """
 import contextlib
+import math
 from typing import Optional
 
 import click
@@ -76,6 +77,24 @@ def check_threads(ctx, param, value):
     return value
 
 
+SIZE_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+def parse_size(ctx, param, value):
+    """--kv-memory: bytes, or a number with K, M, G or T (powers of 1024; "iB"/"B" may follow)."""
+    if value is None:
+        return None
+    text = value.strip().lower().removesuffix("b").removesuffix("i")
+    unit = text[-1:] if text[-1:] in SIZE_UNITS else ""
+    try:
+        number = float(text[:len(text) - len(unit)])
+    except ValueError:
+        number = float("nan")
+    if not (math.isfinite(number) and 1 <= number * SIZE_UNITS[unit] < 2**63):
+        raise CliError(f"--kv-memory must be a size such as 2G, 512M or 1.5GiB, got {value!r:.40}")
+    return int(number * SIZE_UNITS[unit])
+
+
 def model_options(f):
     """Options that choose and load the models (shared by run, batch and bench)."""
     for opt in reversed([
@@ -94,6 +113,9 @@ def model_options(f):
                      envvar="SPECREJ_KV_LAYOUT",
                      help="KV cache: one pool for all answers (unified), a stream per answer (split, faster at "
                           "large N, allocates every answer's full length), or split when it fits (auto)."),
+        click.option("--kv-memory", metavar="SIZE", callback=parse_size, envvar="SPECREJ_KV_MEMORY",
+                     help="Most memory the KV cache may take, e.g. 2G: auto picks split only under it, and a "
+                          "larger cache is refused (default: what free memory allows)."),
     ]):
         f = opt(f)
     return f
@@ -139,10 +161,21 @@ def announce_downloads(*specs):
             click.echo(f"Fetching {entry.alias}{size} once; later runs use the cached copy.", err=True)
 
 
-def load(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_template, kv_layout="auto") -> SpecRej:
+MODEL_OPTIONS = ("generator", "reward", "n_gpu_layers", "threads", "flash_attn", "no_chat_template", "kv_layout",
+                 "kv_memory")
+
+
+def take_model_options(options: dict) -> dict:
+    """The values of `model_options` taken out of a command's keyword arguments (what is left is
+    the command's own and its decoding options)."""
+    return {name: options.pop(name) for name in MODEL_OPTIONS}
+
+
+def load(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_template, kv_layout="auto",
+         kv_memory=None) -> SpecRej:
     announce_downloads(generator, reward)
     return SpecRej(generator, reward, n_gpu_layers=n_gpu_layers, n_threads=threads, flash_attn=flash_attn,
-                   chat_template=not no_chat_template, kv_layout=kv_layout)
+                   chat_template=not no_chat_template, kv_layout=kv_layout, kv_memory=kv_memory)
 
 
 def result_record(result, generator, reward, seed) -> dict:

@@ -68,6 +68,12 @@ def check_counts(n: int, max_tokens: int):
         raise BadInput(f"max-tokens must be at least 1, got {max_tokens}")
 
 
+def check_kv_memory(n_bytes):
+    """The cap on the KV cache's bytes (--kv-memory): None, or a positive whole number."""
+    if n_bytes is not None and (isinstance(n_bytes, bool) or not isinstance(n_bytes, int) or n_bytes < 1):
+        raise BadInput(f"kv-memory must be a positive number of bytes, got {n_bytes!r}")
+
+
 def check_kv_layout(layout: str):
     if layout not in KV_LAYOUTS:
         raise BadInput(f"kv-layout must be one of {', '.join(KV_LAYOUTS)}, got {layout!r}")

@@ -12,6 +12,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import llama_cpp as lc
@@ -197,29 +198,38 @@ def allocated_cells(n_ctx: int, n_seq_max: int, unified: bool) -> int:
     return n_seq_max * (-(-(n_ctx // n_seq_max) // 256) * 256)
 
 
-def memory_problem(model: Model, cells: int, share: float = 0.9, scale: int = 1):
+def memory_problem(model: Model, cells: int, share: float = 0.9, scale: int = 1, cap: Optional[int] = None):
     """Why a KV cache of `cells` cannot be allocated, or None when it can. On the CPU it must fit
-    in `share` of free memory; on a GPU llama.cpp's own allocation decides. (scale 2: f32 cells)"""
+    in `share` of free memory; on a GPU llama.cpp's own allocation decides. `cap`: the bytes the
+    user allows it (--kv-memory), on either. (scale 2: f32 cells)"""
     need = cells * model.kv_cell_bytes * scale
+    if cap is not None and need > cap:
+        return f"a KV cache of {cells} cells needs {size_text(need)}, over --kv-memory {size_text(cap)}"
     free = None if model.on_gpu else free_memory_bytes()
     if cells >= 2**32 or (free is not None and need > share * free):
-        have = f"{free / 2**30:.1f} GiB free" if free is not None else "more than llama.cpp can address"
-        return f"a KV cache of {cells} cells needs {need / 2**30:.1f} GiB, {have}"
+        have = f"{size_text(free)} free" if free is not None else "more than llama.cpp can address"
+        return f"a KV cache of {cells} cells needs {size_text(need)}, {have}"
     return None
 
 
-def check_memory(model: Model, cells: int, scale: int = 1, advice: str = "lower --kv-budget or -n"):
+def size_text(n_bytes: int) -> str:
+    return f"{n_bytes / 2**20:.1f} MiB" if n_bytes < 2**30 else f"{n_bytes / 2**30:.1f} GiB"
+
+
+def check_memory(model: Model, cells: int, scale: int = 1, advice: str = "lower --kv-budget or -n",
+                 cap: Optional[int] = None):
     """Refuse a KV cache that cannot fit before asking llama.cpp, which may take minutes to fail
     (or be killed) on a huge allocation, and whose 32-bit n_ctx would silently wrap."""
-    problem = memory_problem(model, cells, scale=scale)
+    problem = memory_problem(model, cells, scale=scale, cap=cap)
     if problem:
         raise ResourceError(f"{problem}: {advice}")
 
 
-def split_fits(model: Model, n_seq: int, per_seq: int) -> bool:
-    """Whether the split layout (a stream of per_seq cells per sequence) fits in half the free
-    memory (the rest stays for the model, the scorer and everything else); on a GPU, try it."""
-    return memory_problem(model, allocated_cells(per_seq * n_seq, n_seq, False), share=0.5) is None
+def split_fits(model: Model, n_seq: int, per_seq: int, cap: Optional[int] = None) -> bool:
+    """Whether the split layout (a stream of per_seq cells per sequence) fits under the user's
+    cap and in half the free memory (the rest stays for the model, the scorer and everything
+    else); on a GPU without a cap, try it."""
+    return memory_problem(model, allocated_cells(per_seq * n_seq, n_seq, False), share=0.5, cap=cap) is None
 
 
 class Context:
@@ -232,12 +242,13 @@ class Context:
 
     def __init__(self, model: Model, n_ctx: int, n_seq_max: int, n_batch: int = 512, n_ubatch=None,
                  n_threads=None, flash_attn: bool = True, embeddings: bool = False, unified: bool = True,
-                 kv_f32: bool = False):
+                 kv_f32: bool = False, kv_memory: Optional[int] = None):
         if not 1 <= n_seq_max <= MAX_SEQUENCES:
             raise SpecRejError(f"n_seq_max must be in 1..{MAX_SEQUENCES}, got {n_seq_max}")
         self.model = model
         advice = "lower --kv-budget or -n" if unified else "lower --max-tokens or -n, or use --kv-layout unified"
-        check_memory(model, allocated_cells(n_ctx, n_seq_max, unified), scale=2 if kv_f32 else 1, advice=advice)
+        check_memory(model, allocated_cells(n_ctx, n_seq_max, unified), scale=2 if kv_f32 else 1, advice=advice,
+                     cap=kv_memory)
         p = lc.llama_context_default_params()
         p.n_ctx = n_ctx
         p.n_batch = n_batch

@@ -25,7 +25,7 @@ from typing import Optional
 import numpy as np
 
 from .chat import ChatFormat
-from .engine import Sequence, StopWatcher, check_kv_layout, check_start
+from .engine import Sequence, StopWatcher, check_kv_layout, check_kv_memory, check_start
 from .errors import BadInput, PromptTooLong, ResourceError
 from .llama import Context, Model, Samplers, split_fits
 from .sampling import Sampling
@@ -37,10 +37,12 @@ class LlamaEngine:
     """All candidates of one prompt in one llama.cpp context."""
 
     def __init__(self, model: Model, raw: bool = False, n_threads=None, flash_attn: bool = True,
-                 n_batch: int = 512, kv_layout: str = "auto"):
+                 n_batch: int = 512, kv_layout: str = "auto", kv_memory: Optional[int] = None):
         check_kv_layout(kv_layout)
+        check_kv_memory(kv_memory)
         self.model = model
         self.n_threads, self.flash_attn, self.n_batch, self.kv_layout = n_threads, flash_attn, n_batch, kv_layout
+        self.kv_memory = kv_memory  # bytes the KV cache may take (None: what free memory allows)
         bos = model.special_text("bos")
         self.chat = ChatFormat(model.meta("tokenizer.chat_template"), bos_token=bos,
                                eos_token=model.special_text("eos"), raw=raw)
@@ -221,14 +223,15 @@ class LlamaEngine:
         unified_cells = kv_budget + min(n_seq, PROBE_GROUP) * self.probe_cells
         layout = self.kv_layout
         if layout == "auto":
-            layout = "split" if split_fits(self.model, n_seq, per_seq) else "unified"
+            layout = "split" if split_fits(self.model, n_seq, per_seq, cap=self.kv_memory) else "unified"
         c = self.ctx
         if c is not None and c.unified == (layout == "unified") and c.n_seq_max >= n_seq \
                 and c.seq_cells >= (unified_cells if layout == "unified" else per_seq):
             c.clear()
             return
         self.close()
-        opts = dict(n_batch=max(self.n_batch, n_seq), n_threads=self.n_threads, flash_attn=self.flash_attn)
+        opts = dict(n_batch=max(self.n_batch, n_seq), n_threads=self.n_threads, flash_attn=self.flash_attn,
+                    kv_memory=self.kv_memory)
         if layout == "split":
             try:
                 self.ctx, self.layout = Context(self.model, per_seq * n_seq, n_seq, unified=False, **opts), layout

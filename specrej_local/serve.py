@@ -7,7 +7,7 @@ import socket
 
 import click
 
-from .cli_common import CliError, decoding_options, friendly_errors, load, model_options
+from .cli_common import CliError, decoding_options, friendly_errors, load, model_options, take_model_options
 from .openai_schema import Defaults, Limits, RequestError, parse_completion
 
 
@@ -46,9 +46,8 @@ def _listen(host: str, port: int) -> socket.socket:
               help="Largest max_tokens a request may ask for.")
 @click.option("--max-request-bytes", type=click.IntRange(1), default=1_000_000, show_default=True,
               help="Largest request body accepted.")
-def serve_command(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_template, kv_layout, host, port,
-                  api_key, cors_origins, model_name, queue_size, max_best_of, max_tokens_limit, max_request_bytes,
-                  **decoding):
+def serve_command(host, port, api_key, cors_origins, model_name, queue_size, max_best_of, max_tokens_limit,
+                  max_request_bytes, **decoding):
     """Serve the OpenAI API (/v1/chat/completions, /v1/completions, /v1/models, /health); every
     answer is the best of N. The decoding options are the defaults of each request.
 
@@ -58,6 +57,7 @@ def serve_command(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_
       specrej-local serve -g qwen2.5-1.5b -r skywork-v2-qwen3-0.6b -ngl -1 -n 32
       specrej-local serve --host 0.0.0.0 --port 8000 --api-key "$KEY"
     """
+    model = take_model_options(decoding)
     try:
         import uvicorn
 
@@ -70,7 +70,7 @@ def serve_command(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_
                         top_p=decoding["top_p"], top_k=decoding["top_k"], min_p=decoding["min_p"],
                         seed=decoding["seed"] if seed_given else None, system=decoding["system"],
                         stop=tuple(decoding["stop"]), kv_budget=decoding["kv_budget"])
-    config = ServerConfig(model_name=model_name or generator, defaults=defaults, api_key=api_key or None,
+    config = ServerConfig(model_name=model_name or model["generator"], defaults=defaults, api_key=api_key or None,
                           limits=Limits(max_best_of=max_best_of, max_tokens=max_tokens_limit),
                           queue_size=queue_size, max_request_bytes=max_request_bytes, cors_origins=cors_origins)
     try:  # flag defaults that every request would inherit must be valid themselves
@@ -78,8 +78,7 @@ def serve_command(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_
     except RequestError as e:
         raise CliError(e.message) from None
     sock = _listen(host, port)
-    models = (generator, reward, n_gpu_layers, threads, flash_attn, no_chat_template, kv_layout)
-    with friendly_errors(), load(*models) as s:
+    with friendly_errors(), load(**model) as s:
         app = create_app(s, config)
         bound = sock.getsockname()
         shown = f"[{bound[0]}]" if sock.family == socket.AF_INET6 else bound[0]

@@ -162,6 +162,19 @@ def test_integers_beyond_64_bits_are_a_one_line_error_before_any_model_loads(opt
     assert_one_line_error(result, f"{name} is out of range, got a 401-digit number")
 
 
+@pytest.mark.parametrize("size", ["banana", "0", "-2G", "1e400", "nan", "G", "9" * 30 + "T"])
+def test_a_kv_memory_that_is_not_a_size_is_a_one_line_error_before_any_model_loads(size):
+    result = specrej("-g", "not-even-loaded", "--kv-memory", size, "hi")
+    assert_one_line_error(result, f"--kv-memory must be a size such as 2G, 512M or 1.5GiB, got {size!r:.40}")
+
+
+def test_a_kv_memory_too_small_for_the_run_says_so_in_one_line(model):
+    result = specrej("-g", model, "-t", "1", "-n", "4", "--max-tokens", "8", "--kv-memory", "1M", "hi")
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("Error: a KV cache of 256 cells needs ")
+    assert "MiB, over --kv-memory 1.0 MiB: lower --kv-budget or -n" in result.stderr
+
+
 def test_an_unknown_model_alias_lists_the_known_ones():
     result = specrej("-g", "no-such-model", "hi")
     assert result.exit_code == 2

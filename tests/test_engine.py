@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from llama_cpp import Llama
 
-from specrej_local.errors import BadInput, ContextTooSmall, PromptTooLong
+from specrej_local.errors import BadInput, ContextTooSmall, PromptTooLong, ResourceError
 from specrej_local.llama import Context, Model
 from specrej_local.llama_engine import LlamaEngine
 from specrej_local.sampling import Sampling
@@ -245,3 +245,29 @@ def test_a_closed_context_refuses_calls_instead_of_using_freed_memory(model):
 def test_the_kv_size_estimate_reads_the_key_and_value_lengths(model):
     # SmolLM2-135M: 30 layers, 3 KV heads, keys and values 64 wide, f16
     assert model.kv_cell_bytes == 30 * 3 * (64 + 64) * 2
+
+
+def test_a_kv_memory_cap_makes_auto_choose_unified_and_refuses_a_split_over_it(model):
+    # Four answers of 40 tokens: split allocates a 256-cell stream each, unified one 256-cell pool.
+    cap = 512 * model.kv_cell_bytes  # room for the pool, not for four streams
+    engine = LlamaEngine(model, kv_memory=cap)
+    P = engine.load_prompt(PROMPT)
+    start(engine, 4, P + 4 * 40, 40, GREEDY)
+    assert engine.layout == "unified"
+    engine.close()
+    uncapped = LlamaEngine(model)
+    uncapped.load_prompt(PROMPT)
+    start(uncapped, 4, P + 4 * 40, 40, GREEDY)
+    assert uncapped.layout == "split"  # what auto picks here without the cap
+    uncapped.close()
+    split = LlamaEngine(model, kv_layout="split", kv_memory=cap)
+    split.load_prompt(PROMPT)
+    with pytest.raises(ResourceError, match=r"a KV cache of 1024 cells needs .* over --kv-memory"):
+        start(split, 4, P + 4 * 40, 40, GREEDY)
+    split.close()
+
+
+@pytest.mark.parametrize("cap", [0, -1, 1.5, True, "2G"])
+def test_a_kv_memory_cap_must_be_a_positive_number_of_bytes(model, cap):
+    with pytest.raises(BadInput, match="kv-memory must be a positive number of bytes"):
+        LlamaEngine(model, kv_memory=cap)

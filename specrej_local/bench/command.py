@@ -121,8 +121,8 @@ def progress(total: int):
 @click.option("-o", "--out", type=click.Path(file_okay=False), default="bench-out", show_default=True,
               help="Folder for bench.json and reward_vs_compute.png.")
 @friendly_errors()
-def bench_command(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_template, kv_layout, preset,
-                  prompts_file, limit, ns, rewards, alpha, max_tokens, cut, temperature, top_p, top_k, min_p, seed,
+def bench_command(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_template, kv_layout, kv_memory,
+                  preset, prompts_file, limit, ns, rewards, alpha, max_tokens, cut, temperature, top_p, top_k, min_p, seed,
                   engine_only, no_engine, engine_ns, seq_calls, random_model, out):
     """Benchmark Speculative Rejection against Best-of-N at equal N and at equal memory.
 
@@ -150,7 +150,7 @@ def bench_command(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_
     if not 0 < alpha < 1:
         raise BadInput(f"--alpha must be in (0, 1), got {alpha}")
     opts = dict(generator=generator, n_gpu_layers=n_gpu_layers, threads=threads, flash_attn=flash_attn,
-                no_chat_template=no_chat_template, kv_layout=kv_layout)
+                no_chat_template=no_chat_template, kv_layout=kv_layout, kv_memory=kv_memory)
     out = Path(out)
     if random_model:
         if not engine_only:
@@ -159,7 +159,7 @@ def bench_command(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_
     settings = dict(preset=preset, generator=opts["generator"], rewards=list(reward_list), alpha=alpha, cut=cut,
                     max_tokens=max_tokens or p["max_tokens"],
                     ns=list(parse_list(ns, int, "--ns") if ns else p["ns"]), flash_attn=flash_attn,
-                    chat_template=not no_chat_template, kv_layout=kv_layout,
+                    chat_template=not no_chat_template, kv_layout=kv_layout, kv_memory=kv_memory,
                     sampling=dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed),
                     engine_ns=list(parse_list(engine_ns, int, "--engine-ns") if engine_ns else p["engine_ns"]),
                     engine_max_tokens=max_tokens or p["engine_max_tokens"], seq_calls=seq_calls or p["seq_calls"])
@@ -207,8 +207,7 @@ def run(opts: dict, settings: dict, prompts: list, sampling: Sampling, engine: b
     bar, tick = progress(steps)
     with bar:
         for reward in settings["rewards"] if prompts else ():
-            with load(opts["generator"], reward, opts["n_gpu_layers"], opts["threads"], opts["flash_attn"],
-                      opts["no_chat_template"], opts["kv_layout"]) as s:
+            with load(reward=reward, **opts) as s:
                 for n in settings["ns"]:
                     records += quality_runs(s, reward, prompts, n, settings["alpha"], settings["cut"], gen, tick)
         if engine:

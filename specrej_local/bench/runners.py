@@ -111,7 +111,7 @@ def engine_runs(model, opts: dict, prompt: str, ns, layouts, max_tokens: int, se
     rows = []
     for layout in layouts:
         engine = LlamaEngine(model, raw=opts["no_chat_template"], n_threads=threads, flash_attn=opts["flash_attn"],
-                             kv_layout=layout)
+                             kv_layout=layout, kv_memory=opts["kv_memory"])
         try:
             for n in ns:
                 tick(f"engine {layout} N={n}")
