@@ -202,7 +202,7 @@ def run(opts: dict, settings: dict, prompts: list, sampling: Sampling, engine: b
     gen = dict(max_tokens=settings["max_tokens"], temperature=sampling.temperature, top_k=sampling.top_k,
                top_p=sampling.top_p, min_p=sampling.min_p, seed=sampling.seed)
     steps = len(prompts) * len(settings["ns"]) * len(settings["rewards"])
-    steps += (2 * len(settings["engine_ns"]) + 1) if engine else 0
+    steps += 2 * len(settings["engine_ns"]) if engine else 0  # two layouts
     records, engine_data, model_path, hw = [], None, None, None
     bar, tick = progress(steps)
     with bar:

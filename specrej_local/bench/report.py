@@ -35,13 +35,16 @@ def quality_table(rows) -> str:
 
 def engine_table(engine: dict) -> str:
     seq = engine["sequential"]
-    headers = ["layout", "N", "tokens", "tok/s", "decode share", "batched / sequential",
-               "one-sequence batch tok/s", "share of it"]
-    table = build_table(headers, [[r["layout"], r["n"], r["tokens"], r["tokens_per_s"], r["decode_share"], r["ratio"],
-                                   r.get("one_sequence_batch_tokens_per_s"), r.get("of_ceiling")]
+    headers = ["layout", "N", "tokens", "tok/s", "decode share", "sequential tok/s", "batched / sequential",
+               "one-sequence batch tok/s", "share of it", "its / sequential"]
+    table = build_table(headers, [[r["layout"], r["n"], r["tokens"], r["tokens_per_s"], r["decode_share"],
+                                   r.get("sequential_tokens_per_s"), r["ratio"], r.get("one_sequence_batch_tokens_per_s"),
+                                   r.get("of_ceiling"), r.get("ceiling_over_sequential")]
                                   for r in engine["batched"]])
-    return table + (f"\nsequential llama_cpp.Llama: {seq['calls']} calls, {seq['tokens']} tokens, "
-                    f"{format_number(seq['tokens_per_s'])} tok/s")
+    spread = (f" (from {format_number(seq['range'][0])} to {format_number(seq['range'][1])} tok/s between rows)"
+              if seq.get("range") else "")
+    return table + (f"\nsequential llama_cpp.Llama, measured after each row: {seq['calls']} calls, {seq['tokens']} "
+                    f"tokens, {format_number(seq['tokens_per_s'])} tok/s{spread}")
 
 
 def gpu_text(h: dict) -> str:

@@ -100,49 +100,52 @@ def one_sequence_batch(llm, prompt_ids: list, n: int, repeats: int = 3) -> float
 
 def engine_runs(model, opts: dict, prompt: str, ns, layouts, max_tokens: int, seq_calls: int,
                 sampling: Sampling, tick) -> dict:
-    """Batched tokens/s per N and layout, and sequential `Llama` tokens/s (which does not depend
-    on N) measured once, each side warmed up first."""
+    """Batched tokens/s per N and layout. Right after each row, on the same prompt tokens, its
+    references: sequential `Llama` calls (bandwidth-bound, so what the neighbours run moves them
+    most, hence one measurement per row) and one sequence's batch of N tokens (the ceiling)."""
     import llama_cpp
 
     from ..llama import default_threads
     from ..llama_engine import LlamaEngine
 
     threads = opts["threads"] or default_threads()
-    rows = []
-    for layout in layouts:
-        engine = LlamaEngine(model, raw=opts["no_chat_template"], n_threads=threads, flash_attn=opts["flash_attn"],
-                             kv_layout=layout, kv_memory=opts["kv_memory"])
-        try:
-            for n in ns:
-                tick(f"engine {layout} N={n}")
-                batched_generation(engine, prompt, n, 2, sampling)  # warm-up: allocates the context
-                rows.append(batched_generation(engine, prompt, n, max_tokens, sampling))
-            prompt_ids = engine.prompt_ids
-        finally:
-            engine.close()
-    tick("engine sequential Llama")
-    llm = llama_cpp.Llama(model_path=str(model.path), n_ctx=len(prompt_ids) + max_tokens + 8, n_threads=threads,
-                          n_threads_batch=threads, n_gpu_layers=opts["n_gpu_layers"], flash_attn=opts["flash_attn"],
-                          verbose=False)
+    rows, sequential, llm = [], [], None
     try:
-        sequential_generation(llm, prompt_ids, 1, 2, sampling)
-        seq = sequential_generation(llm, prompt_ids, seq_calls, max_tokens, sampling)
+        for layout in layouts:
+            engine = LlamaEngine(model, raw=opts["no_chat_template"], n_threads=threads,
+                                 flash_attn=opts["flash_attn"], kv_layout=layout, kv_memory=opts["kv_memory"])
+            try:
+                for n in ns:
+                    tick(f"engine {layout} N={n}")
+                    batched_generation(engine, prompt, n, 2, sampling)  # warm-up: allocates the context
+                    row = batched_generation(engine, prompt, n, max_tokens, sampling)
+                    ids = engine.prompt_ids
+                    if llm is None:  # one Llama for both references, sized for the largest batch
+                        llm = llama_cpp.Llama(model_path=str(model.path), n_ctx=max(len(ids) + max_tokens, max(ns)) + 8,
+                                              n_batch=max(ns), n_ubatch=max(ns), n_threads=threads,
+                                              n_threads_batch=threads, n_gpu_layers=opts["n_gpu_layers"],
+                                              flash_attn=opts["flash_attn"], logits_all=True, verbose=False)
+                    # warm-up, and the prompt back in Llama's prefix cache (the ceiling overwrote it),
+                    # so every row's timed calls reuse the prompt as a user's repeated calls would
+                    sequential_generation(llm, ids, 1, 2, sampling)
+                    seq = sequential_generation(llm, ids, seq_calls, max_tokens, sampling)
+                    ceiling = one_sequence_batch(llm, ids, n)
+                    sequential.append(seq)
+                    rows.append(dict(row, sequential_tokens_per_s=seq["tokens_per_s"],
+                                     ratio=row["tokens_per_s"] / seq["tokens_per_s"],
+                                     one_sequence_batch_tokens_per_s=ceiling, of_ceiling=row["tokens_per_s"] / ceiling,
+                                     ceiling_over_sequential=ceiling / seq["tokens_per_s"]))
+            finally:
+                engine.close()
     finally:
-        llm.close()
-    tick("engine one-sequence batches")
-    top = max(ns)
-    llm = llama_cpp.Llama(model_path=str(model.path), n_ctx=top + 8, n_batch=top, n_ubatch=top, n_threads=threads,
-                          n_threads_batch=threads, n_gpu_layers=opts["n_gpu_layers"], flash_attn=opts["flash_attn"],
-                          logits_all=True, verbose=False)
-    try:
-        ceiling = {n: one_sequence_batch(llm, prompt_ids, n) for n in sorted(set(ns))}
-    finally:
-        llm.close()
-    for r in rows:
-        r["ratio"] = r["tokens_per_s"] / seq["tokens_per_s"] if seq["tokens_per_s"] else None
-        r["one_sequence_batch_tokens_per_s"] = ceiling[r["n"]]
-        r["of_ceiling"] = r["tokens_per_s"] / ceiling[r["n"]]
-    return dict(prompt_tokens=len(prompt_ids), max_tokens=max_tokens, sequential=seq, batched=rows)
+        if llm is not None:
+            llm.close()
+    tokens, wall = sum(s["tokens"] for s in sequential), sum(s["wall_s"] for s in sequential)
+    return dict(prompt_tokens=len(ids), max_tokens=max_tokens, batched=rows,
+                sequential=dict(calls=sum(s["calls"] for s in sequential), tokens=tokens, wall_s=wall,
+                                tokens_per_s=tokens / wall,
+                                range=[min(s["tokens_per_s"] for s in sequential),
+                                       max(s["tokens_per_s"] for s in sequential)]))
 
 
 def hardware(n_gpu_layers: int, threads: Optional[int]) -> dict:
