@@ -97,9 +97,9 @@ def plot(rows: list, path: Path, title: str) -> Optional[str]:
         ax.set_ylabel("improvement score")
         ax.set_title(f"reward: {reward}", fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(loc="best")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8)  # never over a point
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return None
