@@ -7,7 +7,8 @@ import socket
 
 import click
 
-from .cli_common import CliError, decoding_options, friendly_errors, load, model_options, take_model_options
+from .cli_common import (CliError, decoding_options, friendly_errors, load, make_settings, model_options,
+                         take_model_options)
 from .openai_schema import Defaults, Limits, RequestError, parse_completion
 
 
@@ -64,6 +65,12 @@ def serve_command(host, port, api_key, cors_origins, model_name, queue_size, max
         from .server import ServerConfig, create_app
     except ImportError as e:
         raise CliError(f"the server needs its extra ({e.name} is missing): pip install 'specrej-local[server]'")
+    with friendly_errors():
+        make_settings(**decoding)  # the flags' own range checks, as `run` makes them, before anything loads
+    for flag, value, cap_flag, cap in (("--max-tokens", decoding["max_tokens"], "--max-tokens-limit", max_tokens_limit),
+                                       ("-n", decoding["n"], "--max-best-of", max_best_of)):
+        if value > cap:  # a default over the server's own cap would be cut to it without a word
+            raise CliError(f"{flag} {value} is over {cap_flag} {cap}: raise {cap_flag} or lower {flag}")
     seed_given = click.get_current_context().get_parameter_source("seed") != click.core.ParameterSource.DEFAULT
     defaults = Defaults(best_of=decoding["n"], alpha=decoding["alpha"], method=decoding["method"],
                         max_tokens=decoding["max_tokens"], temperature=decoding["temperature"],
@@ -75,8 +82,9 @@ def serve_command(host, port, api_key, cors_origins, model_name, queue_size, max
                           queue_size=queue_size, max_request_bytes=max_request_bytes, cors_origins=cors_origins)
     try:  # flag defaults that every request would inherit must be valid themselves
         parse_completion({"prompt": "check"}, defaults, config.limits)
-    except RequestError as e:
-        raise CliError(e.message) from None
+    except RequestError as e:  # named by its flag here, not by its request field
+        flag = e.param and "--" + e.param.replace("_", "-")
+        raise CliError(e.message.replace(f"'{e.param}'", flag, 1) if flag else e.message) from None
     sock = _listen(host, port)
     with friendly_errors(), load(**model) as s:
         app = create_app(s, config)

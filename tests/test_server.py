@@ -291,7 +291,17 @@ def test_a_get_on_a_post_endpoint_is_405(server):
 
 def test_serve_refuses_bad_defaults_before_loading_anything():
     result = CliRunner().invoke(cli, ["serve", "--alpha", "1.5", "-g", "no-such-model"])
-    assert result.exit_code == 2 and "alpha must be in [0, 1)" in result.output
+    assert (result.exit_code, result.output) == (2, "Error: alpha must be in [0, 1), got 1.5\n")
+    result = CliRunner().invoke(cli, ["serve", "--top-p", "0", "-g", "no-such-model"])
+    assert (result.exit_code, result.output) == (2, "Error: top-p must be in (0, 1], got 0.0\n")
+    result = CliRunner().invoke(cli, ["serve", "-n", "0", "-g", "no-such-model"])
+    assert (result.exit_code, result.output) == (2, "Error: n must be between 1 and 256, got 0\n")
+    result = CliRunner().invoke(cli, ["serve", "--max-tokens", "5000", "-g", "no-such-model"])  # over the server's cap
+    assert (result.exit_code, result.output) == (2, "Error: --max-tokens 5000 is over --max-tokens-limit 2048: raise "
+                                                    "--max-tokens-limit or lower --max-tokens\n")
+    result = CliRunner().invoke(cli, ["serve", "-n", "65", "-g", "no-such-model"])
+    assert (result.exit_code, result.output) == (2, "Error: -n 65 is over --max-best-of 64: raise --max-best-of or "
+                                                    "lower -n\n")
 
 
 def test_the_openai_client_example_prints_the_best_answers(server):
