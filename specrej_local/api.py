@@ -12,19 +12,20 @@ callable `fn(prompt, response) -> float` (wrap it with `batched_reward` for the 
 """
 from typing import Callable, Optional, Union
 
-from . import registry
+from .models import registry
 from .decoder import Result, Settings, decode
 from .engine import check_kv_layout, check_kv_memory
 from .errors import BadInput
 from .machine import usable_cpus
 from .sampling import Sampling
+from .rewards import parse_reward
 from .scoring import CallableScorer, MeanLogprob
 
-# llama.cpp (llama.py and the modules built on it) is imported inside SpecRej only: importing it
+# llama.cpp (the llama/ modules) is imported inside SpecRej only: importing it
 # loads libllama, so `--help`, `models` and `convert-reward` would pay for it.
 
 DEFAULT_GENERATOR = "smollm2-135m"
-DEFAULT_REWARD = "logprob"  # ranked right answers above wrong ones best: bench/RESULTS.md
+DEFAULT_REWARD = "logprob"  # ranked right answers above wrong ones best: experiments/RESULTS.md
 
 
 def batched_reward(fn: Callable) -> Callable:
@@ -33,18 +34,14 @@ def batched_reward(fn: Callable) -> Callable:
     return fn
 
 
-def reward_name(reward) -> str:
-    return getattr(reward, "__name__", "callable") if callable(reward) else str(reward)
-
-
 class SpecRej:
     """Loaded generator and reward model, reused for every prompt (loading is the slow part)."""
 
     def __init__(self, generator: str = DEFAULT_GENERATOR, reward: Union[str, Callable] = DEFAULT_REWARD,
                  n_gpu_layers: int = 0, n_threads: Optional[int] = None, flash_attn: bool = True,
                  chat_template: bool = True, kv_layout: str = "auto", kv_memory: Optional[int] = None):
-        from .llama import Model
-        from .llama_engine import LlamaEngine
+        from .llama.context import Model
+        from .llama.engine import LlamaEngine
 
         check_threads(n_threads)
         check_gpu_layers(n_gpu_layers)
@@ -58,31 +55,27 @@ class SpecRej:
         self.scorer = self._scorer(reward, n_gpu_layers, chat_template, opts)
 
     def _scorer(self, reward, n_gpu_layers, chat_template, opts):
-        from .llama_scorers import JUDGE_QUESTION, AnswerScorer, SelfJudge, yes_no_readout
+        """The scorer `reward` names (see `rewards`), with any model it needs loaded."""
+        from .llama.scorers import JUDGE_QUESTION, AnswerScorer, SelfJudge, yes_no_readout
 
-        if callable(reward):
-            return CallableScorer(reward, batched=getattr(reward, "batched", False))
-        if not isinstance(reward, str) or not reward:
-            raise BadInput(f"reward must be a model name, 'self', 'judge' or a callable, got {reward!r}")
-        if reward == "self":
-            return SelfJudge(self.engine)
-        if reward == "logprob":
+        spec = parse_reward(reward)
+        if spec.kind == "callable":
+            return CallableScorer(spec.fn, batched=spec.batched)
+        if spec.kind == "logprob":
             return MeanLogprob(self.engine)
-        if reward == "judge" or reward.startswith("judge:"):
-            model = self.model if reward == "judge" else self._load(reward[6:], n_gpu_layers)
+        if spec.kind == "self":
+            return SelfJudge(self.engine)
+        if spec.kind == "judge":
+            model = self.model if spec.model is None else self._load(spec.model, n_gpu_layers)
             return AnswerScorer(model, yes_no_readout(model), follow_up=JUDGE_QUESTION,
                                 raw=not chat_template, **opts)
-        entry = registry.entry_for(reward)
-        if entry.role == "judge":
-            model = self._load(reward, n_gpu_layers)
-            return AnswerScorer(model, yes_no_readout(model), follow_up=JUDGE_QUESTION, **opts)
-        from .reward_model import load_reward_model  # needs the gguf reader: load it only when used
-        scorer = load_reward_model(registry.resolve(reward), n_gpu_layers=n_gpu_layers, **opts)
+        from .llama.reward_model import load_reward_model  # needs the gguf reader: load it only when used
+        scorer = load_reward_model(registry.resolve(spec.model), n_gpu_layers=n_gpu_layers, **opts)
         self._own.append(scorer.model)
         return scorer
 
     def _load(self, spec, n_gpu_layers):
-        from .llama import Model
+        from .llama.context import Model
 
         model = Model(registry.resolve(spec), n_gpu_layers=n_gpu_layers)
         self._own.append(model)

@@ -1,6 +1,6 @@
 """The generator-engine interface: many sequences grown from one prompt, one token per step each.
 
-`Engine` is what the decoders use. `llama_engine.LlamaEngine` implements it on one llama.cpp
+`Engine` is what the decoders use. `llama.engine.LlamaEngine` implements it on one llama.cpp
 context; `tests/fakes.py` implements it without a model, for fast tests of the decoders.
 """
 import codecs
@@ -11,7 +11,7 @@ from .errors import BadInput, ContextTooSmall
 from .sampling import Sampling
 
 MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ
-KV_LAYOUTS = ("auto", "unified", "split")  # see llama_engine's module doc
+KV_LAYOUTS = ("auto", "unified", "split")  # see llama/engine.py's module doc
 
 
 @dataclass

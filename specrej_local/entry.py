@@ -8,7 +8,7 @@ import sys
 
 def main():
     try:
-        from .cli import main as cli_main
+        from .frontends.cli import main as cli_main
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
         sys.exit(130)

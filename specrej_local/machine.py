@@ -1,6 +1,6 @@
 """What this machine offers the process: CPUs it may use, memory it can still get.
 
-Kept apart from llama.py so that checks on user settings need no llama.cpp.
+Kept apart from llama/context.py so that checks on user settings need no llama.cpp.
 """
 import os
 

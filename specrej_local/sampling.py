@@ -1,7 +1,7 @@
 """Sampling settings, checked once where the user gives them.
 
 They mean what they mean in llama.cpp (top-k, top-p, min-p, then temperature), and
-`llama.Samplers` applies them with llama.cpp's own samplers. Each sequence draws from its own
+`llama.context.Samplers` applies them with llama.cpp's own samplers. Each sequence draws from its own
 random stream seeded by (seed, sequence index), so an answer does not depend on which other
 sequences are still alive.
 """

@@ -4,7 +4,7 @@ A scorer keeps per-sequence state between cuts so it can score partial answers i
 `score` is called again and again with each sequence's whole text so far, and a scorer backed by
 a model feeds only what changed since the last call. Here: a Python callable, and the
 generator's own mean log-probability (kept by the engine). Model-backed scorers live in
-`llama_scorers.py` and `reward_model.py`; `tests/fakes.py` has a fake scorer for tests.
+`llama/scorers.py` and `llama/reward_model.py`; `tests/fakes.py` has a fake scorer for tests.
 """
 import math
 from typing import Callable, Optional, Protocol, Sequence

@@ -1,6 +1,5 @@
 """The Python API: `generate()` for one prompt, `SpecRej` to keep the models loaded, Python
 callables as rewards, and a typed exception for everything that can go wrong."""
-import importlib.util
 import math
 import resource
 
@@ -11,17 +10,16 @@ from specrej_local import (
     BadInput, ContextTooSmall, Interrupted, ModelFileError, PromptTooLong, ResourceError, RewardError,
     SpecRej, SpecRejError, TemplateError, UnknownModelError, batched_reward, generate,
 )
-from specrej_local.chat import ChatFormat
+from specrej_local.llama.chat import ChatFormat
 
 TINY = dict(n=2, max_tokens=4)
-has_reward_models = importlib.util.find_spec("specrej_local.reward_model") is not None
 
 
 @pytest.fixture(autouse=True)
 def one_thread(monkeypatch):
     """llama.cpp on one thread: the test machine's cores are shared, and busy cores make
     llama.cpp's spinning threads very slow. (generate() has no thread setting of its own.)"""
-    monkeypatch.setattr("specrej_local.llama.default_threads", lambda: 1)
+    monkeypatch.setattr("specrej_local.llama.context.default_threads", lambda: 1)
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +188,6 @@ def test_a_reward_that_is_neither_a_name_nor_a_callable(default_model):
         SpecRej(str(default_model), reward=3)
 
 
-@pytest.mark.skipif(not has_reward_models, reason="specrej_local.reward_model is not written yet")
 def test_a_generator_is_not_a_reward_model(default_model):
     with pytest.raises(RewardError, match="has no score head"):
         SpecRej(str(default_model), reward=str(default_model))
@@ -224,7 +221,7 @@ def test_a_context_that_cannot_be_allocated_is_a_resource_error(spec):
 
 def test_a_kv_cache_larger_than_free_memory_is_refused_before_allocating(spec):
     # Best-of-N with 256 answers of 8000 tokens needs ~47 GB of KV for this model.
-    from specrej_local.llama import free_memory_bytes
+    from specrej_local.llama.context import free_memory_bytes
     if (free_memory_bytes() or 0) > 50 * 2**30:
         pytest.skip("this machine could really allocate it")
     with pytest.raises(ResourceError, match=r"a KV cache of 204\d{4} cells needs 4\d\.\d GiB, .* free: lower --kv-budget or -n"):
@@ -236,7 +233,7 @@ def test_importing_the_package_or_the_cli_loads_no_llama_cpp():
     import subprocess
     import sys
 
-    code = "import sys, specrej_local, specrej_local.cli; print('llama_cpp' in sys.modules)"
+    code = "import sys, specrej_local, specrej_local.frontends.cli; print('llama_cpp' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -17,8 +17,8 @@ import pytest
 from click.testing import CliRunner
 
 from specrej_local import SpecRej
-from specrej_local.batch import BatchFileError, ResultsFile, answer_all, pending, read_items
-from specrej_local.cli import cli
+from specrej_local.frontends.batch_io import BatchFileError, ResultsFile, answer_all, pending, read_items
+from specrej_local.frontends.cli import cli
 from specrej_local.data import ALPACA_FARM_100
 
 SCRIPT = str(Path(sys.executable).with_name("specrej-local"))

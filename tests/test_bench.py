@@ -7,7 +7,7 @@ from click.testing import CliRunner
 from specrej_local.bench.command import read_prompts
 from specrej_local.bench.metrics import improvement_score, summarize
 from specrej_local.bench.report import build_table
-from specrej_local.cli import cli
+from specrej_local.frontends.cli import cli
 from specrej_local.errors import BadInput
 
 

@@ -1,7 +1,7 @@
 """Chat templates: rendered in jinja2's sandbox, and split around an answer for the scorers."""
 import pytest
 
-from specrej_local.chat import CHATML, ChatFormat
+from specrej_local.llama.chat import CHATML, ChatFormat
 from specrej_local.errors import TemplateError
 
 

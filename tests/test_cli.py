@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from specrej_local.cli import cli
+from specrej_local.frontends.cli import cli
 
 SCRIPT = str(Path(sys.executable).with_name("specrej-local"))
 # Small runs, on one thread: the test machine's cores are shared, and llama.cpp's threads spin.
@@ -32,7 +32,6 @@ STATS_KEYS = ["n", "alpha", "method", "rounds", "prompt_tokens", "generated_toke
               "peak_kv_cells", "kv_budget", "at_once", "waves", "kv_layout", "wall_s", "decode_s", "sample_s",
               "reward_s"]
 CANDIDATE_KEYS = ["id", "text", "reward", "tokens", "finish_reason", "rejected_at"]
-has_reward_models = importlib.util.find_spec("specrej_local.reward_model") is not None
 
 
 @pytest.fixture
@@ -202,7 +201,6 @@ def test_model_files_that_are_missing_not_gguf_truncated_or_unloadable(tmp_path,
                           "error loading model hyperparameters: key not found in model: llama.context_length)")
 
 
-@pytest.mark.skipif(not has_reward_models, reason="specrej_local.reward_model is not written yet")
 def test_a_generator_given_as_the_reward_model_has_no_score_head(model):
     result = specrej("-g", model, "-r", model, *FAST, "hi")
     assert result.exit_code == 2 and result.stderr.count("\n") == 1
@@ -365,7 +363,7 @@ def test_ctrl_c_while_the_command_is_still_importing_exits_130():
         "import sys\n"
         "class CtrlC:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'specrej_local.cli':\n"
+        "        if name == 'specrej_local.frontends.cli':\n"
         "            raise KeyboardInterrupt\n"
         "sys.meta_path.insert(0, CtrlC())\n"
         "from specrej_local.entry import main\n"

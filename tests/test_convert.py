@@ -19,11 +19,13 @@ from click.testing import CliRunner
 from safetensors.numpy import save_file
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from specrej_local import convert as conv, registry
-from specrej_local.cli import cli
+from specrej_local.models import convert as conv
+from specrej_local.models import registry
+from specrej_local.frontends.cli import cli
 from specrej_local.errors import BadInput, RewardError
-from specrej_local.llama import Context, Model
-from specrej_local.reward_model import load_reward_model, read_score_head
+from specrej_local.llama.context import Context, Model
+from specrej_local.llama.reward_model import load_reward_model
+from specrej_local.models.score_head import read_score_head
 from test_registry import FakeHub, FakeHubHandler, add_user_models, assert_one_line_error, run_cli_process
 
 QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"

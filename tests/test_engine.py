@@ -4,8 +4,8 @@ import pytest
 from llama_cpp import Llama
 
 from specrej_local.errors import BadInput, ContextTooSmall, PromptTooLong, ResourceError
-from specrej_local.llama import Context, Model
-from specrej_local.llama_engine import LlamaEngine
+from specrej_local.llama.context import Context, Model
+from specrej_local.llama.engine import LlamaEngine
 from specrej_local.sampling import Sampling
 
 PROMPT = "List three colours of the rainbow."

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from specrej_local.errors import ModelFileError
-from specrej_local.gguf_file import ARRAY, STRING, read_header
+from specrej_local.models.gguf_file import ARRAY, STRING, read_header
 
 
 def write_gguf(path, endian):

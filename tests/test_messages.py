@@ -4,7 +4,8 @@ import json
 import pytest
 
 from specrej_local import SpecRej
-from specrej_local.chat import CHATML, ChatFormat, check_messages
+from specrej_local.llama.chat import CHATML, ChatFormat
+from specrej_local.messages import check_messages
 from specrej_local.decoder import Interrupted, Settings, decode
 from specrej_local.errors import BadInput
 from fakes import FakeEngine, FakeScorer
@@ -81,7 +82,7 @@ def test_the_api_takes_messages_and_an_engine_reused_after_a_stop(default_model)
 
 
 def test_a_batch_line_may_hold_a_conversation(tmp_path):
-    from specrej_local.batch import read_items
+    from specrej_local.frontends.batch_io import read_items
 
     src = tmp_path / "in.jsonl"
     src.write_text("\n".join(json.dumps(o) for o in [

@@ -2,7 +2,7 @@
 request names the field it refuses, as OpenAI's `param` does, so a client can point at it."""
 import pytest
 
-from specrej_local.openai_schema import Defaults, Limits, RequestError, parse_chat, parse_completion
+from specrej_local.frontends.openai_schema import Defaults, Limits, RequestError, parse_chat, parse_completion
 
 CHAT = [{"role": "user", "content": "Name a fruit."}]
 

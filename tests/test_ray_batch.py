@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from specrej_local.batch import ResultsFile, read_items
-from specrej_local.cli import cli
+from specrej_local.frontends.batch_io import ResultsFile, read_items
+from specrej_local.frontends.cli import cli
 
 ray = pytest.importorskip("ray")  # the test extra installs it: skipped only outside the test setup
-from specrej_local import ray_batch  # noqa: E402
+from specrej_local.frontends import ray_batch  # noqa: E402
 
 SCRIPT = str(Path(sys.executable).with_name("specrej-local"))
 TINY = ["-n", "2", "--max-tokens", "6", "-t", "1", "--no-chat-template"]

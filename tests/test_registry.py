@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from specrej_local import registry
-from specrej_local.cli import cli
+from specrej_local.models import registry
+from specrej_local.frontends.cli import cli
 from specrej_local.errors import (BadInput, CacheDirError, ChecksumMismatch, DownloadError, ModelFileError,
                                   UnknownModelError)
 
@@ -201,13 +201,6 @@ def test_check_gguf_accepts_the_real_default_model_quickly(default_model):
 def test_resolve_without_download_says_how_to_pull():
     with pytest.raises(ModelFileError, match="models pull smollm2-135m"):
         registry.resolve("smollm2-135m", download=False)
-
-
-@pytest.mark.skipif(__import__("importlib").util.find_spec("specrej_local.convert") is not None,
-                    reason="the converter is installed")
-def test_reward_models_need_the_converter():
-    with pytest.raises(DownloadError, match="conversion is not available"):
-        registry.resolve("skywork-v2-qwen3-0.6b")
 
 
 # --- the cache dir ---------------------------------------------------------------------------

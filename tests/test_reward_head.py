@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from specrej_local.cli import cli
+from specrej_local.frontends.cli import cli
 from specrej_local.errors import ModelFileError
-from specrej_local.reward_model import HEAD_BIAS, HEAD_SHAPE, HEAD_WEIGHT, read_score_head
+from specrej_local.models.score_head import HEAD_BIAS, HEAD_SHAPE, HEAD_WEIGHT, read_score_head
 
 
 def write_head(path, shape, weight, bias=None):

@@ -1,4 +1,4 @@
-"""bench/reward_study.py: its metrics on hand-made cases, its prompt set, and a tiny real run."""
+"""experiments/reward_study.py: its metrics on hand-made cases, its prompt set, and a tiny real run."""
 import importlib.util
 import json
 import re
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "reward_study.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "reward_study.py"
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,9 @@ import pytest
 
 from specrej_local.decoder import Settings, decode
 from specrej_local.errors import RewardError
-from specrej_local.llama import Context, Model
-from specrej_local.llama_engine import LlamaEngine
-from specrej_local.llama_scorers import JUDGE_QUESTION, AnswerScorer, SelfJudge, yes_no_readout
+from specrej_local.llama.context import Context, Model
+from specrej_local.llama.engine import LlamaEngine
+from specrej_local.llama.scorers import JUDGE_QUESTION, AnswerScorer, SelfJudge, yes_no_readout
 from specrej_local.sampling import Sampling
 from specrej_local.scoring import CallableScorer
 
@@ -34,7 +34,7 @@ def judge(model):
 # masked in the same pool, other micro-batches) differ by floating-point rounding, and this
 # Q4_1 model turns every activation into 8-bit integers before each matmul, which amplifies a
 # rounding difference into up to 0.04 log-odds in these tests (seen on an AVX-512 CPU; 0.3 after
-# many drops, see bench/RESULTS.md: with f16 weights the same schedule differs by 1e-4). So the
+# many drops, see experiments/RESULTS.md: with f16 weights the same schedule differs by 1e-4). So the
 # numbers are bounded by LAYOUT_ROUNDING, 5x that, and the bookkeeping (tokens, positions, cells)
 # is checked exactly.
 LAYOUT_ROUNDING = 0.2

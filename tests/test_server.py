@@ -23,7 +23,7 @@ pytest.importorskip("uvicorn")
 
 from click.testing import CliRunner  # noqa: E402
 
-from specrej_local.cli import cli  # noqa: E402
+from specrej_local.frontends.cli import cli  # noqa: E402
 
 KEY = "test-key"
 MODEL = "smollm2-135m"

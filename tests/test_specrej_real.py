@@ -2,9 +2,9 @@
 import pytest
 
 from specrej_local.decoder import Settings, decode
-from specrej_local.llama import Model
-from specrej_local.llama_engine import LlamaEngine
-from specrej_local.llama_scorers import JUDGE_QUESTION, AnswerScorer, SelfJudge, yes_no_readout
+from specrej_local.llama.context import Model
+from specrej_local.llama.engine import LlamaEngine
+from specrej_local.llama.scorers import JUDGE_QUESTION, AnswerScorer, SelfJudge, yes_no_readout
 from specrej_local.sampling import Sampling
 
 PROMPT = "Write one sentence about the sea."

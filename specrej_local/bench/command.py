@@ -5,10 +5,10 @@ from pathlib import Path
 
 import click
 
-from ..cli_common import friendly_errors, load, model_options
+from ..frontends.options import friendly_errors, load, model_options
 from ..data import ALPACA_FARM_100
 from ..errors import BadInput
-from ..random_model import LAYOUTS, QTYPES, write_random_gguf
+from ..models.random_model import LAYOUTS, QTYPES, write_random_gguf
 from ..sampling import Sampling
 from .metrics import summarize
 from .report import engine_table, plot, report
@@ -181,7 +181,7 @@ def bench_command(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_
 
 def random_model_file(spec: str, generator: str, out: Path) -> Path:
     """The random-weight model named LAYOUT[:QTYPE], written once into OUT."""
-    from .. import registry
+    from ..models import registry
 
     layout, _, qtype = spec.partition(":")
     qtype = qtype or "q8_0"
@@ -211,8 +211,8 @@ def run(opts: dict, settings: dict, prompts: list, sampling: Sampling, engine: b
                 for n in settings["ns"]:
                     records += quality_runs(s, reward, prompts, n, settings["alpha"], settings["cut"], gen, tick)
         if engine:
-            from .. import registry
-            from ..llama import Model
+            from ..models import registry
+            from ..llama.context import Model
 
             model = Model(registry.resolve(opts["generator"]), n_gpu_layers=opts["n_gpu_layers"])
             try:

@@ -105,8 +105,8 @@ def engine_runs(model, opts: dict, prompt: str, ns, layouts, max_tokens: int, se
     most, hence one measurement per row) and one sequence's batch of N tokens (the ceiling)."""
     import llama_cpp
 
-    from ..llama import default_threads
-    from ..llama_engine import LlamaEngine
+    from ..llama.context import default_threads
+    from ..llama.engine import LlamaEngine
 
     threads = opts["threads"] or default_threads()
     rows, sequential, llm = [], [], None

@@ -1,7 +1,7 @@
 """Requests per second and latency of a running `specrej-local serve`, for the README's figure.
 
     specrej-local serve --port 8080 &
-    python bench/serve_load.py --best-of 8 --requests 8 --concurrency 4
+    python experiments/serve_load.py --best-of 8 --requests 8 --concurrency 4
 
 Sends `--requests` chat requests (distinct prompts and seeds), `--concurrency` at a time, and
 prints one JSON line: throughput, client-side latency percentiles (queueing included) and the

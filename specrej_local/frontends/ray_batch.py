@@ -2,7 +2,7 @@
 
 Each worker is one Ray actor holding a loaded SpecRej; prompts go to whichever worker is free,
 so a slow worker takes fewer of them. The driver alone writes OUT, through batch's ResultsFile,
-so resume, the lock and fsync'ed lines work as in a single-process batch. A worker that dies
+so resume, the lock and fsync'ed lines work as in a single-process batch (`batch_io`). A worker that dies
 (killed, out of memory) loses only its prompt in flight: Ray restarts it (a few times at most)
 and the prompt goes to the next free worker, up to MAX_ATTEMPTS tries before an error line.
 
@@ -14,9 +14,9 @@ import socket
 from collections import deque
 from typing import Iterator, Optional
 
-from .batch import ResultsFile, answer_one, error_record
-from .cli_common import load
-from .errors import SpecRejError
+from .batch_io import ResultsFile, answer_one, error_record
+from .options import load
+from ..errors import SpecRejError
 
 LOCAL = "local"        # --ray with no ADDRESS: start a Ray instance on this machine for the run
 PROBE_S = 5.0          # how long to wait for a TCP answer from an explicit host:port
@@ -228,7 +228,7 @@ def short(e: Exception) -> str:
 
 
 def answer_all(pool: RayPool, items, out: ResultsFile) -> Iterator[dict]:
-    """Like batch.answer_all, with `pool` answering: each line appended to OUT as it finishes."""
+    """Like batch_io.answer_all, with `pool` answering: each line appended to OUT as it finishes."""
     for rec in pool.answers(items):
         out.append(rec)
         yield rec

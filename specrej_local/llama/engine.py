@@ -25,10 +25,10 @@ from typing import Optional
 import numpy as np
 
 from .chat import ChatFormat
-from .engine import Sequence, StopWatcher, check_kv_layout, check_kv_memory, check_start
-from .errors import BadInput, PromptTooLong, ResourceError
-from .llama import Context, Model, Samplers, split_fits
-from .sampling import Sampling
+from ..engine import Sequence, StopWatcher, check_kv_layout, check_kv_memory, check_start
+from ..errors import BadInput, PromptTooLong, ResourceError
+from .context import Context, Model, Samplers, split_fits
+from ..sampling import Sampling
 
 PROBE_GROUP = 16  # sequences probed per decode on a unified cache (bounds the room a probe borrows)
 

@@ -3,7 +3,7 @@
 Each worker is a CPU worker with one thread. Only the answering is timed: the workers have
 loaded their models (pool.pids() waits for that) before the clock starts.
 
-    python bench/ray_workers.py [--prompts 24] [-n 4] [--max-tokens 32]
+    python experiments/ray_workers.py [--prompts 24] [-n 4] [--max-tokens 32]
 """
 import argparse
 import logging
@@ -13,9 +13,9 @@ import time
 import ray
 
 from specrej_local.api import DEFAULT_GENERATOR, DEFAULT_REWARD
-from specrej_local.batch import read_items
+from specrej_local.frontends.batch_io import read_items
 from specrej_local.data import ALPACA_FARM_100
-from specrej_local.ray_batch import RayPool
+from specrej_local.frontends.ray_batch import RayPool
 
 
 def main():

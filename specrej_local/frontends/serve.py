@@ -7,7 +7,7 @@ import socket
 
 import click
 
-from .cli_common import (CliError, decoding_options, friendly_errors, load, make_settings, model_options,
+from .options import (CliError, decoding_options, friendly_errors, load, make_settings, model_options,
                          take_model_options)
 from .openai_schema import Defaults, Limits, RequestError, parse_completion
 

@@ -15,9 +15,9 @@ and the suffix is removed again with `llama_memory_seq_rm`.
 import numpy as np
 
 from .chat import ChatFormat
-from .errors import TemplateError
-from .llama import Context, Model
-from .scoring import checked
+from ..errors import TemplateError
+from .context import Context, Model
+from ..scoring import checked
 
 JUDGE_QUESTION = ("Is the answer above correct, helpful and complete? "
                   "Reply with one word: yes or no.")

@@ -1,6 +1,6 @@
 """Is the gap between incremental and from-scratch judge scores after drops rounding or a bug?
 
-    python bench/layout_rounding.py            # about 5 minutes on 2 CPU cores
+    python experiments/layout_rounding.py            # about 5 minutes on 2 CPU cores
 
 Eight answers grow over four cuts; after the first cuts some candidates are dropped, so the
 judge's freed cells are reused out of order. Each cut compares the incremental scores with a
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from specrej_local import registry
-from specrej_local.llama import Model
-from specrej_local.llama_scorers import JUDGE_QUESTION, AnswerScorer, yes_no_readout
-from specrej_local.random_model import write_random_gguf
+from specrej_local.models import registry
+from specrej_local.llama.context import Model
+from specrej_local.llama.scorers import JUDGE_QUESTION, AnswerScorer, yes_no_readout
+from specrej_local.models.random_model import write_random_gguf
 
 PROMPT = "Give me three tips for staying healthy."
 BASE = ("Drink plenty of water every day, sleep at least eight hours a night, and exercise for thirty "

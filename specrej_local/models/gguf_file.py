@@ -19,7 +19,7 @@ from typing import Callable, Collection, Union
 
 import numpy as np
 
-from .errors import ModelFileError
+from ..errors import ModelFileError
 
 # GGUF metadata value types (the spec's numbering)
 SCALAR_FORMATS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}

@@ -26,8 +26,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data import MODELS_TXT
-from .errors import (BadInput, CacheDirError, ChecksumMismatch, DownloadError, ModelFileError,
+from ..data import MODELS_TXT
+from ..errors import (BadInput, CacheDirError, ChecksumMismatch, DownloadError, ModelFileError,
                      UnknownModelError)
 from .gguf_file import read_header
 

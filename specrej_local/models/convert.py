@@ -2,7 +2,7 @@
 
 llama.cpp's own converter drops the `score` head of `*ForSequenceClassification` checkpoints.
 Here the backbone is written as a plain llama.cpp model of the same architecture (run as an
-embedding model by `reward_model.py`) and the head goes into the file's metadata, so the result is
+embedding model by `llama/reward_model.py`) and the head goes into the file's metadata, so the result is
 one self-contained reward model:
 
     specrej-local convert-reward hf:Skywork/Skywork-Reward-V2-Qwen3-0.6B -o skywork.gguf
@@ -25,8 +25,8 @@ import numpy as np
 import gguf
 
 from . import registry
-from .errors import BadInput, DownloadError, ModelFileError
-from .reward_model import HEAD_BIAS, HEAD_SHAPE, HEAD_WEIGHT
+from ..errors import BadInput, DownloadError, ModelFileError
+from .score_head import HEAD_BIAS, HEAD_SHAPE, HEAD_WEIGHT
 
 ARCHITECTURES = {  # HF `architectures[0]` -> llama.cpp architecture of the backbone
     "Qwen2ForSequenceClassification": gguf.MODEL_ARCH.QWEN2,
@@ -306,7 +306,7 @@ def convert(src_dir, out_path, out_type: str = "f16", name=None) -> Path:
     os.close(fd)
     w = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[arch])
     try:
-        # the head first, right after general.architecture: reward_model finds it in the first kilobytes
+        # the head first, right after general.architecture: score_head finds it in the first kilobytes
         f32, u32, array = gguf.GGUFValueType.FLOAT32, gguf.GGUFValueType.UINT32, gguf.GGUFValueType.ARRAY
         w.add_key_value(HEAD_SHAPE, list(W.shape), array, sub_type=u32)
         w.add_key_value(HEAD_WEIGHT, W.ravel().tolist(), array, sub_type=f32)

@@ -17,10 +17,10 @@ from typing import Optional
 import numpy as np
 import llama_cpp as lc
 
-from .engine import MAX_SEQUENCES
-from .errors import BadInput, ModelFileError, ResourceError, SpecRejError
-from .machine import free_memory_bytes, usable_cpus
-from .text import not_text
+from ..engine import MAX_SEQUENCES
+from ..errors import BadInput, ModelFileError, ResourceError, SpecRejError
+from ..machine import free_memory_bytes, usable_cpus
+from ..text import not_text
 
 # llama.cpp's own log, kept quiet: its warning and error lines explain a failure better than any
 # guess, so errors raised here quote the first one since the failing call began (`said()`).

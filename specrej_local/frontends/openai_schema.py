@@ -10,10 +10,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .api import make_settings
-from .chat import check_messages
-from .errors import BadInput
-from .text import not_text
+from ..api import make_settings
+from ..messages import check_messages
+from ..errors import BadInput
+from ..text import not_text
 
 FINISHED = {"stop": "stop", "length": "length", "budget": "length"}  # engine reason -> OpenAI's
 MAX_STOP_STRINGS = 16

@@ -8,12 +8,13 @@ import sys
 import click
 from click_default_group import DefaultGroup
 
-from . import __version__, registry
+from .. import __version__
+from ..models import registry
 from .batch import batch_command
-from .bench import bench_command
-from .cli_common import (CliError, announce_downloads, decoding_options, friendly_errors, load, make_settings,
+from ..bench import bench_command
+from .options import (CliError, announce_downloads, decoding_options, friendly_errors, load, make_settings,
                          model_options, require_text, result_record, take_model_options)
-from .decoder import Interrupted
+from ..decoder import Interrupted
 from .serve import serve_command
 
 
@@ -156,7 +157,7 @@ def convert_reward(src, out, out_type):
       specrej-local convert-reward ./my-rm -o my-rm.gguf --type q8_0
       specrej-local --reward my-rm.gguf "Name three prime numbers."
     """
-    from . import convert  # pulls in gguf: only when converting
+    from ..models import convert  # pulls in gguf: only when converting
 
     click.echo(convert.convert_source(src, out, out_type))
 

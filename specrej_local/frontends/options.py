@@ -8,13 +8,14 @@ from typing import Optional
 
 import click
 
-from . import registry
-from .api import DEFAULT_GENERATOR, DEFAULT_REWARD, SpecRej, make_settings, check_threads as check_threads_setting
-from .engine import KV_LAYOUTS
-from .decoder import Interrupted
-from .errors import BadInput, SpecRejError
-from .text import not_text
-from .machine import usable_cpus
+from ..models import registry
+from ..api import DEFAULT_GENERATOR, DEFAULT_REWARD, SpecRej, make_settings, check_threads as check_threads_setting
+from ..engine import KV_LAYOUTS
+from ..rewards import parse_reward
+from ..decoder import Interrupted
+from ..errors import BadInput, SpecRejError
+from ..text import not_text
+from ..machine import usable_cpus
 
 
 class CliError(click.ClickException):
@@ -151,10 +152,7 @@ def decoding_options(f):
 def announce_downloads(*specs):
     """Say on stderr when a model is about to be fetched, so a first run's wait is explained."""
     for spec in specs:
-        try:
-            entry = registry.entry_for(spec)
-        except SpecRejError:  # self, judge, a callable's name: nothing to fetch
-            continue
+        entry = registry.entry_for(spec)
         if entry.kind != "path" and not registry.is_downloaded(entry):
             registry.check_can_download(entry)
             size = f" ({entry.size / 1e6:.0f} MB)" if entry.size else ""
@@ -173,7 +171,8 @@ def take_model_options(options: dict) -> dict:
 
 def load(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_template, kv_layout="auto",
          kv_memory=None) -> SpecRej:
-    announce_downloads(generator, reward)
+    reward_model = parse_reward(reward).model  # None: the generator serves, or no model does
+    announce_downloads(generator, *([reward_model] if reward_model else []))
     return SpecRej(generator, reward, n_gpu_layers=n_gpu_layers, n_threads=threads, flash_attn=flash_attn,
                    chat_template=not no_chat_template, kv_layout=kv_layout, kv_memory=kv_memory)
 

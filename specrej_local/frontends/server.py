@@ -25,8 +25,8 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .decoder import Interrupted
-from .errors import PromptTooLong, ResourceError, SpecRejError
+from ..decoder import Interrupted
+from ..errors import PromptTooLong, ResourceError, SpecRejError
 from .openai_schema import Defaults, Limits, Reply, RequestError, parse_chat, parse_completion
 
 KEEPALIVE_S = 1.0  # an SSE comment this often while a streamed run goes on

@@ -9,7 +9,7 @@ One child serves the whole process (it stays up between renders: a round trip co
 of a millisecond, starting one about a tenth of a second). Where there is no POSIX process
 control (Windows), templates render in this process, bounded by the sandbox alone.
 
-    python -m specrej_local.template_sandbox   # the child: JSON lines in, JSON lines out
+    python -m specrej_local.llama.template_sandbox   # the child: JSON lines in, JSON lines out
 """
 import atexit
 import json
@@ -20,7 +20,7 @@ import threading
 import time
 from datetime import datetime
 
-from .errors import TemplateError
+from ..errors import TemplateError
 
 RENDER_SECONDS = 5.0       # wall time one render may take
 RENDER_MEMORY = 1 << 30    # address space a render may add to the rendering process

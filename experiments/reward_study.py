@@ -13,8 +13,8 @@ scored, whole and cut at 25% and 50% of its tokens, by each reward:
 Per reward and cut: the within-prompt ROC AUC of right against wrong answers (the rank is what a
 cut uses) and the share of prompts whose top-rewarded answer is right (Best-of-n).
 
-    python bench/reward_study.py                      # the study in bench/RESULTS.md
-    python bench/reward_study.py --prompts 2 -n 4 --max-tokens 8 --out small.json
+    python experiments/reward_study.py                      # the study in experiments/RESULTS.md
+    python experiments/reward_study.py --prompts 2 -n 4 --max-tokens 8 --out small.json
 """
 import argparse
 import json
@@ -27,8 +27,8 @@ import time
 import numpy as np
 
 from specrej_local import SpecRej
-from specrej_local.llama import Context
-from specrej_local.llama_scorers import JUDGE_QUESTION, AnswerScorer, yes_no_readout
+from specrej_local.llama.context import Context
+from specrej_local.llama.scorers import JUDGE_QUESTION, AnswerScorer, yes_no_readout
 from specrej_local.machine import usable_cpus
 
 CUTS = (0.25, 0.5, 1.0)  # shares of each answer's tokens it is scored at
@@ -266,7 +266,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0, help="seed of the prompt set and of sampling")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--probes", default=",".join(PROBES), help="self-judge probes to score with, by name")
-    ap.add_argument("--out", default="bench/rewards.json")
+    ap.add_argument("--out", default="experiments/rewards.json")
     args = ap.parse_args(argv)
     probes = {k: PROBES[k] for k in args.probes.split(",") if k}
     study = run_study(args.model, args.prompts, args.n, args.max_tokens, args.seed, args.threads, probes)

@@ -1,0 +1,8 @@
+"""Model files: where they come from and what is in them. No llama.cpp here.
+
+    registry.py     models.txt aliases, downloads, checksums, the cache
+    convert.py      Hugging Face reward-model checkpoints -> one GGUF file
+    score_head.py   the score head a converted reward model carries as metadata
+    gguf_file.py    a GGUF header reader that skips the big arrays
+    random_model.py random-weight GGUF files of a real model's shape (tests, benchmarks)
+"""
