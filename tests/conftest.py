@@ -32,7 +32,7 @@ def _specrej_home(value):
 @pytest.fixture(scope="session")
 def real_cache_home() -> Path:
     """The cache dir a user of this machine gets: the caller's SPECREJ_HOME, else the platform's."""
-    from specrej_local import registry
+    from specrej_local.models import registry
 
     with _specrej_home(_CALLER_SPECREJ_HOME):
         return registry.cache_dir()
@@ -41,7 +41,7 @@ def real_cache_home() -> Path:
 @pytest.fixture(scope="session")
 def default_model(real_cache_home) -> Path:
     """Path of the real default model (smollm2-135m), downloaded at most once per machine."""
-    from specrej_local import registry
+    from specrej_local.models import registry
 
     with _specrej_home(real_cache_home):
         return registry.resolve("smollm2-135m")
