@@ -1,10 +1,9 @@
 """The llama.cpp engine on the real default model: one context, prompt shared, batched steps."""
 import numpy as np
 import pytest
-from llama_cpp import Llama
 
 from specrej_local.errors import BadInput, ContextTooSmall, PromptTooLong, ResourceError
-from specrej_local.llama.context import Context, Model
+from specrej_local.llama.context import Context, Model, high_level_llama
 from specrej_local.llama.engine import LlamaEngine
 from specrej_local.sampling import Sampling
 
@@ -47,7 +46,7 @@ def test_greedy_sequences_equal_the_high_level_llama_greedy_text(default_model, 
     start(engine, 4, P + 4 * 40, 40, GREEDY)
     texts = run_to_end(engine)
     assert engine.layout == layout
-    reference = Llama(str(default_model), n_ctx=512, verbose=False, flash_attn=True)
+    reference = high_level_llama(str(default_model), n_ctx=512, verbose=False, flash_attn=True)
     expected = reference.create_completion(engine.prompt_text, max_tokens=40, temperature=0.0)["choices"][0]["text"]
     reference.close()
     engine.close()

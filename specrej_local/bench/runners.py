@@ -103,9 +103,7 @@ def engine_runs(model, opts: dict, prompt: str, ns, layouts, max_tokens: int, se
     """Batched tokens/s per N and layout. Right after each row, on the same prompt tokens, its
     references: sequential `Llama` calls (bandwidth-bound, so what the neighbours run moves them
     most, hence one measurement per row) and one sequence's batch of N tokens (the ceiling)."""
-    import llama_cpp
-
-    from ..llama.context import default_threads
+    from ..llama.context import default_threads, high_level_llama
     from ..llama.engine import LlamaEngine
 
     threads = opts["threads"] or default_threads()
@@ -121,7 +119,7 @@ def engine_runs(model, opts: dict, prompt: str, ns, layouts, max_tokens: int, se
                     row = batched_generation(engine, prompt, n, max_tokens, sampling)
                     ids = engine.prompt_ids
                     if llm is None:  # one Llama for both references, sized for the largest batch
-                        llm = llama_cpp.Llama(model_path=str(model.path), n_ctx=max(len(ids) + max_tokens, max(ns)) + 8,
+                        llm = high_level_llama(model_path=str(model.path), n_ctx=max(len(ids) + max_tokens, max(ns)) + 8,
                                               n_batch=max(ns), n_ubatch=max(ns), n_threads=threads,
                                               n_threads_batch=threads, n_gpu_layers=opts["n_gpu_layers"],
                                               flash_attn=opts["flash_attn"], logits_all=True, verbose=False)

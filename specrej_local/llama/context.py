@@ -86,13 +86,42 @@ def interruptible():
         raise KeyboardInterrupt
 
 
+# llama.cpp's AMX matmul (Sapphire Rapids and later Xeons) segfaults in the first decode on some
+# machines, one of this project's CI machines among them (SmolLM2 Q4_1; an open llama.cpp bug, also
+# reported by others). Weights reach the AMX kernels only when llama.cpp repacks them into its
+# "extra" buffer types, so where the build and the CPU have AMX, models load without them. That
+# also skips the AVX repacking on those machines: slower, never a crash.
+AMX = b"AMX_INT8 = 1" in lc.llama_print_system_info()
+
+
+def model_params(n_gpu_layers: int = 0):
+    """llama.cpp's model parameters as every model here is loaded (see AMX above)."""
+    params = lc.llama_model_default_params()
+    params.n_gpu_layers = n_gpu_layers if n_gpu_layers >= 0 else 2**31 - 1
+    if AMX:
+        params.use_extra_bufts = False
+    return params
+
+
+def high_level_llama(*args, **kwargs):
+    """llama_cpp.Llama (the reference the tests and the bench compare with), loaded with the same
+    model parameters as `Model`, so both sides run the same kernels."""
+    import llama_cpp.llama as high_level
+
+    default = high_level.llama_cpp.llama_model_default_params
+    high_level.llama_cpp.llama_model_default_params = model_params  # Llama sets n_gpu_layers itself
+    try:
+        return high_level.Llama(*args, **kwargs)
+    finally:
+        high_level.llama_cpp.llama_model_default_params = default
+
+
 class Model:
     """A GGUF model loaded once; tokenizer, metadata and token pieces come from here."""
 
     def __init__(self, path, n_gpu_layers: int = 0):
         self.path = Path(path)
-        params = lc.llama_model_default_params()
-        params.n_gpu_layers = n_gpu_layers if n_gpu_layers >= 0 else 2**31 - 1
+        params = model_params(n_gpu_layers)
         with interruptible() as stopped:
             keep_going = lc.llama_progress_callback(lambda progress, user_data: not stopped())
             params.progress_callback = keep_going
