@@ -184,7 +184,7 @@ def test_bad_model_files_raise_model_file_errors(tmp_path, tiny_gguf):
 
 
 def test_a_reward_that_is_neither_a_name_nor_a_callable(default_model):
-    with pytest.raises(BadInput, match="reward must be a model name, 'self', 'judge' or a callable, got 3"):
+    with pytest.raises(BadInput, match="reward must be logprob, self, judge, judge:MODEL, a reward model or a callable, got 3"):
         SpecRej(str(default_model), reward=3)
 
 
