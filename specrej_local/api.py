@@ -10,12 +10,14 @@ answer, no extra tokens at all), "self" (the generator judges its own answers on
 judge), a reward-model alias or .gguf with a score head (see `convert-reward`), or a Python
 callable `fn(prompt, response) -> float` (wrap it with `batched_reward` for the list form).
 """
+import contextlib
+import threading
 from typing import Callable, Optional, Union
 
 from .models import registry
 from .decoder import Result, Settings, decode
 from .engine import check_kv_layout, check_kv_memory
-from .errors import BadInput
+from .errors import BadInput, ClosedError, SpecRejError
 from .machine import usable_cpus
 from .sampling import Sampling
 from .rewards import parse_reward
@@ -35,7 +37,12 @@ def batched_reward(fn: Callable) -> Callable:
 
 
 class SpecRej:
-    """Loaded generator and reward model, reused for every prompt (loading is the slow part)."""
+    """Loaded generator and reward model, reused for every prompt (loading is the slow part).
+
+    One instance decodes one prompt at a time: the models hold a single decoding state, so calls
+    from several threads are served one after the other (a lock), each getting its own answer.
+    For prompts decoded in parallel, load one SpecRej per thread. After `close()` (or the end of
+    a `with` block) the models are freed, and `generate` raises `ClosedError`."""
 
     def __init__(self, generator: str = DEFAULT_GENERATOR, reward: Union[str, Callable] = DEFAULT_REWARD,
                  n_gpu_layers: int = 0, n_threads: Optional[int] = None, flash_attn: bool = True,
@@ -43,6 +50,9 @@ class SpecRej:
         from .llama.context import Model
         from .llama.engine import LlamaEngine
 
+        self._lock, self._owner, self._closed = threading.Lock(), None, False
+        self.model, self.engine, self.scorer = None, None, None
+        self._own = []  # models loaded for the reward, closed with this object
         check_threads(n_threads)
         check_gpu_layers(n_gpu_layers)
         check_kv_layout(kv_layout)
@@ -51,7 +61,6 @@ class SpecRej:
         opts = dict(n_threads=n_threads, flash_attn=flash_attn)
         self.model = Model(registry.resolve(generator), n_gpu_layers=n_gpu_layers)
         self.engine = LlamaEngine(self.model, raw=not chat_template, kv_layout=kv_layout, kv_memory=kv_memory, **opts)
-        self._own = []  # models loaded for the reward, closed with this object
         self.scorer = self._scorer(reward, n_gpu_layers, chat_template, opts)
 
     def _scorer(self, reward, n_gpu_layers, chat_template, opts):
@@ -86,16 +95,40 @@ class SpecRej:
         """Decode one prompt; `on_round(event)` is called after every cut (see decoder.RoundEvent).
         Settings: see `make_settings`. `messages` and `should_stop`: see `prompt_or_messages` and
         `decoder.Run`; True from `should_stop()` raises `Interrupted`."""
-        return decode(self.engine, self.scorer, prompt_or_messages(prompt, messages), make_settings(**settings),
-                      on_round, should_stop)
+        checked, what = make_settings(**settings), prompt_or_messages(prompt, messages)
+        with self._turn():
+            return decode(self.engine, self.scorer, what, checked, on_round, should_stop)
+
+    @contextlib.contextmanager
+    def _turn(self):
+        """This thread's turn with the models: other threads wait for it to end."""
+        if self._owner == threading.get_ident():  # a callback of this run (on_round, a reward)
+            raise SpecRejError("SpecRej.generate was called from inside its own run (a callback); "
+                               "use a second SpecRej for that")
+        with self._lock:
+            if self._closed:
+                raise ClosedError("this SpecRej is closed (close() or the end of its with block freed its "
+                                  "models); make a new one")
+            self._owner = threading.get_ident()
+            try:
+                yield
+            finally:
+                self._owner = None
 
     def close(self):
-        close = getattr(self.scorer, "close", None)
-        if close:
-            close()
-        self.engine.close()
-        for m in self._own + [self.model]:
-            m.close()
+        """Free the models; waits for a run in progress in another thread. Closing twice is fine."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            close = getattr(self.scorer, "close", None)
+            if close:
+                close()
+            if self.engine is not None:
+                self.engine.close()
+            for m in self._own + [self.model]:
+                if m is not None:
+                    m.close()
 
     def __enter__(self):
         return self
@@ -149,4 +182,5 @@ def generate(prompt: Optional[str] = None, generator: str = DEFAULT_GENERATOR,
     what = prompt_or_messages(prompt, messages)
     with SpecRej(generator, reward, n_gpu_layers=n_gpu_layers, n_threads=n_threads, flash_attn=flash_attn,
                  chat_template=chat_template, kv_layout=kv_layout, kv_memory=kv_memory) as s:
-        return decode(s.engine, s.scorer, what, checked, on_round)
+        with s._turn():
+            return decode(s.engine, s.scorer, what, checked, on_round)

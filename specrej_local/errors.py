@@ -9,6 +9,10 @@ class BadInput(SpecRejError, ValueError):
     """A setting or an input the user gave is out of range or malformed."""
 
 
+class ClosedError(SpecRejError):
+    """A SpecRej used after `close()` (or after its `with` block): its models are freed."""
+
+
 class PromptTooLong(BadInput):
     """The prompt does not fit the context the settings allow."""
 

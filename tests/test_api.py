@@ -267,3 +267,66 @@ def test_logprob_reward_is_each_answers_mean_token_log_probability(default_model
         assert c.reward == pytest.approx(seqs[c.id].logprob / seqs[c.id].scored_tokens)
         assert c.reward < 0
     assert r.reward == max(c.reward for c in r.candidates)
+
+
+# --- issue 24: one instance shared by threads, and used after close -----------------------------
+def test_two_threads_on_one_specrej_each_get_their_own_prompts_answer(default_model):
+    import threading
+
+    prompts = ["Name a color.", "What is the capital of France?"]
+    settings = dict(n=3, max_tokens=8, seed=5)
+    seen = []  # (thread, prompt) for every reward call
+
+    def reward(prompt, response):
+        seen.append((threading.current_thread().name, prompt))
+        return float(len(response))
+
+    with SpecRej(str(default_model), reward=reward, n_threads=1) as s:
+        alone = {p: s.generate(p, **settings) for p in prompts}
+        seen.clear()
+        results, errors = {}, []
+        start = threading.Barrier(len(prompts))
+
+        def ask(p):
+            start.wait()
+            try:
+                for _ in range(2):
+                    results.setdefault(p, []).append(s.generate(p, **settings))
+            except Exception as e:  # recorded, so the assertion below names it
+                errors.append(e)
+
+        threads = [threading.Thread(target=ask, args=(p,), name=p) for p in prompts]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == []
+    for p in prompts:
+        assert [r.text for r in results[p]] == [alone[p].text] * 2
+        assert [[c.text for c in r.candidates] for r in results[p]] == [[c.text for c in alone[p].candidates]] * 2
+    assert all(thread == prompt for thread, prompt in seen)  # each reward call saw its own thread's prompt
+
+
+def test_a_closed_specrej_raises_a_closed_error_and_closing_twice_is_fine(default_model):
+    from specrej_local import ClosedError
+
+    with SpecRej(str(default_model), n_threads=1) as s:
+        assert s.generate("Say hi.", **TINY).text
+    for _ in range(2):
+        with pytest.raises(ClosedError, match="this SpecRej is closed"):
+            s.generate("Say hi.", **TINY)
+        with pytest.raises(ClosedError):
+            s.generate(messages=[{"role": "user", "content": "Hi"}], **TINY)
+    s.close()
+    s.close()
+    assert isinstance(ClosedError("x"), SpecRejError)
+
+
+def test_a_callback_that_calls_its_own_specrej_is_refused_not_a_deadlock(default_model):
+    with SpecRej(str(default_model), n_threads=1) as s:
+        def again(event):
+            s.generate("Say hi.", **TINY)
+
+        with pytest.raises(SpecRejError, match="from inside its own run"):
+            s.generate("Say hi.", n=4, max_tokens=16, kv_budget=60, on_round=again)
+        assert s.generate("Say hi.", **TINY).text  # and it still works
