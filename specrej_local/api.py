@@ -144,7 +144,7 @@ def make_settings(n: int = 16, alpha: float = 0.5, method: str = "specrej", max_
     """Checked decoding settings: made before any model loads, so a bad value fails at once."""
     sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
     return Settings(n=n, alpha=alpha, method=method, max_tokens=max_tokens, kv_budget=kv_budget,
-                    keep_at_least=keep_at_least, sampling=sampling, stop=tuple(stop), system=system)
+                    keep_at_least=keep_at_least, sampling=sampling, stop=stop, system=system)
 
 
 def prompt_or_messages(prompt: Optional[str], messages: Optional[list]):

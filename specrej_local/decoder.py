@@ -19,6 +19,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from . import checks
 from .engine import check_counts, check_start
 from .errors import BadInput, ContextTooSmall, PromptTooLong, SpecRejError
 from .sampling import Sampling
@@ -40,16 +41,22 @@ class Settings:
     system: Optional[str] = None
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise BadInput(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if self.method == "bon":
-            self.alpha = 0.0
+        if not isinstance(self.method, str) or self.method not in METHODS:
+            raise BadInput(f"method must be one of {', '.join(METHODS)}, got {self.method!r:.40}")
+        self.n, self.max_tokens = checks.whole("n", self.n), checks.whole("max-tokens", self.max_tokens)
+        self.alpha = 0.0 if self.method == "bon" else checks.real("alpha", self.alpha)
+        self.keep_at_least = checks.whole("keep-at-least", self.keep_at_least)
+        if self.kv_budget is not None:
+            self.kv_budget = checks.whole("kv-budget", self.kv_budget)
+        if not isinstance(self.sampling, Sampling):
+            raise BadInput(f"sampling must be a Sampling, got {self.sampling!r:.40}")
+        self.stop = checks.strings("stop", self.stop)
+        self.system = checks.text_or_none("system", self.system)
         check_counts(self.n, self.max_tokens)
         if not 0 <= self.alpha < 1:
             raise BadInput(f"alpha must be in [0, 1), got {self.alpha}")
         if not 1 <= self.keep_at_least <= self.n:
             raise BadInput(f"keep-at-least must be between 1 and n ({self.n}), got {self.keep_at_least}")
-        self.stop = tuple(self.stop)
 
     def plan(self, prompt_tokens: int, max_tokens: int):
         """(KV budget in cells, sequences at once) for a prompt of this length and answers of at

@@ -5,9 +5,9 @@ They mean what they mean in llama.cpp (top-k, top-p, min-p, then temperature), a
 random stream seeded by (seed, sequence index), so an answer does not depend on which other
 sequences are still alive.
 """
-import math
 from dataclasses import dataclass
 
+from . import checks
 from .errors import BadInput
 
 
@@ -17,11 +17,13 @@ class Sampling:
     top_k: int = 40           # 0 = off
     top_p: float = 0.95       # 1 = off
     min_p: float = 0.05       # 0 = off
-    seed: int = 0
+    seed: int = 0             # 0 to 2**32 - 1 (llama.cpp's seeds are 32-bit)
 
     def __post_init__(self):
         for name in ("temperature", "top_p", "min_p"):
-            object.__setattr__(self, name, _finite(name.replace("_", "-"), getattr(self, name)))
+            object.__setattr__(self, name, checks.real(name.replace("_", "-"), getattr(self, name)))
+        object.__setattr__(self, "top_k", checks.whole("top-k", self.top_k))
+        object.__setattr__(self, "seed", checks.seed(self.seed))
         if not 0 <= self.temperature <= MAX_TEMPERATURE:
             raise BadInput(f"temperature must be between 0 and {MAX_TEMPERATURE:g}, got {self.temperature}")
         if not 0 < self.top_p <= 1:
@@ -33,14 +35,3 @@ class Sampling:
 
 
 MAX_TEMPERATURE = 100.0  # far past any use: logits / 100 are already near uniform
-
-
-def _finite(name: str, value) -> float:
-    """A finite float, or a one-line BadInput (a 400-digit integer would overflow a C float)."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError, OverflowError):
-        raise BadInput(f"{name} must be a finite number, got {str(value)[:40]}") from None
-    if not math.isfinite(number):
-        raise BadInput(f"{name} must be a finite number, got {number}")
-    return number

@@ -41,6 +41,8 @@ def checked(ids, values) -> np.ndarray:
     out = np.empty(len(values))
     for k, (i, v) in enumerate(zip(ids, values)):
         try:
+            if isinstance(v, (str, bytes, bool)):  # "1.5" or True is a bug in the reward, not a score
+                raise TypeError
             out[k] = float(v)
         except (TypeError, ValueError):
             raise RewardError(f"the reward for candidate {i} is {v!r:.60}, not a number") from None

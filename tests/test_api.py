@@ -88,6 +88,8 @@ def test_batched_reward_scores_a_list_of_answers_at_once(default_model):
     (lambda p, r: 1 / 0, "the reward function raised on candidate 0: ZeroDivisionError: division by zero"),
     (lambda p, r: math.nan, "the reward for candidate 0 is nan, not a finite number"),
     (lambda p, r: "high", "the reward for candidate 0 is 'high', not a number"),
+    (lambda p, r: "1.5", "the reward for candidate 0 is '1.5', not a number"),
+    (lambda p, r: True, "the reward for candidate 0 is True, not a number"),
     (batched_reward(lambda p, rs: [1.0]), "the reward returned 1 values for 2 candidates"),
     (batched_reward(lambda p, rs: [1.0, math.inf]), "the reward for candidate 1 is inf, not a finite number"),
 ])
@@ -330,3 +332,51 @@ def test_a_callback_that_calls_its_own_specrej_is_refused_not_a_deadlock(default
         with pytest.raises(SpecRejError, match="from inside its own run"):
             s.generate("Say hi.", n=4, max_tokens=16, kv_budget=60, on_round=again)
         assert s.generate("Say hi.", **TINY).text  # and it still works
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(n="4"), "n must be a whole number, got '4'"),
+    (dict(n=True), "n must be a whole number, got True"),
+    (dict(n=2.0), "n must be a whole number, got 2.0"),
+    (dict(alpha="0.5"), "alpha must be a finite number, got '0.5'"),
+    (dict(alpha=None), "alpha must be a finite number, got None"),
+    (dict(max_tokens="8"), "max-tokens must be a whole number, got '8'"),
+    (dict(max_tokens=8.5), "max-tokens must be a whole number, got 8.5"),
+    (dict(temperature="0.5"), "temperature must be a finite number, got '0.5'"),
+    (dict(top_p=[1]), "top-p must be a finite number, got [1]"),
+    (dict(min_p=False), "min-p must be a finite number, got False"),
+    (dict(top_k="40"), "top-k must be a whole number, got '40'"),
+    (dict(top_k=4.5), "top-k must be a whole number, got 4.5"),
+    (dict(kv_budget="100"), "kv-budget must be a whole number, got '100'"),
+    (dict(kv_budget=100.5), "kv-budget must be a whole number, got 100.5"),
+    (dict(keep_at_least="1"), "keep-at-least must be a whole number, got '1'"),
+    (dict(stop=5), "stop must be a string or a list of strings, got 5"),
+    (dict(stop=["a", 3]), "stop must be a string or a list of strings, got ['a', 3]"),
+    (dict(stop=None), "stop must be a string or a list of strings, got None"),
+    (dict(system=3), "system must be a string, got 3"),
+    (dict(method=["bon"]), "method must be one of specrej, bon, got ['bon']"),
+    (dict(seed="1"), "seed must be a whole number, got '1'"),
+    (dict(seed=-1), "seed must be between 0 and 4294967295, got -1"),
+    (dict(seed=2**32), "seed must be between 0 and 4294967295, got 4294967296"),
+])
+def test_wrong_types_are_bad_input_naming_the_setting(spec, settings, message):
+    with pytest.raises(BadInput) as e:
+        spec.generate("What is 2+2?", **{**TINY, **settings})
+    assert str(e.value) == message
+    with pytest.raises(BadInput) as e:  # generate() checks them before loading anything
+        generate("What is 2+2?", generator="no-such-model", **{**TINY, **settings})
+    assert str(e.value) == message
+
+
+def test_numpy_integers_a_single_stop_string_and_the_largest_seed_are_accepted(spec):
+    import numpy as np
+
+    from specrej_local.api import make_settings
+
+    s = make_settings(n=np.int64(2), max_tokens=np.int32(4), seed=np.uint32(2**32 - 1), stop="Paris",
+                      alpha=np.float32(0.5))
+    assert (s.n, s.max_tokens, s.sampling.seed, s.stop, s.alpha) == (2, 4, 2**32 - 1, ("Paris",), 0.5)
+    assert type(s.n) is int and type(s.sampling.seed) is int
+    result = spec.generate("What is the capital of France?", n=np.int64(2), max_tokens=4, seed=2**32 - 1,
+                           stop="Paris")
+    assert result.candidates and all("Paris" not in c.text for c in result.candidates)

@@ -158,17 +158,18 @@ def test_text_and_numbers_no_model_can_take_are_error_lines_on_every_run(tmp_pat
     # the same line. Absurd but representable numbers reach the settings' own checks.
     src = write_lines(tmp_path / "in.jsonl", '{"id": "s", "prompt": "\\ud800 hi"}', {"id": "ok", "prompt": "Say hi."},
                       f'{{"id": "n", "prompt": "hi", "n": {BIG}}}', {"id": "n62", "prompt": "hi", "n": 2**62},
-                      {"id": "a", "prompt": "hi", "alpha": 1e308})
+                      {"id": "a", "prompt": "hi", "alpha": 1e308}, {"id": "seed", "prompt": "hi", "seed": 2**32})
     out = tmp_path / "out.jsonl"
     errors = [{"id": "s", "line": 1, "error": 'line 1: "prompt" is not valid UTF-8 text (character 1)'},
               {"id": "n", "line": 3, "error": 'line 3: "n" is out of range, got a 401-digit number'},
               {"id": "n62", "line": 4, "error": f"line 4: n must be between 1 and 256, got {2**62}"},
-              {"id": "a", "line": 5, "error": "line 5: alpha must be in [0, 1), got 1e+308"}]
+              {"id": "a", "line": 5, "error": "line 5: alpha must be in [0, 1), got 1e+308"},
+              {"id": "seed", "line": 6, "error": "line 6: seed must be between 0 and 4294967295, got 4294967296"}]
     first = batch(src, "-o", out, *tiny)
-    assert (first.exit_code, first.stderr) == (1, f"Done: 1 answered, 4 failed, 0 already in {out}.\n")
+    assert (first.exit_code, first.stderr) == (1, f"Done: 1 answered, 5 failed, 0 already in {out}.\n")
     assert [r for r in read_lines(out) if "error" in r] == errors
     again = batch(src, "-o", out, *tiny)
-    assert (again.exit_code, again.stderr) == (1, f"Done: 0 answered, 4 failed, 1 already in {out}.\n")
+    assert (again.exit_code, again.stderr) == (1, f"Done: 0 answered, 5 failed, 1 already in {out}.\n")
     assert [r for r in read_lines(out) if "error" in r] == errors
     assert [r["id"] for r in read_lines(out) if "text" in r] == ["ok"]
 

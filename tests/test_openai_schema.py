@@ -15,6 +15,8 @@ CHAT = [{"role": "user", "content": "Name a fruit."}]
     ("top_k", -3, "'top_k' must be between 0 and"),
     ("alpha", 1.5, "'alpha' must be in [0, 1)"),
     ("method", "magic", "'method' must be one of specrej, bon"),
+    ("seed", -1, "'seed' must be between 0 and 4294967295, got -1"),
+    ("seed", 2**32, "'seed' must be between 0 and 4294967295, got 4294967296"),
 ])
 def test_a_bad_sampling_or_method_value_names_its_field(field, value, words):
     with pytest.raises(RequestError) as e:

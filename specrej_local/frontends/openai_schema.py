@@ -247,7 +247,7 @@ def _request(kind: str, conversation, f: dict, d: Defaults, limits: Limits) -> R
 
 
 SETTING_FIELDS = {"temperature": "temperature", "top-p": "top_p", "top-k": "top_k", "min-p": "min_p",
-                  "alpha": "alpha", "method": "method"}
+                  "alpha": "alpha", "method": "method", "seed": "seed"}
 
 
 def _check(settings: dict):
