@@ -64,8 +64,8 @@ class Settings:
         is an error, never a crash."""
         P, n, T = prompt_tokens, self.n, max_tokens
         full = P + n * T  # what Best-of-N holds at its peak
-        if self.kv_budget is None:
-            budget = full if self.alpha == 0 else min(full, first_cut_budget(P, n, T))
+        if self.kv_budget is None:  # room for keep_at_least whole answers: with n of them, Best-of-N
+            budget = full if self.alpha == 0 else min(full, first_cut_budget(P, n, T, keep=self.keep_at_least))
         else:
             if self.alpha > 0:
                 check_start(n, self.kv_budget, P, T)
@@ -79,10 +79,11 @@ class Settings:
         return budget, at_once
 
 
-def first_cut_budget(prompt_tokens: int, n: int, max_tokens: int, share: float = FIRST_CUT) -> int:
+def first_cut_budget(prompt_tokens: int, n: int, max_tokens: int, share: float = FIRST_CUT, keep: int = 1) -> int:
     """KV cells for every answer to write `share` of max_tokens before the first cut; never less
-    than one whole answer, so Best-of-N in waves under the same budget can run."""
-    return prompt_tokens + max(n * math.ceil(share * max_tokens), max_tokens)
+    than `keep` whole answers, so the `keep` answers every cut keeps can all reach max_tokens (and
+    Best-of-N in waves under the same budget can run)."""
+    return prompt_tokens + max(n * math.ceil(share * max_tokens), keep * max_tokens)
 
 
 def keep_count(pool: int, alpha: float, floor: int = 1) -> int:

@@ -380,3 +380,14 @@ def test_numpy_integers_a_single_stop_string_and_the_largest_seed_are_accepted(s
     result = spec.generate("What is the capital of France?", n=np.int64(2), max_tokens=4, seed=2**32 - 1,
                            stop="Paris")
     assert result.candidates and all("Paris" not in c.text for c in result.candidates)
+
+
+@pytest.mark.parametrize("n, keep", [(4, 4), (6, 2)])
+def test_the_answers_keep_at_least_asks_for_come_back_whole(spec, n, keep):
+    # serve -n 4 asked for 4 answers of 64 tokens once got four of ~16, reported as "length".
+    result = spec.generate("Write a long story about a dragon.", n=n, max_tokens=24, keep_at_least=keep,
+                           temperature=1.2, seed=3)
+    answers = [c for c in result.candidates if c.rejected_at is None]
+    assert len(answers) >= keep
+    assert {c.finish_reason for c in answers} <= {"stop", "length"}
+    assert all(c.tokens == 24 for c in answers if c.finish_reason == "length")

@@ -219,3 +219,23 @@ def test_best_of_n_names_its_own_minimum_budget_the_first_time():
     # prompt 10 + one whole answer of 8: the minimum is 18, said at once (not the 14 a cut needs)
     with pytest.raises(ContextTooSmall, match="at least 18"):
         run([5] * 4, by_id([0.0] * 4), n=4, method="bon", max_tokens=8, kv_budget=5)
+
+
+@pytest.mark.parametrize("n, keep", [(4, 4), (8, 3), (8, 2), (16, 5)])
+def test_the_default_budget_lets_the_answers_every_cut_keeps_reach_max_tokens(n, keep):
+    # A server asked for `keep` answers of up to 40 tokens: with the default budget they come back
+    # whole (finish reason "length"), never cut short for lack of room.
+    rewards = [float(i) for i in range(n)]
+    result, engine, events = run([100] * n, by_id(rewards), n=n, alpha=0.5, max_tokens=40, keep_at_least=keep)
+    answers = [c for c in result.candidates if c.finish_reason in ("stop", "length", "budget")]
+    assert len(answers) >= keep
+    assert {(c.finish_reason, c.tokens) for c in answers} == {("length", 40)}
+    assert result.stats["kv_budget"] >= P + keep * 40
+    if keep == n:  # every answer is kept: Best-of-N, no cut at all
+        assert events == [] and result.stats["kv_budget"] == P + n * 40
+
+
+def test_keep_at_least_raises_the_default_budget_to_that_many_whole_answers():
+    assert Settings(n=8, max_tokens=40, keep_at_least=3).plan(P, 40) == (P + 3 * 40, 8)
+    assert Settings(n=8, max_tokens=40, keep_at_least=1).plan(P, 40) == (first_cut_budget(P, 8, 40), 8)
+    assert Settings(n=4, max_tokens=40, keep_at_least=4).plan(P, 40) == (P + 4 * 40, 4)

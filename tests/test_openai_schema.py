@@ -50,3 +50,16 @@ def test_the_values_clients_send_by_default_and_unknown_fields_are_accepted():
             "logprobs": False, "presence_penalty": 0, "frequency_penalty": 0.0, "logit_bias": {},
             "user": "someone", "store": False, "a_field_from_the_future": {"x": 1}}
     assert parse_chat(body, Defaults(), Limits()).conversation == CHAT
+
+
+def test_length_is_reported_only_for_answers_that_reached_max_tokens():
+    from specrej_local.decoder import Candidate, Result
+    from specrej_local.frontends.openai_schema import Reply
+
+    request = parse_completion({"prompt": "Hi", "n": 3, "best_of": 3, "max_tokens": 8}, Defaults(), Limits())
+    cands = [Candidate(0, "a b c d e f g h", 1.0, 8, "length", None), Candidate(1, "a b", 2.0, 2, "budget", None),
+             Candidate(2, "a", 3.0, 1, "stop", None)]
+    result = Result("a", 3.0, "stop", cands, dict(prompt_tokens=3, generated_tokens=11))
+    choices = Reply(request, "m").whole(result, 0.0)["choices"]
+    assert [(c["text"], c["finish_reason"]) for c in choices] == [("a", "stop"), ("a b", "budget"),
+                                                                 ("a b c d e f g h", "length")]

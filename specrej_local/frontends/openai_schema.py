@@ -15,7 +15,9 @@ from ..messages import check_messages
 from ..errors import BadInput
 from ..text import not_text
 
-FINISHED = {"stop": "stop", "length": "length", "budget": "length"}  # engine reason -> OpenAI's
+# engine reason -> the choice's finish_reason. "length" means max_tokens (or the model's context)
+# was reached; an answer ended early for lack of room under an explicit kv_budget says "budget".
+FINISHED = {"stop": "stop", "length": "length", "budget": "budget"}
 MAX_STOP_STRINGS = 16
 
 
@@ -264,8 +266,9 @@ def _check(settings: dict):
 # -- responses ---------------------------------------------------------------------------------
 def best_answers(result, n: int) -> list:
     """The n best finished candidates, best first (ties: the older one). Candidates rejected part
-    way through are never answers; the decoder keeps at least n (keep_at_least), some of which
-    may have ended early for lack of room (finish reason "budget")."""
+    way through are never answers; the decoder keeps at least n (keep_at_least), and the default
+    budget lets all n reach max_tokens (under a small explicit kv_budget some may end early, with
+    finish reason "budget")."""
     done = [c for c in result.candidates if c.finish_reason in FINISHED and c.reward is not None]
     return sorted(done, key=lambda c: (-c.reward, c.id))[:n]
 
