@@ -397,7 +397,7 @@ def test_ctrl_c_as_soon_as_the_output_is_locked_exits_130_with_the_summary(tmp_p
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
-    answered = len(read_lines(out))
+    answered = len(read_lines(out)) if out.exists() else 0  # an OUT left empty is removed
     assert stderr == (f"Interrupted: {answered} answered, 0 failed, 0 already in {out}; "
                       "run the same command again to resume.\n")
     assert not lock.exists()
@@ -414,6 +414,66 @@ def test_a_second_batch_on_the_same_output_refuses_to_start(tmp_path):
     assert not (tmp_path / "out.jsonl.lock").exists()  # released and removed by the first
     with ResultsFile(out):  # and the next run can take it
         pass
+
+
+@pytest.mark.parametrize("first", ["out", "link"])
+def test_a_hard_link_to_the_output_is_the_same_batch(tmp_path, first):
+    # Two batches through two names of one file once ran at once and wrote duplicate ids.
+    src = write_lines(tmp_path / "in.txt", "Say hi.")
+    out = write_lines(tmp_path / "out.jsonl", {"id": 1, "text": "Hi!"})
+    link = tmp_path / "link.jsonl"
+    os.link(out, link)
+    holder, other = (out, link) if first == "out" else (link, out)
+    with ResultsFile(holder):
+        with pytest.raises(BatchFileError, match=f"another batch is writing {other} under another name"):
+            ResultsFile(other)
+        result = batch(src, "-o", other, "-g", "not-even-loaded")
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"Error: another batch is writing {other} under another name (a hard link")
+    assert read_lines(out) == read_lines(link) == [{"id": 1, "text": "Hi!"}]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "link.jsonl", "out.jsonl"]
+
+
+def test_the_file_a_resume_rewrites_is_locked_before_it_takes_the_name(tmp_path):
+    out = write_lines(tmp_path / "out.jsonl", {"id": 1, "text": "Hi!"}, {"id": 2, "line": 2, "error": "x"})
+    with ResultsFile(out) as first:  # drops the error line: OUT is a new file now
+        assert first.done == {1} and read_lines(out) == [{"id": 1, "text": "Hi!"}]
+        os.link(out, tmp_path / "later-link.jsonl")
+        with pytest.raises(BatchFileError, match="under another name"):
+            ResultsFile(tmp_path / "later-link.jsonl")
+        first.append({"id": 2, "text": "Red."})
+    assert read_lines(out) == [{"id": 1, "text": "Hi!"}, {"id": 2, "text": "Red."}]
+
+
+def test_an_output_that_cannot_be_rewritten_leaves_no_temporary_file(tmp_path):
+    import resource
+
+    out = write_lines(tmp_path / "out.jsonl", {"id": 1, "text": "x" * 4000}, {"id": 2, "line": 2, "error": "x"})
+    before = out.read_bytes()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1000, hard))
+    try:
+        with pytest.raises(BatchFileError, match=f"cannot write {out}: File too large"):
+            ResultsFile(out)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"]
+
+
+def test_an_output_this_run_created_and_wrote_nothing_to_is_removed(tmp_path):
+    with ResultsFile(tmp_path / "new.jsonl"):
+        assert (tmp_path / "new.jsonl").exists()
+    assert not (tmp_path / "new.jsonl").exists()
+    (tmp_path / "empty.jsonl").write_text("")  # one the user made stays
+    with ResultsFile(tmp_path / "empty.jsonl"):
+        pass
+    assert (tmp_path / "empty.jsonl").read_text() == ""
+    with ResultsFile(tmp_path / "one.jsonl") as out:
+        out.append({"id": 1, "text": "Hi!"})
+    assert read_lines(tmp_path / "one.jsonl") == [{"id": 1, "text": "Hi!"}]
 
 
 # --- memory ------------------------------------------------------------------------------------

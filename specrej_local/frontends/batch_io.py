@@ -25,8 +25,10 @@ killed mid-write) is dropped and redone the same way. Ctrl-C, at any moment, exi
 everything finished on disk.
 
 OUT must be a regular file (or not exist yet), and not IN under another name. Through a symlink,
-OUT is the file it points to: it is locked, read and rewritten there. OUT.lock, next to that file,
-holds an advisory lock: a second batch on the same OUT refuses to start.
+OUT is the file it points to: it is locked, read and rewritten there. Two advisory locks keep a
+second batch on the same OUT from starting: one on OUT.lock, next to that file (it names the
+holder's pid), and one on the file itself, so that a hard link to OUT, another name of the same
+file, is the same batch too. An OUT this run created and wrote nothing to is removed at the end.
 """
 import codecs
 import contextlib
@@ -198,28 +200,30 @@ class ResultsFile:
     `answered` and `failed` count the lines this run has written.
 
     OUT may be reached through symlinks: the lock, the reading and the rewrite all act on the file
-    it resolves to (`self.file`), so two names of one file are one batch, and a symlink stays one."""
+    it resolves to (`self.file`), so two names of one file are one batch, and a symlink stays one.
+    A hard link is another name of the same inode, which is locked as well (`_lock_file`)."""
 
     def __init__(self, path):
         self.path = Path(path)  # as the user wrote it, for messages
         self.file = Path(os.path.realpath(self.path))
         self.lock_path = self.file.with_name(self.file.name + ".lock")
-        self._fd = None
+        self._fd = self.f = None
+        self.created = False  # whether this run made OUT (removed again if it stays empty)
         self.answered = self.failed = 0
         try:
             refuse_special_file(self.path)
             with _sigint_deferred():  # a lock file created is a lock file recorded, for close() to remove
                 self._lock()
-            self.done = self._recover()
-            created = not self.file.exists()
-            self.f = open(self.file, "ab")
-            if created:
+                self.created = not self.file.exists()
+                self._lock_file()
+            if self.created:
                 _fsync_dir(self.file.parent)
+            self.done = self._recover()
         except OSError as e:
-            self._unlock()
+            self.close()
             raise BatchFileError(f"cannot write {self.path}: {e.strerror or e}") from None
         except BaseException:
-            self._unlock()
+            self.close()
             raise
 
     def _lock(self):
@@ -237,17 +241,30 @@ class ResultsFile:
                                      f"another -o (lock file {self.lock_path})") from None
             # The last holder may have deleted the lock file between our open and our lock: then
             # we hold a lock nobody else can see, so start again on the file now at that path.
-            try:
-                st = os.stat(self.lock_path)
-                mine = os.fstat(fd)
-                if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
-                    break
-            except FileNotFoundError:
-                pass
+            if _same_file(fd, self.lock_path):
+                break
             os.close(fd)
         self._fd = fd
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
+
+    def _lock_file(self):
+        """Open OUT for appending and lock the file itself: a batch on a hard link to OUT, which
+        has a lock file of its own name, still finds this inode locked."""
+        while True:
+            f = open(self.file, "ab")
+            if fcntl is None:
+                break
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.close()
+                raise BatchFileError(f"another batch is writing {self.path} under another name (a hard link "
+                                     "to the same file); wait for it to end or choose another -o") from None
+            if _same_file(f.fileno(), self.file):
+                break
+            f.close()  # the holder replaced OUT (a resume's rewrite) while we waited: lock the new one
+        self.f = f
 
     def _unlock(self):
         if self._fd is not None:
@@ -287,13 +304,26 @@ class ResultsFile:
         return done
 
     def _rewrite(self, lines):
-        """Replace OUT by `lines` atomically: a kill at any moment leaves the old or the new file."""
+        """Replace OUT by `lines` atomically: a kill at any moment leaves the old or the new file.
+        The new file is locked before it takes OUT's name, and appended to from then on; when
+        OUT cannot be rewritten, the temporary file goes."""
         tmp = self.file.with_name(self.file.name + ".tmp")
-        with open(tmp, "wb") as f:
+        f = open(tmp, "wb")
+        try:
+            if fcntl is not None:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # a new inode: nobody else holds it
             f.write(b"".join(line + b"\n" for line in lines))
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, self.file)
+            os.replace(tmp, self.file)
+        except BaseException:
+            with contextlib.suppress(OSError):  # closing flushes again, and fails again
+                f.close()
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        self.f.close()
+        self.f = f
         _fsync_dir(self.file.parent)
 
     def append(self, record: dict):
@@ -312,7 +342,13 @@ class ResultsFile:
             raise BatchFileError(f"cannot write {self.path}: {e.strerror or e}") from None
 
     def close(self):
+        """Release OUT; one this run created and wrote nothing to (a run refused before its first
+        line) is removed rather than left empty."""
         if getattr(self, "f", None) is not None:
+            fd = self.f.fileno()
+            with contextlib.suppress(OSError):
+                if self.created and os.fstat(fd).st_size == 0 and _same_file(fd, self.file):
+                    os.unlink(self.file)  # still locked, so no other batch has started on it
             self.f.close()
             self.f = None
         self._unlock()
@@ -342,6 +378,15 @@ def refuse_input_as_output(source: Path, out: Path):
     with contextlib.suppress(OSError):  # OUT missing: it cannot be IN
         if source.samefile(out):
             raise BatchFileError(f"the output file {out} is the input file; choose another -o")
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether the open file descriptor `fd` is the file now at `path`."""
+    try:
+        st, mine = os.stat(path), os.fstat(fd)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def _fsync_dir(path: Path):
