@@ -263,4 +263,59 @@ def test_an_address_nothing_answers_on_is_refused_in_one_line_at_once(tmp_path, 
                              *TINY, "--ray", address], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert result.stderr.startswith(f"Error: cannot reach Ray at '{address}': ")
-    assert not (tmp_path / "out.jsonl").exists() or (tmp_path / "out.jsonl").read_text() == ""
+    assert not (tmp_path / "out.jsonl").exists()  # a refused run leaves no empty OUT behind
+
+
+@pytest.fixture
+def not_ray():
+    """A TCP listener on 127.0.0.1 that is not Ray: it accepts, then sends `reply` (or nothing)
+    and keeps the connection open; yields a function that starts it and returns its port."""
+    import socket
+    import threading
+
+    stop, held = threading.Event(), []
+
+    def start(reply: bytes) -> int:
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.settimeout(0.2)
+        held.append(server)
+
+        def serve():
+            while not stop.is_set():
+                try:
+                    conn, _ = server.accept()
+                except OSError:
+                    continue
+                held.append(conn)
+                if reply:
+                    conn.sendall(reply)
+
+        threading.Thread(target=serve, daemon=True).start()
+        return server.getsockname()[1]
+
+    yield start
+    stop.set()
+    for s in held:
+        s.close()
+
+
+@pytest.mark.parametrize("reply, said", [
+    (b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n", "did not answer as a gRPC server"),
+    (b"", "said nothing"),
+])
+@pytest.mark.parametrize("form", ["127.0.0.1:{port}", "ray://127.0.0.1:{port}"])
+def test_an_address_where_something_else_listens_is_refused_in_one_line(tmp_path, not_ray, reply, said, form):
+    # Ray alone waited on such a listener for ever (no result in 400 s).
+    address = form.format(port=not_ray(reply))
+    src = twelve_prompts(tmp_path / "in.jsonl")
+    result = subprocess.run([SCRIPT, "batch", str(src), "-o", str(tmp_path / "out.jsonl"), "-g", "nothing.gguf",
+                             *TINY, "--ray", address], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"Error: cannot reach Ray at '{address}': something listens there but {said}")
+    assert not (tmp_path / "out.jsonl").exists()  # a refused run leaves no empty OUT behind
+
+
+def test_the_probe_lets_a_real_ray_address_through(address):
+    ray_batch.check_reachable(address)

@@ -8,6 +8,7 @@ and the prompt goes to the next free worker, up to MAX_ATTEMPTS tries before an 
 
 Ray is an optional extra: `pip install "specrej-local[ray]"`.
 """
+import contextlib
 import logging
 import os
 import socket
@@ -19,7 +20,11 @@ from .options import load
 from ..errors import SpecRejError
 
 LOCAL = "local"        # --ray with no ADDRESS: start a Ray instance on this machine for the run
-PROBE_S = 5.0          # how long to wait for a TCP answer from an explicit host:port
+PROBE_S = 5.0          # how long to wait for a TCP answer from an explicit host:port, then for its first frame
+# An HTTP/2 client's opening (the connection preface and an empty SETTINGS frame). Ray's GCS and its
+# Ray Client server speak gRPC over HTTP/2, and answer it at once with a SETTINGS frame of their own.
+HTTP2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+HTTP2_SETTINGS = 4     # the frame type byte of a SETTINGS frame
 MAX_ATTEMPTS = 3       # tries per prompt when its worker dies under it
 MAX_RESTARTS = 3       # times Ray brings back one worker after it died
 INSTALL_HINT = 'pip install "specrej-local[ray]"'
@@ -65,20 +70,39 @@ class Worker:
 
 
 def check_reachable(address: str):
-    """Refuse in seconds an explicit `host:port` or `ray://host:port` that nothing answers on:
-    Ray itself retries such an address for minutes before it gives up. Other forms (`auto`) are
-    left to Ray."""
+    """Refuse in seconds an explicit `host:port` or `ray://host:port` that nothing answers on, or
+    where something other than Ray's gRPC answers (a web server, a database): Ray itself retries
+    such an address for minutes, or for ever. Other forms (`auto`) are left to Ray."""
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
         return
     if not 0 < int(port) < 65536:
         raise RayError(f"cannot reach Ray at {address!r}: port {port} is not a TCP port (1-65535)")
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_S).close()
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_S) as conn:
+            frame = _first_frame(conn)
     except OSError as e:
         why = "no answer" if isinstance(e, socket.timeout) else e.strerror or str(e)
         raise RayError(f"cannot reach Ray at {address!r}: {why} (is the cluster up, and is this its "
                        "address and port?)") from None
+    if len(frame) < 9 or frame[3] != HTTP2_SETTINGS:
+        said = "said nothing" if not frame else "did not answer as a gRPC server"
+        raise RayError(f"cannot reach Ray at {address!r}: something listens there but {said} in "
+                       f"{PROBE_S:g} s, so it is not Ray (is this the cluster's address and port?)")
+
+
+def _first_frame(conn) -> bytes:
+    """Up to 9 bytes, the header of the first HTTP/2 frame, that the server sends after our
+    opening, before it closes the connection or PROBE_S pass."""
+    conn.sendall(HTTP2_HELLO)
+    data = b""
+    with contextlib.suppress(socket.timeout):
+        while len(data) < 9:
+            chunk = conn.recv(9 - len(data))
+            if not chunk:
+                break
+            data += chunk
+    return data
 
 
 class RayPool:
