@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections import deque
 from typing import Iterator, Optional
 
@@ -27,6 +28,8 @@ HTTP2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 
 HTTP2_SETTINGS = 4     # the frame type byte of a SETTINGS frame
 MAX_ATTEMPTS = 3       # tries per prompt when its worker dies under it
 MAX_RESTARTS = 3       # times Ray brings back one worker after it died
+RETRY_S = 0.2          # pause before asking again a worker whose death Ray has not noticed yet
+MAX_STALE = 150        # such calls (30 s of them) before that worker counts as gone for good
 INSTALL_HINT = 'pip install "specrej-local[ray]"'
 
 
@@ -56,9 +59,9 @@ class Worker:
         except SpecRejError as e:
             self.s, self.problem = None, " ".join(str(e).split())
 
-    def ready(self) -> Optional[str]:
-        """None once the models are loaded, else why they could not be."""
-        return self.problem
+    def ready(self) -> tuple:
+        """(this worker's process id, None) once the models are loaded, else (pid, why not)."""
+        return os.getpid(), self.problem
 
     def pid(self) -> int:
         return os.getpid()
@@ -166,7 +169,10 @@ class RayPool:
             else:
                 queue.append(it)
         attempts = {}            # id(item) -> tries that ended with its worker dead
-        deaths = {}              # actor index -> deaths seen
+        deaths = {}              # actor index -> deaths counted
+        pid = {}                 # actor index -> its process, as its last ready() reported it
+        counted = set()          # (actor index, pid): each process's death is counted once
+        stale = {}               # actor index -> failed calls since the last counted death
         starting = {a.ready.remote(): i for i, a in enumerate(self.actors)}
         running, idle, last_loss = {}, deque(), None
         while queue or running:
@@ -185,13 +191,20 @@ class RayPool:
             try:
                 value = ray.get(ref)
             except worker_lost_errors(ray) as e:
-                last_loss = f"worker {i + 1} died: {short(e)}"
-                self.losses.append(last_loss)
-                deaths[i] = deaths.get(i, 0) + 1
-                if deaths[i] <= MAX_RESTARTS:  # Ray restarts it; it is ready again once reloaded
+                # Until Ray notices a death, calls to that actor fail too: they count no new death.
+                died = (i, pid.get(i)) not in counted
+                if died:
+                    counted.add((i, pid.get(i)))
+                    deaths[i], stale[i] = deaths.get(i, 0) + 1, 0
+                    last_loss = f"worker {i + 1} died: {short(e)}"
+                    self.losses.append(last_loss)
+                else:
+                    stale[i] += 1
+                    time.sleep(RETRY_S)  # give Ray the moment it takes to notice
+                if deaths[i] <= MAX_RESTARTS and stale[i] <= MAX_STALE:  # Ray restarts it; ready once reloaded
                     starting[self.actors[i].ready.remote()] = i
                 if it is not None:
-                    attempts[id(it)] = attempts.get(id(it), 0) + 1
+                    attempts[id(it)] = attempts.get(id(it), 0) + died
                     if attempts[id(it)] < MAX_ATTEMPTS:
                         queue.appendleft(it)
                     else:
@@ -205,8 +218,9 @@ class RayPool:
                 yield error_record(it, f"{it.where}: the worker failed: {short(e)}")
                 continue
             if it is None:  # a worker finished loading
-                if value is not None:
-                    raise RayError(f"a Ray worker could not load the models: {value}")
+                pid[i], problem = value
+                if problem is not None:
+                    raise RayError(f"a Ray worker could not load the models: {problem}")
                 idle.append(i)
             else:
                 idle.append(i)
