@@ -51,3 +51,42 @@ def test_a_template_that_burns_cpu_or_memory_is_stopped_with_one_line(bomb, word
     assert time.monotonic() - t0 < 60  # the render limit is 5 s; this only bounds a hang of the test
     # and the next template renders as before, in a fresh child if the last one was killed
     assert ChatFormat(CHATML).prompt("Hi").endswith("<|im_start|>assistant\n")
+
+
+def test_a_render_is_bounded_by_the_cpu_it_uses_not_by_a_busy_machines_wall_clock():
+    # With load average 4 on 2 cores, every prompt of a batch was refused: "took more than 5 s".
+    # Here the child gets no CPU at all for 6 s (stopped), more than the 5 s a render may use.
+    import os
+    import signal
+    import threading
+
+    from specrej_local.llama.template_sandbox import TemplateSandbox
+
+    sandbox = TemplateSandbox()
+    context = dict(messages=[{"role": "user", "content": "Hi"}], add_generation_prompt=True)
+    try:
+        first = sandbox.render(CHATML, context)
+        pid = sandbox._proc.pid
+        os.kill(pid, signal.SIGSTOP)
+        threading.Timer(6.0, os.kill, (pid, signal.SIGCONT)).start()
+        assert sandbox.render(CHATML, context) == first
+        assert sandbox._proc.pid == pid  # one child serves every render
+    finally:
+        sandbox.stop()
+
+
+def test_a_template_out_of_cpu_time_is_refused_and_the_child_serves_the_next_render():
+    from specrej_local.llama.template_sandbox import TemplateSandbox
+
+    sandbox = TemplateSandbox(cpu_seconds=1)
+    context = dict(messages=[{"role": "user", "content": "Hi"}], add_generation_prompt=True)
+    spin = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+    try:
+        sandbox.render(CHATML, context)
+        pid = sandbox._proc.pid
+        with pytest.raises(TemplateError, match=r"^the chat template took more than 1 s of CPU time to render; refused$"):
+            sandbox.render(spin, context)
+        assert sandbox.render(CHATML, context).endswith("<|im_start|>assistant\n")
+        assert sandbox._proc.pid == pid  # stopped by its own limit, not killed
+    finally:
+        sandbox.stop()
