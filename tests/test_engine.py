@@ -241,6 +241,32 @@ def test_a_closed_context_refuses_calls_instead_of_using_freed_memory(model):
             call()
 
 
+def test_ctrl_c_as_a_context_is_made_leaves_nothing_for_its_destructor_to_trip_on(model, monkeypatch):
+    # About once in 100 interrupted runs: "Exception ignored in Context.__del__ ... no attribute
+    # '_batch'". Ctrl-C lands here just as llama.cpp returns the context, before its batch exists.
+    import gc
+    import os
+    import signal
+    import sys
+
+    import llama_cpp
+
+    real = llama_cpp.llama_init_from_model
+
+    def then_ctrl_c(*args):
+        ptr = real(*args)
+        os.kill(os.getpid(), signal.SIGINT)  # caught by interruptible(), raised when the call returns
+        return ptr
+
+    ignored = []
+    monkeypatch.setattr(llama_cpp, "llama_init_from_model", then_ctrl_c)
+    monkeypatch.setattr(sys, "unraisablehook", ignored.append)
+    with pytest.raises(KeyboardInterrupt):
+        Context(model, 256, 1)
+    gc.collect()
+    assert [(u.exc_type, str(u.exc_value)) for u in ignored] == []
+
+
 def test_the_kv_size_estimate_reads_the_key_and_value_lengths(model):
     # SmolLM2-135M: 30 layers, 3 KV heads, keys and values 64 wide, f16
     assert model.kv_cell_bytes == 30 * 3 * (64 + 64) * 2

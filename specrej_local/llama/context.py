@@ -408,8 +408,11 @@ class Context:
         return lc.llama_memory_seq_pos_max(self.mem, seq)
 
     def close(self):
+        """Free the batch and the context; safe on a half-made one (Ctrl-C can land between them)."""
+        batch = self.__dict__.pop("_batch", None)
+        if batch is not None:
+            lc.llama_batch_free(batch)
         if getattr(self, "ptr", None):
-            lc.llama_batch_free(self._batch)
             lc.llama_free(self.ptr)
             self.ptr = None
 
