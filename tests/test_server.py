@@ -8,6 +8,7 @@ import concurrent.futures
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -32,6 +33,9 @@ SMALL = dict(max_tokens=8, extra_body={"best_of": 2})
 # never ends by itself: near-uniform sampling over the whole vocabulary, 16 x 2048 tokens
 HEAVY = dict(model=MODEL, messages=CHAT, max_tokens=2048, best_of=16, temperature=5.0, top_k=0, top_p=1.0,
              min_p=0.0)
+# some 3000 tokens of prompt: six chunks of llama.cpp's batch, tens of seconds of prefill on one loaded core
+LONG_PROMPT = dict(model=MODEL, messages=[{"role": "user", "content": "The quick brown fox jumps over the lazy dog. "
+                                                                      * 300}], max_tokens=4, best_of=2)
 
 
 class Server:
@@ -81,6 +85,9 @@ class Server:
                   b"Authorization: Bearer " + KEY.encode() + b"\r\nContent-Length: " + str(len(data)).encode()
                   + b"\r\n\r\n" + data)
         return s
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
 
     def stop(self):
         self.http.close()
@@ -206,6 +213,45 @@ def test_a_client_that_leaves_frees_the_engine(server, stream):
     after = server.wait_health(running=0, cancelled=before["cancelled"] + 1)
     assert after["served"] == before["served"]  # it was stopped, not finished
     good_request_succeeds(server)
+
+
+def status_of(sock: socket.socket) -> int:
+    """The HTTP status a raw request got (waits for it: at most five minutes)."""
+    sock.settimeout(300)
+    head = b""
+    while b"\r\n" not in head:
+        got = sock.recv(4096)
+        assert got, f"the server closed the connection without a status line: {head!r}"
+        head += got
+    return int(head.split(b" ", 2)[1])
+
+
+def test_a_client_that_leaves_during_a_long_prompt_frees_the_engine(server):
+    before = server.wait_health(running=0, queued=0)
+    log_start = len(server.log())
+    sock = server.open_request(LONG_PROMPT)
+    server.wait_health(running=1)
+    sock.close()
+    after = server.wait_health(running=0, cancelled=before["cancelled"] + 1)
+    assert after["served"] == before["served"]
+    good_request_succeeds(server)
+    assert "Traceback" not in server.log()[log_start:]
+
+
+def test_ctrl_c_during_a_long_prompt_answers_503_to_everyone_and_exits(tmp_path, default_model, real_cache_home):
+    s = Server(tmp_path / "server.log", default_model, real_cache_home)
+    try:
+        running = s.open_request(LONG_PROMPT)
+        s.wait_health(running=1)
+        waiting = s.open_request(dict(messages=CHAT, max_tokens=4, best_of=2))
+        s.wait_health(queued=1)
+        s.proc.send_signal(signal.SIGINT)
+        assert (status_of(running), status_of(waiting)) == (503, 503)
+        assert s.proc.wait(timeout=300) == 130  # the documented exit status of Ctrl-C
+    finally:
+        s.stop()
+    log = s.log()
+    assert "Traceback" not in log and "Exception in ASGI" not in log, log
 
 
 def test_a_full_queue_answers_429_with_retry_after(tmp_path, default_model, real_cache_home):

@@ -11,6 +11,11 @@ from .options import (CliError, decoding_options, friendly_errors, load, make_se
                          take_model_options)
 from .openai_schema import Defaults, Limits, RequestError, parse_completion
 
+# How long Ctrl-C waits for the responses under way. Every run stops at its next token or
+# prompt chunk, so this is only a bound: past it uvicorn cancels the requests, and each would
+# get a 500 and log a traceback instead of its 503.
+GRACEFUL_S = 60
+
 
 def _listen(host: str, port: int) -> socket.socket:
     """Bind before loading anything, so a busy port fails fast; port 0 picks a free one."""
@@ -91,14 +96,17 @@ def serve_command(host, port, api_key, cors_origins, model_name, queue_size, max
         bound = sock.getsockname()
         shown = f"[{bound[0]}]" if sock.family == socket.AF_INET6 else bound[0]
         click.echo(f"Serving {config.model_name} at http://{shown}:{bound[1]}/v1", err=True)
-        server = uvicorn.Server(uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=5))
+        server = uvicorn.Server(uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=GRACEFUL_S))
         stop_server = server.handle_exit
 
         def shut_down(sig, frame):
-            """Ctrl-C: every run stops at its next token, so each client gets a 503 and uvicorn
-            does not wait for long runs."""
+            """Ctrl-C: every run stops at its next token or prompt chunk, so each client gets a 503
+            and uvicorn does not wait for long runs (a second Ctrl-C stops waiting for responses)."""
             app.state.worker.cancel_all()
             stop_server(sig, frame)
 
         server.handle_exit = shut_down
-        server.run(sockets=[sock])
+        try:
+            server.run(sockets=[sock])
+        finally:  # after a second Ctrl-C uvicorn skips the app's shutdown: the models must not close under a run
+            app.state.worker.stop()

@@ -3,7 +3,8 @@
 One model, loaded before the server starts, answers one request at a time. Its llama.cpp calls
 block, so they run in a single worker thread fed by a bounded queue; the event loop only reads
 requests, waits and writes answers. A full queue answers 429 at once. A client that goes away
-sets its job's cancel flag, which the decoder reads before every step.
+sets its job's cancel flag, which the decoder reads before every step and between the chunks of
+a long prompt.
 """
 import asyncio
 import hmac
@@ -116,6 +117,8 @@ class Worker:
 
     def stop(self):
         """End the thread after cancelling every job; the model may be closed after this."""
+        if not self.thread.is_alive():
+            return
         self.cancel_all()
         self.jobs.put(None)
         self.thread.join()
