@@ -76,14 +76,15 @@ class Server:
             time.sleep(0.1)
         raise AssertionError(f"/health never showed {want}: {h}")
 
-    def open_request(self, body: dict) -> socket.socket:
-        """A chat request sent on a raw socket, so the test decides when its client goes away."""
+    def open_request(self, body: dict, send_only: int = None) -> socket.socket:
+        """A chat request sent on a raw socket, so the test decides when its client goes away
+        (with `send_only`, only that many bytes of its body are sent)."""
         host, port = re.match(r"http://([^:/]+):(\d+)", self.url).groups()
         data = json.dumps(body).encode()
         s = socket.create_connection((host, int(port)))
         s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
                   b"Authorization: Bearer " + KEY.encode() + b"\r\nContent-Length: " + str(len(data)).encode()
-                  + b"\r\n\r\n" + data)
+                  + b"\r\n\r\n" + data[:send_only])
         return s
 
     def log(self) -> str:
@@ -235,6 +236,15 @@ def test_a_client_that_leaves_during_a_long_prompt_frees_the_engine(server):
     after = server.wait_health(running=0, cancelled=before["cancelled"] + 1)
     assert after["served"] == before["served"]
     good_request_succeeds(server)
+    assert "Traceback" not in server.log()[log_start:]
+
+
+def test_a_client_that_leaves_while_sending_its_body_is_not_an_error(server):
+    before = server.wait_health(running=0, queued=0)
+    log_start = len(server.log())
+    server.open_request(dict(messages=CHAT, max_tokens=4), send_only=10).close()
+    good_request_succeeds(server)
+    assert server.health()["failed"] == before["failed"]
     assert "Traceback" not in server.log()[log_start:]
 
 

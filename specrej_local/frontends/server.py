@@ -23,6 +23,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -32,6 +33,7 @@ from .openai_schema import Defaults, Limits, Reply, RequestError, parse_chat, pa
 
 KEEPALIVE_S = 1.0  # an SSE comment this often while a streamed run goes on
 CANCELLED = "cancelled"
+GONE = 499  # the status logged for a client that left before its answer (nginx's convention)
 
 
 @dataclass
@@ -300,6 +302,8 @@ def create_app(specrej, config: ServerConfig) -> Starlette:
                 return await answer(request, req)
             except RequestError as e:
                 return error_response(e)
+            except ClientDisconnect:  # it left while sending its body: nobody to answer, nothing to log
+                return Response(status_code=GONE)
         return endpoint
 
     async def answer(request, req):
@@ -317,7 +321,7 @@ def create_app(specrej, config: ServerConfig) -> Starlette:
             if first is not job.done:
                 first.cancel()
             if watcher.done():
-                return Response(status_code=499)  # nobody is listening any more
+                return Response(status_code=GONE)  # nobody is listening any more
             outcome = job.done.result() if job.done.done() else None
             if outcome == CANCELLED:
                 raise RequestError(503, "the server is shutting down", kind="server_error")
