@@ -371,12 +371,24 @@ def test_the_openai_client_example_prints_the_best_answers(server):
     assert re.search(r"^\[3 candidates, \d+ tokens generated in \d+\.\d s\]$", p.stdout, re.M)
 
 
+# What the official openai JavaScript SDK (openai-node) sends with every request, as a browser
+# lists them in a preflight: its platform headers (detect-platform.ts), the retry count and
+# timeout, and the organization and project when they are set (client.ts).
+JS_SDK_HEADERS = ("authorization, content-type, openai-organization, openai-project, x-stainless-arch, "
+                  "x-stainless-lang, x-stainless-os, x-stainless-package-version, x-stainless-retry-count, "
+                  "x-stainless-runtime, x-stainless-runtime-version, x-stainless-timeout")
+
+
 @pytest.mark.parametrize("origin, allowed", [("http://localhost:3000", True), ("http://elsewhere.test", False)])
 def test_only_the_allowed_web_origin_may_call_from_a_browser(server, origin, allowed):
     preflight = {"origin": origin, "access-control-request-method": "POST",
-                 "access-control-request-headers": "authorization, content-type"}
+                 "access-control-request-headers": JS_SDK_HEADERS}
     r = httpx.options(server.url + "/chat/completions", headers=preflight)
+    assert (r.status_code == 200) is allowed
     assert (r.headers.get("access-control-allow-origin") == origin) is allowed
+    if allowed:  # the browser sends the request only if the preflight allows every header it named
+        granted = {h.strip().lower() for h in r.headers["access-control-allow-headers"].split(",")}
+        assert {h.strip() for h in JS_SDK_HEADERS.split(",")} <= granted
     r = server.http.post("/v1/chat/completions", headers={"origin": origin},
                          json={"messages": CHAT, "max_tokens": 4, "best_of": 2})
     assert r.status_code == 200 and (r.headers.get("access-control-allow-origin") == origin) is allowed

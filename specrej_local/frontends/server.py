@@ -344,8 +344,13 @@ def create_app(specrej, config: ServerConfig) -> Starlette:
         Route("/v1/chat/completions", completion_endpoint(parse_chat), methods=["POST"]),
         Route("/v1/completions", completion_endpoint(parse_completion), methods=["POST"]),
     ]
+    # A page from an allowed origin may send any header: the openai JS SDK sends a family of
+    # x-stainless-* headers (more with each release) and openai-organization / openai-project,
+    # and a preflight that refuses one of them blocks the whole request. Which headers a page sends
+    # grants it nothing: the server reads only authorization and content-type, and the origin
+    # list and the API key are what guard it. Retry-After is exposed so that a page sees a 429's.
     cors = [Middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
-                       allow_headers=["authorization", "content-type"])] if config.cors_origins else []
+                       allow_headers=["*"], expose_headers=["retry-after"])] if config.cors_origins else []
     app = Starlette(routes=routes, lifespan=lifespan, middleware=cors,
                     exception_handlers={HTTPException: _http_error, Exception: _crash})
     app.state.worker = worker
