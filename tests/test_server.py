@@ -360,6 +360,40 @@ def test_serve_refuses_bad_defaults_before_loading_anything():
                                                     "lower -n\n")
 
 
+@pytest.mark.parametrize("args, env, message", [
+    (["--api-key", ""], {}, "--api-key is empty: give a key, or leave --api-key out to serve without one"),
+    (["--api-key", "  "], {}, "--api-key is empty: give a key, or leave --api-key out to serve without one"),
+    ([], {"SPECREJ_API_KEY": ""},
+     "SPECREJ_API_KEY is empty: give a key, or leave SPECREJ_API_KEY out to serve without one"),
+    (["--api-key", ""], {"SPECREJ_API_KEY": "other-key"},
+     "--api-key is empty: give a key, or leave --api-key out to serve without one"),
+    ([], {"SPECREJ_API_KEY": " "}, "SPECREJ_API_KEY is empty: give a key, or leave SPECREJ_API_KEY out to serve without one"),
+], ids=["flag", "blank-flag", "env", "flag-over-env", "blank-env"])
+def test_serve_refuses_an_empty_api_key(args, env, message):
+    result = CliRunner().invoke(cli, ["serve", "-g", "no-such-model", *args], env=env)
+    assert (result.exit_code, result.output) == (2, f"Error: {message}\n")
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "65536"])
+def test_serve_refuses_a_port_out_of_range(port):
+    result = CliRunner().invoke(cli, ["serve", "-g", "no-such-model", "--port", port])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.splitlines()[-1] == f"Error: Invalid value for '-p' / '--port': {port} is not in the range " \
+                                             "0<=x<=65535."
+
+
+def test_serve_refuses_a_kv_budget_no_request_could_use(default_model, real_cache_home):
+    env = dict(os.environ, SPECREJ_HOME=str(real_cache_home))
+    p = subprocess.run([sys.executable, "-m", "specrej_local", "serve", "-g", str(default_model), "-t", "1", "-p", "0",
+                        "-n", "4", "--kv-budget", "5"], capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 2 and p.stdout == ""
+    assert re.fullmatch(r"Error: --kv-budget 5 cannot hold even the shortest prompt \((\d+) tokens\) plus one token "
+                        r"for each of -n 4 answers: use at least (\d+), or leave --kv-budget out to size it for each "
+                        r"request\n", p.stderr), p.stderr
+    shortest, least = map(int, re.search(r"\((\d+) tokens.* at least (\d+)", p.stderr).groups())
+    assert least == shortest + 4 and shortest > 5
+
+
 def test_the_openai_client_example_prints_the_best_answers(server):
     example = Path(__file__).resolve().parents[1] / "examples" / "openai_client.py"
     p = subprocess.run([sys.executable, str(example), "Name a fruit.", "--url", server.url, "--api-key", KEY,
