@@ -21,7 +21,7 @@ import numpy as np
 
 from . import checks
 from .engine import check_counts, check_start
-from .errors import BadInput, ContextTooSmall, PromptTooLong, SpecRejError
+from .errors import BadInput, Cancelled, ContextTooSmall, PromptTooLong, SpecRejError
 from .sampling import Sampling
 
 METHODS = ("specrej", "bon")
@@ -137,7 +137,7 @@ class Run:
     def __init__(self, engine, scorer, settings: Settings, on_round: Optional[Callable] = None,
                  should_stop: Optional[Callable] = None):
         self.engine, self.scorer, self.s, self.on_round = engine, scorer, settings, on_round
-        self.should_stop = should_stop  # asked before each step; True ends the run as Interrupted
+        self.should_stop = should_stop  # asked before each step and between prompt chunks; True: Interrupted
         self.reward: dict = {}
         self.rejected_at: dict = {}
         self.finished: list = []  # finished answers still competing
@@ -155,10 +155,11 @@ class Run:
             raise PromptTooLong(f"the prompt is {P} tokens long and leaves no room for an answer in this model's "
                                 f"context of {e.context_length}")
         self.budget, self.at_once = s.plan(P, T)
-        self.scorer.begin(prompt, s.system, s.n)
-        e.open(s.n, self.at_once, self.budget, T, s.sampling, s.stop)
         waiting = list(range(s.n))
         try:
+            # the prompt is decoded once, for the scorer and for the generator (stoppable between chunks)
+            self.scorer.begin(prompt, s.system, s.n, should_stop=self.should_stop)
+            e.open(s.n, self.at_once, self.budget, T, s.sampling, s.stop, should_stop=self.should_stop)
             while waiting or e.live():
                 # 0. start answers while there is room: all at once, unless Best-of-N runs in waves
                 room = self.at_once - len(e.live())
@@ -173,7 +174,7 @@ class Run:
                 if e.live() and not self._fits():
                     # 2. score partial answers, rank them with finished ones, keep the best
                     self._cut()
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Cancelled):
             raise Interrupted(self._result(interrupted=True)) from None
         return self._result()
 

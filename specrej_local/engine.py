@@ -40,8 +40,10 @@ class Engine(Protocol):
     def load_prompt(self, prompt: str, system: Optional[str] = None) -> int:
         """Format and tokenize the prompt; return its length in tokens."""
 
-    def open(self, n: int, concurrent: int, kv_budget: int, max_tokens: int, sampling: Sampling, stop=()):
-        """Make room for `concurrent` of the n candidates at a time; decode the prompt once."""
+    def open(self, n: int, concurrent: int, kv_budget: int, max_tokens: int, sampling: Sampling, stop=(),
+             should_stop=None):
+        """Make room for `concurrent` of the n candidates at a time; decode the prompt once,
+        raising `errors.Cancelled` as soon as `should_stop()` says so (a long prompt is fed in chunks)."""
 
     def spawn(self, ids) -> None:
         """Start these candidates from the prompt."""

@@ -41,6 +41,11 @@ class CacheDirError(SpecRejError):
     """The cache directory cannot be created or written."""
 
 
+class Cancelled(SpecRejError):
+    """The caller's `should_stop` asked a run to end while llama.cpp was being fed (the decoder
+    turns it into `decoder.Interrupted`, with the result as it stood)."""
+
+
 class ResourceError(SpecRejError):
     """llama.cpp could not allocate a context (KV budget or GPU offload too large)."""
 

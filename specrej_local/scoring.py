@@ -17,8 +17,9 @@ from .errors import RewardError
 class Scorer(Protocol):
     tokens_fed: int  # tokens this scorer's model has decoded so far (0 without a model)
 
-    def begin(self, prompt: str, system: Optional[str], n: int) -> None:
-        """Get ready for up to n candidate answers to this prompt."""
+    def begin(self, prompt: str, system: Optional[str], n: int, should_stop=None) -> None:
+        """Get ready for up to n candidate answers to this prompt. A scorer that feeds a model
+        asks `should_stop()` between chunks, now and in later calls, and raises `errors.Cancelled`."""
 
     def score(self, ids: Sequence[int], texts: Sequence[str]) -> np.ndarray:
         """Rewards of these candidates' answers as they stand now (higher is better)."""
@@ -60,7 +61,7 @@ class CallableScorer:
     def __init__(self, fn: Callable, batched: bool = False):
         self.fn, self.batched = fn, batched
 
-    def begin(self, prompt, system, n):
+    def begin(self, prompt, system, n, should_stop=None):
         self.prompt = prompt
 
     def score(self, ids, texts):
@@ -95,7 +96,7 @@ class MeanLogprob:
         self.engine = engine
         engine.track_logprob = True
 
-    def begin(self, prompt, system, n):
+    def begin(self, prompt, system, n, should_stop=None):
         pass
 
     def score(self, ids, texts):

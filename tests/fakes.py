@@ -26,7 +26,7 @@ class FakeEngine:
             raise BadInput("the prompt is empty")
         return self.prompt_tokens
 
-    def open(self, n, concurrent, kv_budget, max_tokens, sampling, stop=()):
+    def open(self, n, concurrent, kv_budget, max_tokens, sampling, stop=(), should_stop=None):
         check_start(n, kv_budget, self.prompt_tokens, max_tokens)
         self.max_tokens = max_tokens
         self.sequences = {}
@@ -76,7 +76,7 @@ class FakeScorer:
         self.calls, self.dropped = [], []
         self.tokens_fed = 0
 
-    def begin(self, prompt, system, n):
+    def begin(self, prompt, system, n, should_stop=None):
         self.prompt = prompt
 
     def score(self, ids, texts):

@@ -296,3 +296,31 @@ def test_a_kv_memory_cap_makes_auto_choose_unified_and_refuses_a_split_over_it(m
 def test_a_kv_memory_cap_must_be_a_positive_number_of_bytes(model, cap):
     with pytest.raises(BadInput, match="kv-memory must be a positive number of bytes"):
         LlamaEngine(model, kv_memory=cap)
+
+
+# about 600 tokens: five chunks of 128
+LONG_PROMPT = "The quick brown fox jumps over the lazy dog. " * 60
+
+
+def test_a_stop_asked_during_the_prompt_ends_the_run_between_two_chunks(model):
+    from specrej_local.decoder import Interrupted, Settings, decode
+    from specrej_local.scoring import MeanLogprob
+
+    engine = LlamaEngine(model, n_threads=1, n_batch=128)
+    scorer = MeanLogprob(engine)
+    fed = []  # the tokens llama.cpp had decoded each time the run asked
+
+    def stop_after_one_chunk():
+        fed.append(engine.ctx.tokens_decoded)
+        return len(fed) == 2
+
+    with pytest.raises(Interrupted) as info:
+        decode(engine, scorer, LONG_PROMPT, Settings(n=2, max_tokens=4), should_stop=stop_after_one_chunk)
+    assert engine.prompt_tokens > 4 * 128  # the prompt really has several chunks
+    assert fed == [0, 128] and engine.ctx.tokens_decoded == 128  # asked before each chunk; stopped after one
+    partial = info.value.partial
+    assert (partial.text, partial.finish_reason, partial.candidates) == ("", "interrupted", [])
+    # the engine serves the next prompt whole
+    result = decode(engine, scorer, PROMPT, Settings(n=2, max_tokens=4))
+    assert [c.tokens for c in result.candidates] != [] and all(c.tokens >= 1 for c in result.candidates)
+    engine.close()

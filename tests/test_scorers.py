@@ -125,3 +125,20 @@ def test_a_callable_that_raises_names_the_candidate():
     s.begin("q", None, 3)
     with pytest.raises(RewardError, match="candidate 7: ValueError: cannot score"):
         s.score([5, 7], ["good", "bad"])
+
+
+def test_a_judge_stops_feeding_its_prompt_when_asked(model):
+    from specrej_local.errors import Cancelled
+
+    j = AnswerScorer(model, yes_no_readout(model), follow_up=JUDGE_QUESTION, n_threads=1, n_batch=64)
+    long_prompt = "Say something about foxes. " * 40  # some 240 tokens: four chunks of 64
+    asked = []
+    with pytest.raises(Cancelled):
+        j.begin(long_prompt, None, 2, should_stop=lambda: asked.append(True) or len(asked) == 3)
+    assert len(j.prefix) > 3 * 64 and j.ctx.tokens_decoded == 2 * 64  # two chunks in, then stopped
+    j.begin(PROMPT, None, 2)  # the next prompt starts clean and scores as a fresh judge does
+    fresh = judge(model)
+    fresh.begin(PROMPT, None, 2)
+    assert gap(j.score([0, 1], ANSWERS[:2]), fresh.score([0, 1], ANSWERS[:2])) < LAYOUT_ROUNDING
+    j.close()
+    fresh.close()

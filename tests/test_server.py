@@ -8,6 +8,7 @@ import concurrent.futures
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -32,6 +33,9 @@ SMALL = dict(max_tokens=8, extra_body={"best_of": 2})
 # never ends by itself: near-uniform sampling over the whole vocabulary, 16 x 2048 tokens
 HEAVY = dict(model=MODEL, messages=CHAT, max_tokens=2048, best_of=16, temperature=5.0, top_k=0, top_p=1.0,
              min_p=0.0)
+# some 3000 tokens of prompt: six chunks of llama.cpp's batch, tens of seconds of prefill on one loaded core
+LONG_PROMPT = dict(model=MODEL, messages=[{"role": "user", "content": "The quick brown fox jumps over the lazy dog. "
+                                                                      * 300}], max_tokens=4, best_of=2)
 
 
 class Server:
@@ -72,15 +76,19 @@ class Server:
             time.sleep(0.1)
         raise AssertionError(f"/health never showed {want}: {h}")
 
-    def open_request(self, body: dict) -> socket.socket:
-        """A chat request sent on a raw socket, so the test decides when its client goes away."""
+    def open_request(self, body: dict, send_only: int = None) -> socket.socket:
+        """A chat request sent on a raw socket, so the test decides when its client goes away
+        (with `send_only`, only that many bytes of its body are sent)."""
         host, port = re.match(r"http://([^:/]+):(\d+)", self.url).groups()
         data = json.dumps(body).encode()
         s = socket.create_connection((host, int(port)))
         s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
                   b"Authorization: Bearer " + KEY.encode() + b"\r\nContent-Length: " + str(len(data)).encode()
-                  + b"\r\n\r\n" + data)
+                  + b"\r\n\r\n" + data[:send_only])
         return s
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
 
     def stop(self):
         self.http.close()
@@ -208,6 +216,54 @@ def test_a_client_that_leaves_frees_the_engine(server, stream):
     good_request_succeeds(server)
 
 
+def status_of(sock: socket.socket) -> int:
+    """The HTTP status a raw request got (waits for it: at most five minutes)."""
+    sock.settimeout(300)
+    head = b""
+    while b"\r\n" not in head:
+        got = sock.recv(4096)
+        assert got, f"the server closed the connection without a status line: {head!r}"
+        head += got
+    return int(head.split(b" ", 2)[1])
+
+
+def test_a_client_that_leaves_during_a_long_prompt_frees_the_engine(server):
+    before = server.wait_health(running=0, queued=0)
+    log_start = len(server.log())
+    sock = server.open_request(LONG_PROMPT)
+    server.wait_health(running=1)
+    sock.close()
+    after = server.wait_health(running=0, cancelled=before["cancelled"] + 1)
+    assert after["served"] == before["served"]
+    good_request_succeeds(server)
+    assert "Traceback" not in server.log()[log_start:]
+
+
+def test_a_client_that_leaves_while_sending_its_body_is_not_an_error(server):
+    before = server.wait_health(running=0, queued=0)
+    log_start = len(server.log())
+    server.open_request(dict(messages=CHAT, max_tokens=4), send_only=10).close()
+    good_request_succeeds(server)
+    assert server.health()["failed"] == before["failed"]
+    assert "Traceback" not in server.log()[log_start:]
+
+
+def test_ctrl_c_during_a_long_prompt_answers_503_to_everyone_and_exits(tmp_path, default_model, real_cache_home):
+    s = Server(tmp_path / "server.log", default_model, real_cache_home)
+    try:
+        running = s.open_request(LONG_PROMPT)
+        s.wait_health(running=1)
+        waiting = s.open_request(dict(messages=CHAT, max_tokens=4, best_of=2))
+        s.wait_health(queued=1)
+        s.proc.send_signal(signal.SIGINT)
+        assert (status_of(running), status_of(waiting)) == (503, 503)
+        assert s.proc.wait(timeout=300) == 130  # the documented exit status of Ctrl-C
+    finally:
+        s.stop()
+    log = s.log()
+    assert "Traceback" not in log and "Exception in ASGI" not in log, log
+
+
 def test_a_full_queue_answers_429_with_retry_after(tmp_path, default_model, real_cache_home):
     s = Server(tmp_path / "server.log", default_model, real_cache_home, "--queue-size", "1")
     try:
@@ -304,6 +360,40 @@ def test_serve_refuses_bad_defaults_before_loading_anything():
                                                     "lower -n\n")
 
 
+@pytest.mark.parametrize("args, env, message", [
+    (["--api-key", ""], {}, "--api-key is empty: give a key, or leave --api-key out to serve without one"),
+    (["--api-key", "  "], {}, "--api-key is empty: give a key, or leave --api-key out to serve without one"),
+    ([], {"SPECREJ_API_KEY": ""},
+     "SPECREJ_API_KEY is empty: give a key, or leave SPECREJ_API_KEY out to serve without one"),
+    (["--api-key", ""], {"SPECREJ_API_KEY": "other-key"},
+     "--api-key is empty: give a key, or leave --api-key out to serve without one"),
+    ([], {"SPECREJ_API_KEY": " "}, "SPECREJ_API_KEY is empty: give a key, or leave SPECREJ_API_KEY out to serve without one"),
+], ids=["flag", "blank-flag", "env", "flag-over-env", "blank-env"])
+def test_serve_refuses_an_empty_api_key(args, env, message):
+    result = CliRunner().invoke(cli, ["serve", "-g", "no-such-model", *args], env=env)
+    assert (result.exit_code, result.output) == (2, f"Error: {message}\n")
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "65536"])
+def test_serve_refuses_a_port_out_of_range(port):
+    result = CliRunner().invoke(cli, ["serve", "-g", "no-such-model", "--port", port])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.splitlines()[-1] == f"Error: Invalid value for '-p' / '--port': {port} is not in the range " \
+                                             "0<=x<=65535."
+
+
+def test_serve_refuses_a_kv_budget_no_request_could_use(default_model, real_cache_home):
+    env = dict(os.environ, SPECREJ_HOME=str(real_cache_home))
+    p = subprocess.run([sys.executable, "-m", "specrej_local", "serve", "-g", str(default_model), "-t", "1", "-p", "0",
+                        "-n", "4", "--kv-budget", "5"], capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 2 and p.stdout == ""
+    assert re.fullmatch(r"Error: --kv-budget 5 cannot hold even the shortest prompt \((\d+) tokens\) plus one token "
+                        r"for each of -n 4 answers: use at least (\d+), or leave --kv-budget out to size it for each "
+                        r"request\n", p.stderr), p.stderr
+    shortest, least = map(int, re.search(r"\((\d+) tokens.* at least (\d+)", p.stderr).groups())
+    assert least == shortest + 4 and shortest > 5
+
+
 def test_the_openai_client_example_prints_the_best_answers(server):
     example = Path(__file__).resolve().parents[1] / "examples" / "openai_client.py"
     p = subprocess.run([sys.executable, str(example), "Name a fruit.", "--url", server.url, "--api-key", KEY,
@@ -315,12 +405,24 @@ def test_the_openai_client_example_prints_the_best_answers(server):
     assert re.search(r"^\[3 candidates, \d+ tokens generated in \d+\.\d s\]$", p.stdout, re.M)
 
 
+# What the official openai JavaScript SDK (openai-node) sends with every request, as a browser
+# lists them in a preflight: its platform headers (detect-platform.ts), the retry count and
+# timeout, and the organization and project when they are set (client.ts).
+JS_SDK_HEADERS = ("authorization, content-type, openai-organization, openai-project, x-stainless-arch, "
+                  "x-stainless-lang, x-stainless-os, x-stainless-package-version, x-stainless-retry-count, "
+                  "x-stainless-runtime, x-stainless-runtime-version, x-stainless-timeout")
+
+
 @pytest.mark.parametrize("origin, allowed", [("http://localhost:3000", True), ("http://elsewhere.test", False)])
 def test_only_the_allowed_web_origin_may_call_from_a_browser(server, origin, allowed):
     preflight = {"origin": origin, "access-control-request-method": "POST",
-                 "access-control-request-headers": "authorization, content-type"}
+                 "access-control-request-headers": JS_SDK_HEADERS}
     r = httpx.options(server.url + "/chat/completions", headers=preflight)
+    assert (r.status_code == 200) is allowed
     assert (r.headers.get("access-control-allow-origin") == origin) is allowed
+    if allowed:  # the browser sends the request only if the preflight allows every header it named
+        granted = {h.strip().lower() for h in r.headers["access-control-allow-headers"].split(",")}
+        assert {h.strip() for h in JS_SDK_HEADERS.split(",")} <= granted
     r = server.http.post("/v1/chat/completions", headers={"origin": origin},
                          json={"messages": CHAT, "max_tokens": 4, "best_of": 2})
     assert r.status_code == 200 and (r.headers.get("access-control-allow-origin") == origin) is allowed

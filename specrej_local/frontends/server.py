@@ -3,7 +3,8 @@
 One model, loaded before the server starts, answers one request at a time. Its llama.cpp calls
 block, so they run in a single worker thread fed by a bounded queue; the event loop only reads
 requests, waits and writes answers. A full queue answers 429 at once. A client that goes away
-sets its job's cancel flag, which the decoder reads before every step.
+sets its job's cancel flag, which the decoder reads before every step and between the chunks of
+a long prompt.
 """
 import asyncio
 import hmac
@@ -22,6 +23,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -31,6 +33,7 @@ from .openai_schema import Defaults, Limits, Reply, RequestError, parse_chat, pa
 
 KEEPALIVE_S = 1.0  # an SSE comment this often while a streamed run goes on
 CANCELLED = "cancelled"
+GONE = 499  # the status logged for a client that left before its answer (nginx's convention)
 
 
 @dataclass
@@ -116,6 +119,8 @@ class Worker:
 
     def stop(self):
         """End the thread after cancelling every job; the model may be closed after this."""
+        if not self.thread.is_alive():
+            return
         self.cancel_all()
         self.jobs.put(None)
         self.thread.join()
@@ -297,6 +302,8 @@ def create_app(specrej, config: ServerConfig) -> Starlette:
                 return await answer(request, req)
             except RequestError as e:
                 return error_response(e)
+            except ClientDisconnect:  # it left while sending its body: nobody to answer, nothing to log
+                return Response(status_code=GONE)
         return endpoint
 
     async def answer(request, req):
@@ -314,7 +321,7 @@ def create_app(specrej, config: ServerConfig) -> Starlette:
             if first is not job.done:
                 first.cancel()
             if watcher.done():
-                return Response(status_code=499)  # nobody is listening any more
+                return Response(status_code=GONE)  # nobody is listening any more
             outcome = job.done.result() if job.done.done() else None
             if outcome == CANCELLED:
                 raise RequestError(503, "the server is shutting down", kind="server_error")
@@ -337,8 +344,13 @@ def create_app(specrej, config: ServerConfig) -> Starlette:
         Route("/v1/chat/completions", completion_endpoint(parse_chat), methods=["POST"]),
         Route("/v1/completions", completion_endpoint(parse_completion), methods=["POST"]),
     ]
+    # A page from an allowed origin may send any header: the openai JS SDK sends a family of
+    # x-stainless-* headers (more with each release) and openai-organization / openai-project,
+    # and a preflight that refuses one of them blocks the whole request. Which headers a page sends
+    # grants it nothing: the server reads only authorization and content-type, and the origin
+    # list and the API key are what guard it. Retry-After is exposed so that a page sees a 429's.
     cors = [Middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
-                       allow_headers=["authorization", "content-type"])] if config.cors_origins else []
+                       allow_headers=["*"], expose_headers=["retry-after"])] if config.cors_origins else []
     app = Starlette(routes=routes, lifespan=lifespan, middleware=cors,
                     exception_handlers={HTTPException: _http_error, Exception: _crash})
     app.state.worker = worker

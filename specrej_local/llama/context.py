@@ -18,7 +18,7 @@ import numpy as np
 import llama_cpp as lc
 
 from ..engine import MAX_SEQUENCES
-from ..errors import BadInput, ModelFileError, ResourceError, SpecRejError
+from ..errors import BadInput, Cancelled, ModelFileError, ResourceError, SpecRejError
 from ..machine import free_memory_bytes, usable_cpus
 from ..text import not_text
 
@@ -318,10 +318,11 @@ class Context:
         self.decode_s = 0.0
         self.tokens_decoded = 0
 
-    def decode(self, tokens, positions, seqs, outputs, chunk=None, read: bool = True):
+    def decode(self, tokens, positions, seqs, outputs, chunk=None, read: bool = True, should_stop=None):
         """Feed rows, at most `chunk` (default n_batch) per llama_decode call; return a float32
         array with one row per True in `outputs` (with `read=False` they stay in llama.cpp,
-        where `Samplers` reads the last call's rows in place)."""
+        where `Samplers` reads the last call's rows in place). `should_stop()` is asked before
+        each call: True raises `Cancelled`, so a long prompt can be abandoned between chunks."""
         self._check_open()
         tokens = np.asarray(tokens, dtype=np.int32)
         positions = np.asarray(positions, dtype=np.int32)
@@ -330,6 +331,8 @@ class Context:
         rows = []
         step = min(chunk or self.n_batch, self.n_batch)
         for a in range(0, len(tokens), step):
+            if should_stop is not None and should_stop():
+                raise Cancelled(f"stopped after {a} of {len(tokens)} tokens")
             z = min(len(tokens), a + step)
             n = z - a
             self._tok[:n] = tokens[a:z]

@@ -78,23 +78,28 @@ class LlamaEngine:
         return self.prompt_tokens
 
     # -- candidates ------------------------------------------------------------------------------
-    def open(self, n: int, concurrent: int, kv_budget: int, max_tokens: int, sampling: Sampling, stop=()):
-        """Make room for `concurrent` candidates at a time (of n) and decode the prompt once."""
+    def open(self, n: int, concurrent: int, kv_budget: int, max_tokens: int, sampling: Sampling, stop=(),
+             should_stop=None):
+        """Make room for `concurrent` candidates at a time (of n) and decode the prompt once;
+        `should_stop()` is asked between the prompt's chunks (True raises `Cancelled`)."""
         P = self.prompt_tokens
         check_start(n, kv_budget, P, max_tokens)
         self.max_tokens = min(max_tokens, self.model.n_ctx_train - P)
         self.slots = max(1, min(n, concurrent))
         self.keeper = self.slots if self.slots < n else None  # holds the prompt for later candidates
+        self.sequences = {}  # emptied first: a run stopped during the prompt holds no candidate
+        self.slot = {}       # candidate id -> llama.cpp sequence id
+        self.free = list(range(self.slots))
         self._context(kv_budget, self.slots + (self.keeper is not None))
         self.decode_s = self.sample_s = 0.0
         self.home = 0 if self.keeper is None else self.keeper
         head = self.prompt_ids[:-1]  # the last prompt token is fed by each candidate (see module doc)
         t0 = self.ctx.decode_s
-        self.ctx.decode(head, range(len(head)), [self.home] * len(head), [False] * len(head), read=False)
-        self.decode_s += self.ctx.decode_s - t0
-        self.sequences = {}
-        self.slot = {}       # candidate id -> llama.cpp sequence id
-        self.free = list(range(self.slots))
+        try:
+            self.ctx.decode(head, range(len(head)), [self.home] * len(head), [False] * len(head), read=False,
+                            should_stop=should_stop)
+        finally:
+            self.decode_s += self.ctx.decode_s - t0
         self._close_samplers()
         self._samplers = Samplers(sampling, range(n))
         self._text = {}

@@ -70,10 +70,12 @@ class AnswerScorer:
         self.opts = dict(n_threads=n_threads, flash_attn=flash_attn, n_batch=n_batch, n_ubatch=model.scoring_chunk,
                          kv_f32=kv_f32)
         self.ctx = None
+        self.should_stop = None
         self.tokens_fed = 0    # every token decoded: prompt, answers and the read-out suffix
         self.suffix_fed = 0    # of which the suffix, appended and removed at each read
 
-    def begin(self, prompt, system, n):
+    def begin(self, prompt, system, n, should_stop=None):
+        self.should_stop = should_stop  # asked between the chunks of everything fed for this prompt
         before, after = self.chat.around_answer(prompt, system, self.follow_up)
         bos = self.model.special_text("bos")
         add_bos = self.model.adds_bos and not (bos and before.startswith(bos))
@@ -106,7 +108,7 @@ class AnswerScorer:
 
     def _feed(self, tokens, positions, seqs, outputs):
         self.tokens_fed += len(tokens)
-        return self.ctx.decode(tokens, positions, seqs, outputs)
+        return self.ctx.decode(tokens, positions, seqs, outputs, should_stop=self.should_stop)
 
     def _used(self) -> int:
         return len(self.prefix) + sum(len(t) for t in self.fed.values())
@@ -166,7 +168,7 @@ class SelfJudge:
         self.readout = yes_no_readout(engine.model)
         self.tokens_fed = 0
 
-    def begin(self, prompt, system, n):
+    def begin(self, prompt, system, n, should_stop=None):
         _, after = self.engine.chat.around_answer(prompt, system, self.question)
         self.suffix = self.engine.model.tokenize(after, add_special=False, parse_special=True)
         if not self.suffix:
