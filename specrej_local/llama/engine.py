@@ -48,7 +48,7 @@ class LlamaEngine:
         self.model = model
         self.own_pool = pool is None  # alone: the pool is sized for each prompt this engine opens
         self.pool = pool or KvPool(model, n_threads=n_threads, flash_attn=flash_attn, n_batch=n_batch,
-                                   kv_layout=kv_layout, kv_memory=kv_memory)
+                                   kv_layout=kv_layout, kv_memory=kv_memory, raw=raw)
         bos = model.special_text("bos")
         self.chat = ChatFormat(model.meta("tokenizer.chat_template"), bos_token=bos,
                                eos_token=model.special_text("eos"), raw=raw)
