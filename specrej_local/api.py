@@ -118,6 +118,13 @@ class SpecRej:
             except SpecRejError as e:
                 failed.append((k, e))
         yield from failed
+        yield from self.decode_jobs(jobs, concurrent)
+
+    def decode_jobs(self, jobs, concurrent: int) -> Iterator[tuple]:
+        """`schedule.decode_many` on these models: `jobs` are `schedule.Job`s (an open-ended
+        source, such as a server's requests, may give None: see there); yields (job.key, Result
+        or SpecRejError) as each finishes."""
+        check_concurrent(concurrent)
         pool = self.engine.pool
         self.engine.finish()  # the single-prompt engine's room (its last prompt) goes back first
         pool.prompts = concurrent

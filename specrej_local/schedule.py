@@ -23,6 +23,7 @@ from .decoder import Interrupted, Run, Settings
 from .errors import SpecRejError
 
 PENDING = object()  # a run that wants another step
+END = object()      # no job will come any more
 
 
 @dataclass
@@ -37,17 +38,23 @@ class Job:
 def decode_many(pool, make_scorer: Callable, jobs: Iterable[Job], concurrent: int) -> Iterator[tuple]:
     """Yield (job.key, Result) for each job as it finishes, at most `concurrent` at a time; a job
     that fails yields (key, the SpecRejError) and the others go on. Ctrl-C (KeyboardInterrupt)
-    ends them all, every active prompt's room given back."""
+    ends them all, every active prompt's room given back.
+
+    `jobs` may be open-ended (a server's requests): None from it means "none waiting now", and
+    the runs go on; it is asked again after every step (it should block while `pool.idle()`)."""
     jobs = iter(jobs)
     head = None   # (job, run): the next prompt, read and planned, waiting for room
     active = {}   # engine -> (job, run, its steps)
+    more = True   # jobs may still come
     try:
         while True:
             # 1. admit prompts while the room freed holds the next one's first phase
             while len(active) < concurrent:
                 if head is None:
-                    job = next(jobs, None)
-                    if job is None:
+                    job = next(jobs, END) if more else END
+                    if job is END:
+                        more = False
+                    if job is END or job is None:
                         break
                     head = _started(pool, make_scorer, job)
                     if not isinstance(head, tuple):
@@ -66,7 +73,7 @@ def decode_many(pool, make_scorer: Callable, jobs: Iterable[Job], concurrent: in
                     _done(run)
                     yield job.key, outcome
             if not active:
-                if head is None:
+                if head is None and not more:
                     return
                 continue
             # 2. one generation step shared by every active prompt

@@ -17,7 +17,7 @@ from typing import Optional
 
 from ..engine import MAX_SEQUENCES
 from ..errors import ResourceError
-from .context import Context, split_fits
+from .context import Context, allocated_cells, memory_problem, split_fits
 
 PROBE_GROUP = 16  # sequences probed per decode on a unified cache (bounds the room a probe borrows)
 
@@ -52,9 +52,21 @@ class KvPool:
         return LlamaEngine(self.model, raw=self.raw, kv_layout=self.kv_layout, pool=self)
 
     def sized_for(self, need: Need) -> list:
-        """The needs to size an idle pool for: `prompts` copies of this one, as many as
-        llama.cpp's sequence limit allows."""
-        return [need] * max(1, min(self.prompts, MAX_SEQUENCES // need.slots))
+        """The needs to size an idle pool for: `prompts` copies of this one, as many as llama.cpp's
+        sequence limit allows and as fit in memory (the layout's own rule: half the free memory,
+        under --kv-memory); one copy at least, which the context's own checks then judge."""
+        k = max(1, min(self.prompts, MAX_SEQUENCES // need.slots))
+        while k > 1 and not self._holds([need] * k):
+            k -= 1
+        return [need] * k
+
+    def _holds(self, needs) -> bool:
+        n_seq = sum(n.slots for n in needs)
+        if self.kv_layout != "unified" and split_fits(self.model, n_seq, max(n.per_seq for n in needs),
+                                                       cap=self.kv_memory):
+            return True
+        cells = allocated_cells(sum(n.cells for n in needs), n_seq, True)
+        return self.kv_layout != "split" and memory_problem(self.model, cells, share=0.5, cap=self.kv_memory) is None
 
     # -- room ------------------------------------------------------------------------------------
     def idle(self) -> bool:
