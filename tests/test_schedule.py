@@ -136,3 +136,20 @@ def test_ctrl_c_in_the_shared_step_ends_everything_and_gives_the_room_back():
     with pytest.raises(KeyboardInterrupt):
         many(["long", "mixed", "long"], pool, concurrent=3)
     assert not pool.open
+
+
+def test_an_open_ended_source_may_say_nobody_waits_and_the_runs_go_on():
+    # A server's requests: None while nobody waits; a job arriving later joins the running ones.
+    pool = FakePool(LENGTHS, slots=64, cells=10_000, prompt_tokens=P)
+
+    def source():
+        yield Job(0, "long", settings())
+        for _ in range(5):
+            yield None
+        yield Job(1, "short", settings())
+        while pool.steps and len(pool.steps) < 40:
+            yield None
+
+    got = dict(decode_many(pool, scorer, source(), concurrent=4))
+    assert same(got[0], alone("long", settings())) and same(got[1], alone("short", settings()))
+    assert [len(step) for step in pool.steps[:7]] == [1] * 5 + [2, 2]  # it joined at the next step

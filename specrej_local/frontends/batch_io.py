@@ -386,12 +386,19 @@ def answer_one(s, it: Item, options: dict, generator: str, reward) -> dict:
         return error_record(it, it.error)
     opts = {**options, **it.settings}
     try:
-        result = s.generate(it.prompt, **opts)
+        outcome = s.generate(it.prompt, **opts)
     except Interrupted:
         raise
     except SpecRejError as e:
-        return error_record(it, f"{it.where}: {' '.join(str(e).split())}")
-    return dict(id=it.id, **result_record(result, generator, reward, opts["seed"]))
+        outcome = e
+    return outcome_record(it, outcome, opts, generator, reward)
+
+
+def outcome_record(it: Item, outcome, opts: dict, generator: str, reward) -> dict:
+    """The OUT line of a prompt that ran: its Result, or the SpecRejError it failed with."""
+    if isinstance(outcome, SpecRejError):
+        return error_record(it, f"{it.where}: {' '.join(str(outcome).split())}")
+    return dict(id=it.id, **result_record(outcome, generator, reward, opts["seed"]))
 
 
 def error_record(it: Item, error: str) -> dict:
@@ -423,9 +430,6 @@ def answer_all(s, items, out: ResultsFile, options: dict, generator: str, reward
         it = good[k]
         if isinstance(outcome, Interrupted):
             raise outcome
-        if isinstance(outcome, SpecRejError):
-            rec = error_record(it, f"{it.where}: {' '.join(str(outcome).split())}")
-        else:
-            rec = dict(id=it.id, **result_record(outcome, generator, reward, {**options, **it.settings}["seed"]))
+        rec = outcome_record(it, outcome, {**options, **it.settings}, generator, reward)
         out.append(rec)
         yield rec
