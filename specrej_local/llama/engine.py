@@ -255,8 +255,10 @@ class LlamaEngine:
         return held
 
     def finish(self):
-        """Give the pool back this prompt's room; its candidates' records stay readable."""
+        """Give the pool back this prompt's room and free its samplers; its candidates' records
+        stay readable."""
         self.pool.leave(self)
+        self._close_samplers()
 
     def _close_samplers(self):
         if getattr(self, "_samplers", None) is not None:
