@@ -145,21 +145,43 @@ class Run:
         self.reward_s = 0.0
         self.peak = 0
 
-    def run(self, prompt: str) -> Result:
+    def run(self, prompt) -> Result:
+        """The whole run, alone on the engine: every step the algorithm asks for is the engine's own."""
+        self.start(prompt)
+        steps = self.steps()
+        try:
+            next(steps)
+            while True:
+                steps.send(self.engine.step())
+        except StopIteration as done:
+            return done.value
+        except KeyboardInterrupt:
+            raise Interrupted(self._result(interrupted=True)) from None
+
+    def start(self, prompt):
+        """Read the prompt and plan the run (budget, answers at once); nothing is allocated yet."""
         e, s = self.engine, self.s
-        self.t0 = time.perf_counter()
+        self.t0 = time.perf_counter()  # again when its steps begin (a scheduler may hold it back meanwhile)
         self.fed0 = self.scorer.tokens_fed  # a scorer reused across prompts keeps counting
         P = e.load_prompt(prompt, s.system)
-        T = min(s.max_tokens, e.context_length - P)  # never more than the model's context holds
-        if T < 1:
+        self.T = min(s.max_tokens, e.context_length - P)  # never more than the model's context holds
+        if self.T < 1:
             raise PromptTooLong(f"the prompt is {P} tokens long and leaves no room for an answer in this model's "
                                 f"context of {e.context_length}")
-        self.budget, self.at_once = s.plan(P, T)
+        self.budget, self.at_once = s.plan(P, self.T)
+        self.prompt = prompt
+
+    def steps(self):
+        """The algorithm, after `start`. A generator: `finished = yield` wherever it needs one
+        generation step (the engine's own when alone, one shared with other prompts' runs under
+        `schedule.decode_many`); it returns the Result."""
+        e, s = self.engine, self.s
+        self.t0 = time.perf_counter()
         waiting = list(range(s.n))
         try:
             # the prompt is decoded once, for the scorer and for the generator (stoppable between chunks)
-            self.scorer.begin(prompt, s.system, s.n, should_stop=self.should_stop)
-            e.open(s.n, self.at_once, self.budget, T, s.sampling, s.stop, should_stop=self.should_stop)
+            self.scorer.begin(self.prompt, s.system, s.n, should_stop=self.should_stop)
+            e.open(s.n, self.at_once, self.budget, self.T, s.sampling, s.stop, should_stop=self.should_stop)
             while waiting or e.live():
                 # 0. start answers while there is room: all at once, unless Best-of-N runs in waves
                 room = self.at_once - len(e.live())
@@ -169,7 +191,8 @@ class Run:
                 while e.live() and self._fits() and not (waiting and len(e.live()) < self.at_once):
                     if self.should_stop and self.should_stop():
                         raise Interrupted(self._result(interrupted=True))
-                    self._finish(e.step())
+                    finished = yield
+                    self._finish(finished)
                     self.peak = max(self.peak, e.kv_used())
                 if e.live() and not self._fits():
                     # 2. score partial answers, rank them with finished ones, keep the best

@@ -4,6 +4,10 @@
 takes `prompt_tokens` cells once, each step adds one cell per live candidate, and a candidate
 keeps its cells until it is released. Candidate i writes words "i.0 i.1 ..." and ends after
 `lengths[i]` tokens (or at max_tokens).
+
+`FakePool` lends engines room (sequences, KV cells) out of a fixed capacity, as `llama.pool.KvPool`
+does, and steps all of them at once; it records every step and checks that no step ever holds
+more than the capacity.
 """
 from specrej_local.engine import Sequence, check_start
 from specrej_local.errors import BadInput
@@ -11,7 +15,8 @@ from specrej_local.scoring import checked
 
 
 class FakeEngine:
-    def __init__(self, lengths, prompt_tokens: int = 10, context_length: int = 1 << 20):
+    def __init__(self, lengths, prompt_tokens: int = 10, context_length: int = 1 << 20, pool=None):
+        self.pool = pool
         self.lengths = list(lengths)
         self.prompt_tokens = prompt_tokens
         self.context_length = context_length
@@ -24,12 +29,27 @@ class FakeEngine:
     def load_prompt(self, prompt, system=None):
         if not prompt.strip():
             raise BadInput("the prompt is empty")
+        if self.pool is not None:  # the pool knows each prompt's answers
+            self.prompt, self.lengths = prompt, list(self.pool.lengths[prompt])
         return self.prompt_tokens
+
+    def need(self, n, concurrent, kv_budget):
+        slots = max(1, min(n, concurrent))
+        return slots + (slots < n), kv_budget  # a keeper sequence when it runs in waves, as llama.pool's
+
+    def fits(self, n, concurrent, kv_budget, max_tokens):
+        return self.pool is None or self.pool.fits(self.need(n, concurrent, kv_budget))
 
     def open(self, n, concurrent, kv_budget, max_tokens, sampling, stop=(), should_stop=None):
         check_start(n, kv_budget, self.prompt_tokens, max_tokens)
         self.max_tokens = max_tokens
         self.sequences = {}
+        if self.pool is not None:
+            self.pool.join(self, self.need(n, concurrent, kv_budget))
+
+    def finish(self):
+        if self.pool is not None:
+            self.pool.leave(self)
 
     def spawn(self, ids):
         for i in ids:
@@ -66,6 +86,40 @@ class FakeEngine:
 
     def kv_used(self):
         return self.prompt_tokens + sum(s.cells for s in self.sequences.values())
+
+
+class FakePool:
+    """Engines for the prompts of `lengths` (prompt -> candidate lengths), sharing `slots`
+    sequences and `cells` KV cells; `steps` records each step's [(prompt, live candidates)], one pair per engine."""
+
+    def __init__(self, lengths: dict, slots: int, cells: int, prompt_tokens: int = 10):
+        self.lengths, self.slots, self.cells, self.prompt_tokens = lengths, slots, cells, prompt_tokens
+        self.open = {}     # engine -> (slots, cells) reserved
+        self.steps = []
+        self.admitted = []  # prompts in the order they opened
+
+    def engine(self):
+        return FakeEngine([], prompt_tokens=self.prompt_tokens, pool=self)
+
+    def fits(self, need):
+        slots, cells = need
+        return (sum(s for s, _ in self.open.values()) + slots <= self.slots
+                and sum(c for _, c in self.open.values()) + cells <= self.cells)
+
+    def join(self, engine, need):
+        assert self.fits(need) or not self.open, "an engine opened without room"
+        self.open[engine] = need
+        self.admitted.append(engine.prompt)
+
+    def leave(self, engine):
+        self.open.pop(engine, None)
+
+    def step(self):
+        engines = [e for e in self.open if e.live()]
+        self.steps.append([(e.prompt, len(e.live())) for e in engines])
+        used = sum(e.kv_used() for e in self.open)
+        assert used <= max(self.cells, sum(c for _, c in self.open.values())), "the pool's cells overflowed"
+        return {e: e.step() for e in engines}
 
 
 class FakeScorer:

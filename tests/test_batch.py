@@ -146,7 +146,8 @@ def test_a_bad_line_gets_an_error_line_and_the_batch_goes_on(tmp_path, tiny):
     result = batch(src, "-o", out, *tiny, "-n", "1")
     assert result.exit_code == 1  # finished, but some prompts failed
     assert result.stderr == f"Done: 1 answered, 3 failed, 0 already in {out}.\n"
-    a, b, c, d = read_lines(out)
+    lines = read_lines(out)  # prompts decoded together are written as they finish, errors at once
+    a, b, c, d = (next(r for r in lines if r["id"] == i) for i in ("a", None, "c", "d"))
     assert a["id"] == "a" and "text" in a
     assert b == {"id": None, "line": 2, "error": "line 2: invalid JSON (Expecting value at column 1)"}
     assert c == {"id": "c", "line": 3, "error": "line 3: the prompt is empty"}
@@ -325,8 +326,9 @@ def test_a_terminal_gets_a_progress_bar_over_prompts_with_an_eta(tmp_path, tiny)
     master, terminal = pty.openpty()
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 100 columns
     # the self-judge makes each prompt slow enough for the bar to be redrawn between the two
+    # (one at a time: decoded together, both would finish at the same step)
     proc = subprocess.Popen([SCRIPT, "batch", str(src), "-o", str(tmp_path / "out.jsonl"), *tiny, "-n", "1",
-                             "-r", "self"], stdout=subprocess.DEVNULL, stderr=terminal)
+                             "-r", "self", "-c", "1"], stdout=subprocess.DEVNULL, stderr=terminal)
     os.close(terminal)
     shown = b""
     while True:
@@ -505,3 +507,65 @@ def test_memory_stays_flat_over_50_prompts(tmp_path, default_model):
 def test_an_endless_input_that_is_not_a_regular_file_is_refused(tmp_path, device):
     result = CliRunner().invoke(cli, ["batch", device, "-o", str(tmp_path / "out.jsonl")])
     assert result.exit_code == 2 and f"{device} is not a regular file" in result.output
+
+
+# --- several prompts at once (--concurrent) ------------------------------------------------------
+def test_concurrent_prompts_get_the_answers_they_get_one_at_a_time(tmp_path, tiny):
+    # The split layout keeps every candidate in a stream of its own: beside other prompts it
+    # writes what it writes alone (see tests/test_continuous.py).
+    rows = [{"id": k, "prompt": p, "max_tokens": 3 + 2 * k} for k, p in
+            enumerate(["Say hi.", "Name a color.", "Say yes.", "Count to three.", "Name a fruit."])]
+    src = write_lines(tmp_path / "in.jsonl", *rows)
+    one, many = tmp_path / "one.jsonl", tmp_path / "many.jsonl"
+    assert batch(src, "-o", one, *tiny, "--kv-layout", "split", "-c", "1").exit_code == 0
+    result = batch(src, "-o", many, *tiny, "--kv-layout", "split", "-c", "3")
+    assert result.exit_code == 0, result.output
+    assert result.stderr == f"Done: 5 answered, 0 failed, 0 already in {many}.\n"
+    alone = {r["id"]: r for r in read_lines(one)}
+    together = {r["id"]: r for r in read_lines(many)}
+    assert sorted(together) == list(range(5))
+    for k in range(5):
+        assert [c["text"] for c in together[k]["candidates"]] == [c["text"] for c in alone[k]["candidates"]]
+        assert together[k]["stats"]["generated_tokens"] == alone[k]["stats"]["generated_tokens"]
+
+
+def test_concurrent_error_lines_and_failures_leave_the_other_prompts_answered(tmp_path, tiny):
+    src = write_lines(tmp_path / "in.jsonl", {"id": "a", "prompt": "Say hi."}, "not json",
+                      {"id": "b", "prompt": "Say yes.", "alpha": 1.5}, {"id": "c", "prompt": "Say no."},
+                      {"id": "d", "prompt": "one two " * 5000})
+    out = tmp_path / "out.jsonl"
+    result = batch(src, "-o", out, *tiny, "-c", "4")
+    assert result.exit_code == 1, result.output
+    lines = {r["id"]: r for r in read_lines(out)}
+    assert "text" in lines["a"] and "text" in lines["c"]
+    assert "alpha" in lines["b"]["error"] and lines["b"]["error"].startswith("line 3: ")
+    assert "context" in lines["d"]["error"]
+    assert lines[None]["error"].startswith("line 2: invalid JSON")
+    assert result.stderr == f"Done: 2 answered, 3 failed, 0 already in {out}.\n"
+
+
+def test_concurrent_is_not_offered_with_ray(tmp_path):
+    src = write_lines(tmp_path / "in.txt", "Say hi.")
+    result = batch(src, "-o", tmp_path / "out.jsonl", "--ray", "-c", "4")
+    assert result.exit_code == 2 and "--concurrent is not available with --ray" in result.stderr
+
+
+def test_ctrl_c_mid_concurrent_batch_exits_130_and_the_same_command_finishes_the_rest(tmp_path, tiny):
+    # Prompts of different lengths finish at different steps, so Ctrl-C lands with some on disk.
+    src = write_lines(tmp_path / "in.jsonl", *({"id": k, "prompt": f"Count to {k + 3}.", "max_tokens": 2 + 6 * k}
+                                               for k in range(8)))
+    out = tmp_path / "out.jsonl"
+    args = [SCRIPT, "batch", str(src), "-o", str(out), *tiny, "-n", "2", "-c", "8"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_lines(out, 1, proc)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    lines = read_lines(out)
+    assert 1 <= len(lines) < 8 and all("text" in r for r in lines)
+    assert stderr == (f"Interrupted: {len(lines)} answered, 0 failed, 0 already in {out}; "
+                      "run the same command again to resume.\n")
+    assert not (tmp_path / "out.jsonl.lock").exists()
+    again = batch(src, "-o", out, *tiny, "-n", "2", "-c", "8")
+    assert again.exit_code == 0, again.output
+    assert sorted(r["id"] for r in read_lines(out)) == list(range(8))

@@ -104,7 +104,8 @@ class Server:
 def server(tmp_path_factory, default_model, real_cache_home):
     s = Server(tmp_path_factory.mktemp("serve") / "server.log", default_model, real_cache_home,
                "-n", "4", "--max-tokens", "12", "--max-best-of", "16", "--queue-size", "16",
-               "--max-request-bytes", "200000", "--cors-origin", "http://localhost:3000")
+               "--max-request-bytes", "200000", "--cors-origin", "http://localhost:3000",
+               "--concurrent", "4", "--kv-memory", "1G")  # 4 heavy requests at once: a unified 0.8 GB cache
     yield s
     s.stop()
 
@@ -249,7 +250,7 @@ def test_a_client_that_leaves_while_sending_its_body_is_not_an_error(server):
 
 
 def test_ctrl_c_during_a_long_prompt_answers_503_to_everyone_and_exits(tmp_path, default_model, real_cache_home):
-    s = Server(tmp_path / "server.log", default_model, real_cache_home)
+    s = Server(tmp_path / "server.log", default_model, real_cache_home, "--concurrent", "1")  # one runs, one waits
     try:
         running = s.open_request(LONG_PROMPT)
         s.wait_health(running=1)
@@ -264,8 +265,22 @@ def test_ctrl_c_during_a_long_prompt_answers_503_to_everyone_and_exits(tmp_path,
     assert "Traceback" not in log and "Exception in ASGI" not in log, log
 
 
+def test_requests_run_together_and_one_that_leaves_frees_its_room_at_once(server):
+    before = server.wait_health(running=0, queued=0)
+    first, second = server.open_request(HEAVY), server.open_request(HEAVY)
+    server.wait_health(running=2, queued=0)  # both decoded together, neither waits
+    first.close()
+    server.wait_health(running=1, cancelled=before["cancelled"] + 1)
+    good_request_succeeds(server)  # joins the heavy one still running, and finishes beside it
+    assert server.health()["running"] == 1
+    second.close()
+    after = server.wait_health(running=0, cancelled=before["cancelled"] + 2)
+    assert after["served"] == before["served"] + 1
+
+
 def test_a_full_queue_answers_429_with_retry_after(tmp_path, default_model, real_cache_home):
-    s = Server(tmp_path / "server.log", default_model, real_cache_home, "--queue-size", "1")
+    # one request at a time, so one running request fills the engine and the next one waits
+    s = Server(tmp_path / "server.log", default_model, real_cache_home, "--queue-size", "1", "--concurrent", "1")
     try:
         running = s.open_request(HEAVY)
         s.wait_health(running=1)

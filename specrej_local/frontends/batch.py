@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from ..api import MAX_CONCURRENT
 from ..decoder import Interrupted
 from .batch_io import ResultsFile, answer_all, pending, read_items, refuse_input_as_output
 from .options import (CliError, decoding_options, friendly_errors, load, make_settings, model_options, require_text,
@@ -23,13 +24,16 @@ from .options import (CliError, decoding_options, friendly_errors, load, make_se
 @model_options
 @decoding_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary on stderr.")
+@click.option("-c", "--concurrent", type=click.IntRange(1, MAX_CONCURRENT), default=None,
+              help="Prompts decoded at once, sharing every step (default: as many as make a step of about "
+                   "64 candidates; 1 = one after another).")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
               help="Answer on Ray workers: alone, a Ray instance started here; auto or ray://host:port, a cluster.")
 @click.option("--workers", type=click.IntRange(1, 4096), default=1, show_default=True,
               help="With --ray: worker slots, each holding its own copy of the models.")
 @click.option("--gpus-per-worker", type=click.FloatRange(0), default=0, show_default=True,
               help="With --ray: GPUs each worker reserves (e.g. 1, or 0.5 to share one).")
-def batch_command(source, out_path, quiet, ray_address, workers, gpus_per_worker, **decoding):
+def batch_command(source, out_path, quiet, concurrent, ray_address, workers, gpus_per_worker, **decoding):
     """Answer every prompt in IN (.jsonl, .json list, or text: one a line), one JSON line each in OUT.
 
     Models load once. Each line is on disk as soon as its prompt is done; run the same command
@@ -40,6 +44,7 @@ def batch_command(source, out_path, quiet, ray_address, workers, gpus_per_worker
     Examples:
       specrej-local batch prompts.jsonl -o answers.jsonl
       specrej-local batch questions.txt -o answers.jsonl -n 8 --max-tokens 128
+      specrej-local batch prompts.jsonl -o answers.jsonl -n 8 --concurrent 8
       specrej-local batch alpaca_farm_100.json -o af.jsonl -g qwen2.5-1.5b -q
       specrej-local batch prompts.jsonl -o answers.jsonl --ray --workers 4 --gpus-per-worker 1 -ngl -1
     """
@@ -48,6 +53,8 @@ def batch_command(source, out_path, quiet, ray_address, workers, gpus_per_worker
     model = take_model_options(decoding)
     out, skipped, interrupted = None, 0, False
     with friendly_errors():
+        if ray_address is not None and concurrent not in (None, 1):
+            raise CliError("--concurrent is not available with --ray yet: each Ray worker answers one prompt at a time")
         if ray_address is not None:
             from . import ray_batch
             ray_batch.require_ray()
@@ -69,7 +76,7 @@ def batch_command(source, out_path, quiet, ray_address, workers, gpus_per_worker
                     with models as s, tqdm(total=len(items), initial=skipped, unit="prompt", file=sys.stderr,
                                            disable=quiet or not sys.stderr.isatty()) as bar:
                         answers = (ray_batch.answer_all(s, todo, out) if on_ray
-                                   else answer_all(s, todo, out, decoding, model["generator"], model["reward"]))
+                                   else answer_all(s, todo, out, decoding, model["generator"], model["reward"], concurrent))
                         for _ in answers:
                             bar.update()
                     if on_ray and s.summary() and not quiet:

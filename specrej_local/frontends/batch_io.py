@@ -431,22 +431,50 @@ def answer_one(s, it: Item, options: dict, generator: str, reward) -> dict:
         return error_record(it, it.error)
     opts = {**options, **it.settings}
     try:
-        result = s.generate(it.prompt, **opts)
+        outcome = s.generate(it.prompt, **opts)
     except Interrupted:
         raise
     except SpecRejError as e:
-        return error_record(it, f"{it.where}: {' '.join(str(e).split())}")
-    return dict(id=it.id, **result_record(result, generator, reward, opts["seed"]))
+        outcome = e
+    return outcome_record(it, outcome, opts, generator, reward)
+
+
+def outcome_record(it: Item, outcome, opts: dict, generator: str, reward) -> dict:
+    """The OUT line of a prompt that ran: its Result, or the SpecRejError it failed with."""
+    if isinstance(outcome, SpecRejError):
+        return error_record(it, f"{it.where}: {' '.join(str(outcome).split())}")
+    return dict(id=it.id, **result_record(outcome, generator, reward, opts["seed"]))
 
 
 def error_record(it: Item, error: str) -> dict:
     return dict(id=it.id, line=it.line, error=error)
 
 
-def answer_all(s, items, out: ResultsFile, options: dict, generator: str, reward) -> Iterator[dict]:
+def answer_all(s, items, out: ResultsFile, options: dict, generator: str, reward,
+               concurrent: Optional[int] = 1) -> Iterator[dict]:
     """Answer each item with the loaded SpecRej `s`, append its line to OUT as soon as it is
-    ready, and yield it. Ctrl-C (Interrupted / KeyboardInterrupt) abandons the current prompt."""
+    ready, and yield it. With `concurrent` other than 1 (None: the API's default), that many
+    prompts are decoded at once (`SpecRej.generate_many`) and each line is written the moment
+    its prompt finishes. Ctrl-C (Interrupted / KeyboardInterrupt) abandons the prompts in progress."""
+    if concurrent == 1:
+        for it in items:
+            rec = answer_one(s, it, options, generator, reward)
+            out.append(rec)
+            yield rec
+        return
+    good = [it for it in items if not it.error]
     for it in items:
-        rec = answer_one(s, it, options, generator, reward)
+        if it.error:
+            rec = error_record(it, it.error)
+            out.append(rec)
+            yield rec
+    if not good:  # only unreadable entries were left: no model was loaded for them
+        return
+    requests = [{("messages" if isinstance(it.prompt, list) else "prompt"): it.prompt, **it.settings} for it in good]
+    for k, outcome in s.generate_many(requests, concurrent=concurrent, **options):
+        it = good[k]
+        if isinstance(outcome, Interrupted):
+            raise outcome
+        rec = outcome_record(it, outcome, {**options, **it.settings}, generator, reward)
         out.append(rec)
         yield rec

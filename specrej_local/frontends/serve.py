@@ -9,6 +9,7 @@ import socket
 import click
 from click.core import ParameterSource
 
+from ..api import MAX_CONCURRENT, default_concurrency
 from ..errors import ContextTooSmall
 from .options import (CliError, decoding_options, friendly_errors, load, make_settings, model_options,
                          take_model_options)
@@ -75,15 +76,18 @@ def check_kv_budget(specrej, settings):
                    "repeatable, '*' for any.")
 @click.option("--model-name", default=None, help="The model id clients see (default: the generator).")
 @click.option("--queue-size", type=click.IntRange(1, 10_000), default=16, show_default=True,
-              help="Requests that may wait behind the running one; more get 429.")
+              help="Requests that may wait for room behind the running ones; more get 429.")
+@click.option("-c", "--concurrent", type=click.IntRange(1, MAX_CONCURRENT), default=None,
+              help="Requests decoded at once, sharing every step (default: as many as make a step of about "
+                   "64 candidates at -n; 1 = one at a time).")
 @click.option("--max-best-of", type=click.IntRange(1, 256), default=64, show_default=True,
               help="Largest best_of a request may ask for.")
 @click.option("--max-tokens-limit", type=click.IntRange(1), default=2048, show_default=True,
               help="Largest max_tokens a request may ask for.")
 @click.option("--max-request-bytes", type=click.IntRange(1), default=1_000_000, show_default=True,
               help="Largest request body accepted.")
-def serve_command(host, port, api_key, cors_origins, model_name, queue_size, max_best_of, max_tokens_limit,
-                  max_request_bytes, **decoding):
+def serve_command(host, port, api_key, cors_origins, model_name, queue_size, concurrent, max_best_of,
+                  max_tokens_limit, max_request_bytes, **decoding):
     """Serve the OpenAI API (/v1/chat/completions, /v1/completions, /v1/models, /health); every
     answer is the best of N. The decoding options are the defaults of each request.
 
@@ -116,7 +120,8 @@ def serve_command(host, port, api_key, cors_origins, model_name, queue_size, max
                         stop=tuple(decoding["stop"]), kv_budget=decoding["kv_budget"])
     config = ServerConfig(model_name=model_name or model["generator"], defaults=defaults, api_key=api_key,
                           limits=Limits(max_best_of=max_best_of, max_tokens=max_tokens_limit),
-                          queue_size=queue_size, max_request_bytes=max_request_bytes, cors_origins=cors_origins)
+                          queue_size=queue_size, max_request_bytes=max_request_bytes, cors_origins=cors_origins,
+                          concurrent=concurrent or default_concurrency(decoding["n"], model["n_gpu_layers"] != 0))
     try:  # flag defaults that every request would inherit must be valid themselves
         parse_completion({"prompt": "check"}, defaults, config.limits)
     except RequestError as e:  # named by its flag here, not by its request field

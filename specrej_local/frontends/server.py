@@ -1,10 +1,12 @@
 """The OpenAI-compatible HTTP server behind `specrej-local serve`.
 
-One model, loaded before the server starts, answers one request at a time. Its llama.cpp calls
-block, so they run in a single worker thread fed by a bounded queue; the event loop only reads
-requests, waits and writes answers. A full queue answers 429 at once. A client that goes away
-sets its job's cancel flag, which the decoder reads before every step and between the chunks of
-a long prompt.
+One model, loaded before the server starts, answers up to `concurrent` requests at once, their
+candidates decoded together (continuous batching: a request joins at the next step when the
+engine has room). Its llama.cpp calls block, so they run in a single worker thread fed by a
+bounded queue of the requests waiting for room; the event loop only reads requests, waits and
+writes answers. A full queue answers 429 at once. A client that goes away sets its job's cancel
+flag, which its run reads before every step and between the chunks of a long prompt: its
+candidates are freed there.
 """
 import asyncio
 import hmac
@@ -27,8 +29,10 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ..api import make_settings, prompt_or_messages
 from ..decoder import Interrupted
 from ..errors import PromptTooLong, ResourceError, SpecRejError
+from ..schedule import Job as Scheduled
 from .openai_schema import Defaults, Limits, Reply, RequestError, parse_chat, parse_completion
 
 KEEPALIVE_S = 1.0  # an SSE comment this often while a streamed run goes on
@@ -42,7 +46,8 @@ class ServerConfig:
     defaults: Defaults = field(default_factory=Defaults)
     limits: Limits = field(default_factory=Limits)
     api_key: Optional[str] = None
-    queue_size: int = 16          # requests waiting behind the one running
+    queue_size: int = 16          # requests waiting for room behind those running
+    concurrent: int = 1           # requests decoded at once
     max_request_bytes: int = 1_000_000
     cors_origins: tuple = ()      # web pages (origins) whose scripts may call the API from a browser
 
@@ -69,12 +74,14 @@ class Job:
 
 
 class Worker:
-    """Runs jobs one at a time on the loaded SpecRej, in its own thread."""
+    """Runs the jobs on the loaded SpecRej, in its own thread: up to `concurrent` requests at once,
+    their candidates decoded together (`SpecRej.decode_jobs`). A request joins at the next step
+    when the engine has room for it; the queue holds only those that wait for room."""
 
-    def __init__(self, specrej, queue_size: int):
-        self.specrej = specrej
+    def __init__(self, specrej, queue_size: int, concurrent: int = 1):
+        self.specrej, self.concurrent = specrej, concurrent
         self.jobs = queue.Queue(maxsize=queue_size)
-        self.running: Optional[Job] = None
+        self.running = set()  # jobs taken from the queue and not yet settled
         self.counts = dict(served=0, failed=0, cancelled=0, refused_busy=0)
         self.mean_s = 1.0  # moving average of a run's wall time, for Retry-After
         self.thread = threading.Thread(target=self._loop, name="specrej-worker", daemon=True)
@@ -102,18 +109,19 @@ class Worker:
         job.report(CANCELLED)
 
     def retry_after(self) -> int:
-        return max(1, math.ceil(self.mean_s * (self.jobs.qsize() + 1)))
+        return max(1, math.ceil(self.mean_s * (self.jobs.qsize() + 1) / self.concurrent))
 
     def cancel_all(self):
         """Cancel what is running and waiting (the server is shutting down)."""
-        running = self.running
-        if running:
-            running.cancel()
+        for job in list(self.running):
+            job.cancel()
         while True:
             try:
                 job = self.jobs.get_nowait()
             except queue.Empty:
                 break
+            if job is None:
+                continue
             job.cancel()
             job.report(CANCELLED)
 
@@ -127,22 +135,41 @@ class Worker:
 
     def _loop(self):
         while True:
-            job = self.jobs.get()
+            try:
+                for job, outcome in self.specrej.decode_jobs(self._requests(), self.concurrent):
+                    self._settle(job, outcome)
+                return  # stop() was called and every run has ended
+            except Exception as e:  # a bug in a shared step: logged in full, its runs' clients get one line
+                traceback.print_exc(file=sys.stderr)
+                for job in list(self.running):
+                    self._settle(job, e)
+
+    def _requests(self):
+        """The jobs for the scheduler, as they arrive: it waits for one only while none runs, and
+        None tells it that nobody is waiting now."""
+        while True:
+            try:
+                job = self.jobs.get(block=not self.running)
+            except queue.Empty:
+                yield None
+                continue
             if job is None:
                 return
             if job.cancelled.is_set():  # its client left while it waited
                 self.counts["cancelled"] += 1
                 job.report(CANCELLED)
                 continue
-            self.running = job
             job.queue_s = time.perf_counter() - job.queued_at
-            t0 = time.perf_counter()
-            outcome = self._run(job)
-            self.mean_s = 0.8 * self.mean_s + 0.2 * (time.perf_counter() - t0)
-            self.running = None
-            job.report(outcome)
+            try:
+                scheduled = self._scheduled(job)
+            except SpecRejError as e:  # settings no engine can take
+                self.counts["failed"] += 1
+                job.report(e)
+                continue
+            self.running.add(job)
+            yield scheduled
 
-    def _run(self, job: Job):
+    def _scheduled(self, job: Job) -> Scheduled:
         said_started = []
 
         def should_stop() -> bool:
@@ -151,20 +178,23 @@ class Worker:
                 job.loop.call_soon_threadsafe(job.started.set)
             return job.cancelled.is_set()
 
-        try:
-            result = self.specrej.generate(**job.request.generate_kwargs(), should_stop=should_stop)
-            self.counts["served"] += 1
-            return result
-        except Interrupted:
+        kwargs = job.request.generate_kwargs()
+        what = prompt_or_messages(kwargs.pop("prompt", None), kwargs.pop("messages", None))
+        return Scheduled(job, what, make_settings(**kwargs), should_stop=should_stop)
+
+    def _settle(self, job: Job, outcome):
+        self.running.discard(job)
+        if isinstance(outcome, Interrupted):
             self.counts["cancelled"] += 1
-            return CANCELLED
-        except SpecRejError as e:
+            outcome = CANCELLED
+        elif isinstance(outcome, Exception):
             self.counts["failed"] += 1
-            return e
-        except Exception as e:  # a bug: logged here in full, the client gets one line
-            self.counts["failed"] += 1
-            traceback.print_exc(file=sys.stderr)
-            return e
+            if not isinstance(outcome, SpecRejError):
+                print(f"request failed: {type(outcome).__name__}: {outcome}", file=sys.stderr)
+        else:
+            self.counts["served"] += 1
+            self.mean_s = 0.8 * self.mean_s + 0.2 * outcome.stats["wall_s"]
+        job.report(outcome)
 
 
 # -- errors --------------------------------------------------------------------------------------
@@ -262,7 +292,7 @@ class EventStream:
 
 def create_app(specrej, config: ServerConfig) -> Starlette:
     """The ASGI app around one loaded `SpecRej`; its worker starts and stops with the app."""
-    worker = Worker(specrej, config.queue_size)
+    worker = Worker(specrej, config.queue_size, config.concurrent)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -282,7 +312,7 @@ def create_app(specrej, config: ServerConfig) -> Starlette:
                                kind="authentication_error", code="invalid_api_key")
 
     async def health(request):
-        return JSONResponse({"status": "ok", "model": config.model_name, "running": int(worker.running is not None),
+        return JSONResponse({"status": "ok", "model": config.model_name, "running": len(worker.running),
                              "queued": worker.jobs.qsize(), **worker.counts})
 
     async def models(request):

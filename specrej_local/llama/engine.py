@@ -18,6 +18,10 @@ cells: attention stays per sequence, which measured 2.4x faster at 128 sequences
 the price of allocating every sequence's full length. llama.cpp splits a decode into one graph
 run per run of consecutive sequence ids, so live candidates are moved down into the lowest
 slots after each release. "auto" takes split when its allocation fits in memory.
+
+The context itself belongs to a `pool.KvPool`: an engine made alone owns a pool of its own and
+sizes it for each prompt; engines made by `KvPool`-sharing code (`shared_engine`) hold one
+prompt each in one context, and the pool's step decodes all of them at once.
 """
 import time
 from typing import Optional
@@ -27,33 +31,54 @@ import numpy as np
 from .chat import ChatFormat
 from ..engine import Sequence, StopWatcher, check_kv_layout, check_kv_memory, check_start
 from ..errors import BadInput, PromptTooLong, ResourceError
-from .context import Context, Model, Samplers, split_fits
+from .context import Model, Samplers
+from .pool import PROBE_GROUP, KvPool, Need
 from ..sampling import Sampling
-
-PROBE_GROUP = 16  # sequences probed per decode on a unified cache (bounds the room a probe borrows)
 
 
 class LlamaEngine:
-    """All candidates of one prompt in one llama.cpp context."""
+    """The candidates of one prompt, in a llama.cpp context of its own or shared with other
+    prompts' engines (`pool`, see pool.py)."""
 
     def __init__(self, model: Model, raw: bool = False, n_threads=None, flash_attn: bool = True,
-                 n_batch: int = 512, kv_layout: str = "auto", kv_memory: Optional[int] = None):
+                 n_batch: int = 512, kv_layout: str = "auto", kv_memory: Optional[int] = None,
+                 pool: Optional[KvPool] = None):
         check_kv_layout(kv_layout)
         check_kv_memory(kv_memory)
         self.model = model
-        self.n_threads, self.flash_attn, self.n_batch, self.kv_layout = n_threads, flash_attn, n_batch, kv_layout
-        self.kv_memory = kv_memory  # bytes the KV cache may take (None: what free memory allows)
+        self.own_pool = pool is None  # alone: the pool is sized for each prompt this engine opens
+        self.pool = pool or KvPool(model, n_threads=n_threads, flash_attn=flash_attn, n_batch=n_batch,
+                                   kv_layout=kv_layout, kv_memory=kv_memory, raw=raw)
         bos = model.special_text("bos")
         self.chat = ChatFormat(model.meta("tokenizer.chat_template"), bos_token=bos,
                                eos_token=model.special_text("eos"), raw=raw)
         self._bos_text = bos
-        self.ctx: Optional[Context] = None
-        self.layout = None        # the layout of the current context
         self.probe_cells = 0      # room per sequence a scorer's probe borrows (the self-judge)
         self.track_logprob = False  # keep each answer's log-probability (the logprob reward)
         self.sequences: dict = {}
+        self.slot: dict = {}      # candidate id -> llama.cpp sequence id
+        self.keeper = None        # the sequence holding the prompt for later candidates (waves)
+        self._unclaimed = None    # the prompt's sequence, before the first candidate takes it
         self.prompt_tokens = 0
         self.decode_s = self.sample_s = 0.0
+
+    @property
+    def ctx(self):
+        return self.pool.ctx
+
+    @property
+    def kv_layout(self) -> str:
+        """The layout asked for (the pool's: "auto", "unified" or "split")."""
+        return self.pool.kv_layout
+
+    @kv_layout.setter
+    def kv_layout(self, layout: str):
+        check_kv_layout(layout)
+        self.pool.kv_layout = layout
+
+    @property
+    def layout(self):
+        return self.pool.layout
 
     @property
     def context_length(self) -> int:
@@ -78,21 +103,38 @@ class LlamaEngine:
         return self.prompt_tokens
 
     # -- candidates ------------------------------------------------------------------------------
+    def need(self, n: int, concurrent: int, kv_budget: int, max_tokens: int) -> Need:
+        """The room `open` with these values reserves in the pool."""
+        slots = max(1, min(n, concurrent))
+        n_seq = slots + (slots < n)
+        per_seq = self.prompt_tokens + min(max_tokens, self.model.n_ctx_train - self.prompt_tokens) + self.probe_cells
+        return Need(n_seq, kv_budget + min(n_seq, PROBE_GROUP) * self.probe_cells, per_seq)
+
+    def fits(self, n: int, concurrent: int, kv_budget: int, max_tokens: int) -> bool:
+        """Whether `open` with these values finds room now (alone, an engine always makes room)."""
+        return self.own_pool or self.pool.fits(self.need(n, concurrent, kv_budget, max_tokens))
+
     def open(self, n: int, concurrent: int, kv_budget: int, max_tokens: int, sampling: Sampling, stop=(),
              should_stop=None):
         """Make room for `concurrent` candidates at a time (of n) and decode the prompt once;
         `should_stop()` is asked between the prompt's chunks (True raises `Cancelled`)."""
         P = self.prompt_tokens
         check_start(n, kv_budget, P, max_tokens)
+        self.finish()  # the room of this engine's previous prompt goes back first
         self.max_tokens = min(max_tokens, self.model.n_ctx_train - P)
+        need = self.need(n, concurrent, kv_budget, max_tokens)
+        if self.own_pool:
+            self.pool.size([need])
+        elif self.pool.idle():  # the first prompt of a batch: room for as many like it as the pool takes
+            self.pool.size(self.pool.sized_for(need))
+        self.pool.join(self, need)
         self.slots = max(1, min(n, concurrent))
-        self.keeper = self.slots if self.slots < n else None  # holds the prompt for later candidates
+        self.keeper = self.pool.take(high=True) if self.slots < n else None  # holds the prompt for later ones
+        self.home = self.keeper if self.keeper is not None else self.pool.take()
+        self._unclaimed = None if self.keeper is not None else self.home  # the first candidate's own slot
         self.sequences = {}  # emptied first: a run stopped during the prompt holds no candidate
         self.slot = {}       # candidate id -> llama.cpp sequence id
-        self.free = list(range(self.slots))
-        self._context(kv_budget, self.slots + (self.keeper is not None))
         self.decode_s = self.sample_s = 0.0
-        self.home = 0 if self.keeper is None else self.keeper
         head = self.prompt_ids[:-1]  # the last prompt token is fed by each candidate (see module doc)
         t0 = self.ctx.decode_s
         try:
@@ -108,8 +150,10 @@ class LlamaEngine:
     def spawn(self, ids):
         """Start these candidates from the prompt, each in the lowest free slot."""
         for i in ids:
-            k = self.free.pop(0)
-            if k != self.home:
+            if self._unclaimed is not None:
+                k, self._unclaimed = self._unclaimed, None
+            else:
+                k = self.pool.take()
                 self.ctx.copy_seq(self.home, k)  # unified: shares the prompt's cells; split: copies them
             self.slot[i] = k
             self.sequences[i] = Sequence(i)
@@ -117,28 +161,30 @@ class LlamaEngine:
 
     def step(self) -> list:
         """Feed every live candidate its last token, sample the next; return the ids that finished
-        (their KV is kept until `release`)."""
-        ids = sorted(self.live(), key=self.slot.get)  # consecutive sequence ids: one graph run
-        if not ids:
-            return []
-        P = self.prompt_tokens
-        seqs = [self.sequences[i] for i in ids]
-        t0 = self.ctx.decode_s
-        self.ctx.decode([s.tokens[-1] if s.tokens else self.prompt_ids[-1] for s in seqs],
-                        [P - 1 + s.cells for s in seqs], [self.slot[i] for i in ids], [True] * len(ids), read=False)
-        self.decode_s += self.ctx.decode_s - t0
-        for s in seqs:
-            s.cells += 1
-        return self._advance(ids)
+        (their KV is kept until `release`). For an engine alone; shared engines step together
+        through `pool.step()`."""
+        return self.pool.step().get(self, [])
 
-    def _advance(self, ids) -> list:
+    def next_input(self, i: int):
+        """(token, position) that candidate i feeds at the next step."""
+        s = self.sequences[i]
+        return (s.tokens[-1] if s.tokens else self.prompt_ids[-1]), self.prompt_tokens - 1 + s.cells
+
+    def advance(self, ids, rows, n_rows: int, decode_s: float) -> list:
+        """After the pool's decode: these candidates' rows of it (of n_rows) were fed; sample."""
+        self.decode_s += decode_s
+        for i in ids:
+            self.sequences[i].cells += 1
+        return self._advance(ids, rows, n_rows)
+
+    def _advance(self, ids, rows, n_rows: int) -> list:
         """Sample one token per candidate from its row of the last decode, extend its text, end
         the ones that are done."""
         t0 = time.perf_counter()
         done = []
-        toks = [self._samplers.sample(self.ctx, i, row) for row, i in enumerate(ids)]
+        toks = [self._samplers.sample(self.ctx, i, row) for i, row in zip(ids, rows)]
         if self.track_logprob:
-            self._add_logprobs(ids, toks)
+            self._add_logprobs(ids, toks, rows, n_rows)
         for i, tok in zip(ids, toks):
             s = self.sequences[i]
             if self.model.is_eog(tok):
@@ -154,13 +200,14 @@ class LlamaEngine:
         self.sample_s += time.perf_counter() - t0
         return done
 
-    def _add_logprobs(self, ids, toks):
+    def _add_logprobs(self, ids, toks, rows, n_rows: int):
         """log-softmax of the raw logits (before the sampler's filters) at each sampled token,
         read in place from the rows llama.cpp computed for this step."""
-        rows = self.ctx.logits(len(ids))
-        m = rows.max(axis=1)
-        lse = m + np.log(np.exp(rows - m[:, None]).sum(axis=1))
-        picked = rows[np.arange(len(ids)), toks]
+        logits = self.ctx.logits(n_rows)
+        mine = logits if len(rows) == n_rows else logits[rows]
+        m = mine.max(axis=1)
+        lse = m + np.log(np.exp(mine - m[:, None]).sum(axis=1))
+        picked = mine[np.arange(len(ids)), toks]
         for i, lp in zip(ids, (picked - lse).tolist()):
             s = self.sequences[i]
             s.logprob += lp
@@ -195,25 +242,9 @@ class LlamaEngine:
             if s.live:
                 s.finish_reason = reason or "rejected"
             if i in self.slot:
-                k = self.slot.pop(i)
-                self.ctx.remove(k)
-                self.free.append(k)
+                self.pool.give(self.slot.pop(i))
             s.cells = 0
-        self.free.sort()
-        if self.layout == "split":
-            self._compact()
-
-    def _compact(self):
-        """Move live candidates from high slots into free lower ones (a whole-stream copy)."""
-        for i in sorted(self.slot, key=self.slot.get, reverse=True):
-            if not self.free or self.free[0] > self.slot[i]:
-                break
-            k, old = self.free.pop(0), self.slot[i]
-            self.ctx.copy_seq(old, k)
-            self.ctx.remove(old)
-            self.slot[i] = k
-            self.free.append(old)
-            self.free.sort()
+        self.pool.compact()
 
     def live(self) -> list:
         return [i for i, s in self.sequences.items() if s.live]
@@ -221,37 +252,25 @@ class LlamaEngine:
     def kv_used(self) -> int:
         return self.prompt_tokens - 1 + sum(s.cells for s in self.sequences.values())
 
-    # -- context ---------------------------------------------------------------------------------
-    def _context(self, kv_budget: int, n_seq: int):
-        """Reuse the context when it fits this run, else allocate one in the layout chosen."""
-        per_seq = self.prompt_tokens + self.max_tokens + self.probe_cells
-        unified_cells = kv_budget + min(n_seq, PROBE_GROUP) * self.probe_cells
-        layout = self.kv_layout
-        if layout == "auto":
-            layout = "split" if split_fits(self.model, n_seq, per_seq, cap=self.kv_memory) else "unified"
-        c = self.ctx
-        if c is not None and c.unified == (layout == "unified") and c.n_seq_max >= n_seq \
-                and c.seq_cells >= (unified_cells if layout == "unified" else per_seq):
-            c.clear()
-            return
-        self.close()
-        opts = dict(n_batch=max(self.n_batch, n_seq), n_threads=self.n_threads, flash_attn=self.flash_attn,
-                    kv_memory=self.kv_memory)
-        if layout == "split":
-            try:
-                self.ctx, self.layout = Context(self.model, per_seq * n_seq, n_seq, unified=False, **opts), layout
-                return
-            except ResourceError:
-                if self.kv_layout == "split":
-                    raise
-        self.ctx, self.layout = Context(self.model, unified_cells, n_seq, **opts), "unified"
+    # -- the end ---------------------------------------------------------------------------------
+    def held_slots(self) -> list:
+        """Every sequence this prompt holds (candidates, keeper, unclaimed prompt), now let go."""
+        held = list(self.slot.values()) + [k for k in (self.keeper, self._unclaimed) if k is not None]
+        self.slot, self.keeper, self._unclaimed = {}, None, None
+        return held
+
+    def finish(self):
+        """Give the pool back this prompt's room and free its samplers; its candidates' records
+        stay readable."""
+        self.pool.leave(self)
+        self._close_samplers()
 
     def _close_samplers(self):
         if getattr(self, "_samplers", None) is not None:
             self._samplers.close()
 
     def close(self):
+        self.finish()
         self._close_samplers()
-        if self.ctx is not None:
-            ctx, self.ctx = self.ctx, None
-            ctx.close()
+        if self.own_pool:
+            self.pool.close()

@@ -74,6 +74,13 @@ class AnswerScorer:
         self.tokens_fed = 0    # every token decoded: prompt, answers and the read-out suffix
         self.suffix_fed = 0    # of which the suffix, appended and removed at each read
 
+    def fresh(self) -> "AnswerScorer":
+        """A scorer of the same loaded model and read-out with a context of its own, for another
+        prompt decoded at the same time (closing it leaves the model loaded)."""
+        other = AnswerScorer(self.model, self.readout, self.follow_up, self.embeddings, raw=self.chat.raw)
+        other.opts = dict(self.opts)
+        return other
+
     def begin(self, prompt, system, n, should_stop=None):
         self.should_stop = should_stop  # asked between the chunks of everything fed for this prompt
         before, after = self.chat.around_answer(prompt, system, self.follow_up)
