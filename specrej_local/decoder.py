@@ -169,7 +169,11 @@ class Run:
             raise PromptTooLong(f"the prompt is {P} tokens long and leaves no room for an answer in this model's "
                                 f"context of {e.context_length}")
         self.budget, self.at_once = s.plan(P, self.T)
-        self.prompt = prompt
+        try:  # before admission: the scorer tells the engine the room its probes borrow (the self-judge)
+            self.scorer.begin(prompt, s.system, s.n, should_stop=self.should_stop)
+        except (KeyboardInterrupt, Cancelled):
+            raise Interrupted(Result("", None, "interrupted", [], dict(n=s.n, alpha=s.alpha, method=s.method,
+                                                                        prompt_tokens=P))) from None
 
     def steps(self):
         """The algorithm, after `start`. A generator: `finished = yield` wherever it needs one
@@ -179,8 +183,7 @@ class Run:
         self.t0 = time.perf_counter()
         waiting = list(range(s.n))
         try:
-            # the prompt is decoded once, for the scorer and for the generator (stoppable between chunks)
-            self.scorer.begin(self.prompt, s.system, s.n, should_stop=self.should_stop)
+            # the prompt is decoded once and shared by every answer (stoppable between chunks)
             e.open(s.n, self.at_once, self.budget, self.T, s.sampling, s.stop, should_stop=self.should_stop)
             while waiting or e.live():
                 # 0. start answers while there is room: all at once, unless Best-of-N runs in waves
