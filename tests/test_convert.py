@@ -7,7 +7,9 @@ independent numpy forward pass written from the HF modelling code's definitions.
 """
 import hashlib
 import json
+import os
 import shutil
+import stat
 import struct
 import threading
 import time
@@ -446,6 +448,67 @@ def test_a_failed_conversion_leaves_no_file(tiny, tmp_path):
     with pytest.raises(BadInput, match="float16"):
         conv.convert(folder, tmp_path / "out" / "rm.gguf", "f16")
     assert list((tmp_path / "out").iterdir()) == []
+
+
+# --- RoPE and config settings -----------------------------------------------------------------------
+def transformers5_config(config: dict) -> dict:
+    """The same settings as transformers >= 5 writes them: RoPE under `rope_parameters`."""
+    c = {k: v for k, v in config.items() if k not in ("rope_theta", "rope_scaling")}
+    c["rope_parameters"] = dict(config.get("rope_scaling") or {"rope_type": "default"},
+                                rope_theta=config["rope_theta"])
+    return c
+
+
+def copy_with_config(tiny, name, tmp_path, edit) -> Path:
+    folder = tmp_path / f"{name}-edited"
+    shutil.copytree(tiny[name][0], folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(edit(config)))
+    return folder
+
+
+@pytest.mark.parametrize("name", list(ARCHS))
+def test_rope_parameters_convert_like_top_level_rope_theta(tiny, tmp_path, name):
+    """transformers 5 writes RoPE as rope_parameters; the file must be the one the older layout gives
+    (same RoPE base, and Llama keeps its llama3 scaling factors)."""
+    folder = copy_with_config(tiny, name, tmp_path, transformers5_config)
+    new = conv.convert(folder, tmp_path / "new.gguf", "f32", name=tiny[name][0].name)
+    assert new.read_bytes() == tiny[name][4].read_bytes()
+    model = Model(new)
+    try:
+        assert float(model.meta(f"{model.meta('general.architecture')}.rope.freq_base")) == ARCHS[name]["config"]["rope_theta"]
+    finally:
+        model.close()
+
+
+@pytest.mark.parametrize("edit, named", [
+    (lambda c: dict(c, rope_scaling={"rope_type": "dynamic", "factor": 2.0}), "dynamic"),
+    (lambda c: dict(transformers5_config(c), rope_parameters={"rope_type": "longrope", "rope_theta": 1e4}),
+     "longrope"),
+    (lambda c: dict(c, rope_scaling={"rope_type": "linear", "factor": 2.0, "mystery": 1}), "mystery"),
+    (lambda c: dict(c, sliding_attention_stride=4), "sliding_attention_stride"),
+    (lambda c: dict(c, quantization_config={"quant_method": "awq"}), "quantization_config"),
+    (lambda c: dict(c, hidden_act="gelu"), "hidden_act"),
+    (lambda c: dict(c, use_sliding_window=True), "use_sliding_window"),
+    (lambda c: dict(transformers5_config(c), rope_theta=5.0), "two RoPE bases"),
+    (lambda c: {k: v for k, v in c.items() if k != "rope_theta"}, "no RoPE base"),
+], ids=["dynamic", "longrope", "rope-key", "config-key", "quantized", "activation", "sliding", "two-bases",
+        "no-base"])
+def test_settings_the_converter_does_not_understand_are_refused_by_name(tiny, tmp_path, edit, named):
+    folder = copy_with_config(tiny, "qwen2", tmp_path, edit)
+    with pytest.raises(BadInput) as caught:
+        conv.convert(folder, tmp_path / "out" / "rm.gguf", "f32")
+    assert named in str(caught.value) and "\n" not in str(caught.value)
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_converted_file_gets_the_umask_mode(tiny, tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = conv.convert(tiny["qwen2"][0], tmp_path / "rm.gguf", "f32")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
 
 
 # --- CLI and the registry's convert: entries ------------------------------------------------------
