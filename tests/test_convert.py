@@ -352,12 +352,14 @@ def test_llama_cpp_tokenizes_like_the_hf_tokenizer(tiny, name):
     try:
         for text in CORPUS + ANSWERS + ["", " ", "a", "  two  spaces", "x\n\n\ny", "12345678 1.5e-3",
                                         "日本語 🙂 ünïcödé", "it's THEY'RE 'quoted'", "tabs\t\tand\r\nCRLF",
-                                        "<think> is an added token"]:
+                                        "<think> is an added token",
+                                        "decomposed: cafe\u0301 nai\u0308ve A\u030a \u1100\u1161"]:
             assert model.tokenize(text, add_special=False, parse_special=False) == \
                 tok.encode(text, add_special_tokens=False).ids, text
         special = f"{ARCHS[name]['specials'][-1]}user\nhi there{ARCHS[name]['eos']}"
         assert model.tokenize(special, parse_special=True) == tok.encode(special, add_special_tokens=False).ids
         assert model.adds_bos == (ARCHS[name]["bos"] is not None)
+        assert model.meta("specrej.tokenizer.normalizer") == ("NFC" if ARCHS[name]["split"] == QWEN_SPLIT else None)
         assert model.meta("tokenizer.chat_template") == ARCHS[name]["template"]
     finally:
         model.close()
@@ -500,6 +502,16 @@ def test_settings_the_converter_does_not_understand_are_refused_by_name(tiny, tm
         conv.convert(folder, tmp_path / "out" / "rm.gguf", "f32")
     assert named in str(caught.value) and "\n" not in str(caught.value)
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_normalizer_other_than_unicode_forms_is_refused(tiny, tmp_path):
+    folder = tmp_path / "lower"
+    shutil.copytree(tiny["qwen2"][0], folder)
+    tok = json.loads((folder / "tokenizer.json").read_text())
+    tok["normalizer"] = {"type": "Sequence", "normalizers": [{"type": "NFC"}, {"type": "Lowercase"}]}
+    (folder / "tokenizer.json").write_text(json.dumps(tok))
+    with pytest.raises(BadInput, match="Lowercase"):
+        conv.convert(folder, tmp_path / "out.gguf", "f32")
 
 
 def test_a_converted_file_gets_the_umask_mode(tiny, tmp_path):

@@ -27,6 +27,7 @@ import gguf
 from . import registry
 from ..errors import BadInput, DownloadError, ModelFileError
 from .score_head import HEAD_BIAS, HEAD_SHAPE, HEAD_WEIGHT
+from .text_normalizer import NORMALIZER_KEY, forms_of
 
 ARCHITECTURES = {  # HF `architectures[0]` -> llama.cpp architecture of the backbone
     "Qwen2ForSequenceClassification": gguf.MODEL_ARCH.QWEN2,
@@ -353,6 +354,7 @@ def convert(src_dir, out_path, out_type: str = "f16", name=None) -> Path:
     _check_config(config, src)
     tok = _read_json(src / "tokenizer.json")
     pre = _pre_tokenizer(tok, src / "tokenizer.json")
+    unicode_forms = forms_of(tok.get("normalizer"), src / "tokenizer.json")
     ckpt = Checkpoint(src)
     if "score.weight" not in ckpt.tensors:
         raise BadInput(f"{src} has no score.weight: not a sequence-classification checkpoint")
@@ -409,6 +411,8 @@ def convert(src_dir, out_path, out_type: str = "f16", name=None) -> Path:
         w.add_vocab_size(len(tokens))
         w.add_tokenizer_model("gpt2")
         w.add_tokenizer_pre(pre)
+        if unicode_forms:
+            w.add_string(NORMALIZER_KEY, ",".join(unicode_forms))
         w.add_token_list(tokens)
         w.add_token_types(token_types)
         special.add_to_gguf(w, quiet=True)
