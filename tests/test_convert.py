@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 from safetensors.numpy import save_file
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
@@ -36,9 +37,34 @@ LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,
                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-LLAMA3_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
-                   "{{ m['content'] }}<|eot_id|>{% endfor %}"
-                   "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+# Written after each family's real template, faithful where it rewrites an answer: Llama 3.x trims
+# every message; Qwen3 strips newlines around the answer and renders its think block (an empty one
+# when it has none) in a block of its own for assistant turns after the last user query.
+LLAMA3_TEMPLATE = ("{{- bos_token }}{%- for m in messages %}"
+                   "{{- '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' + m['content'] | trim + '<|eot_id|>' }}"
+                   "{%- endfor %}"
+                   "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}")
+QWEN3_TEMPLATE = """{%- set ns = namespace(last_query=-1) %}
+{%- for m in messages %}{%- if m.role == 'user' %}{%- set ns.last_query = loop.index0 %}{%- endif %}{%- endfor %}
+{%- for m in messages %}
+{%- if m.role == 'assistant' %}
+{%- set content = m.content %}
+{%- set reasoning = '' %}
+{%- if '</think>' in content %}
+{%- set reasoning = content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n') %}
+{%- set content = content.split('</think>')[-1].lstrip('\\n') %}
+{%- endif %}
+{%- if loop.index0 > ns.last_query %}
+{{- '<|im_start|>assistant\\n<think>\\n' + reasoning.strip('\\n') + '\\n</think>\\n\\n' + content.lstrip('\\n') }}
+{%- else %}
+{{- '<|im_start|>assistant\\n' + content }}
+{%- endif %}
+{{- '<|im_end|>\\n' }}
+{%- else %}
+{{- '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}
+{%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"""
 CORPUS = [
     "The quick brown fox jumps over the lazy dog while the cat sleeps.",
     "Paris is the capital of France; Berlin is the capital of Germany.",
@@ -71,7 +97,7 @@ ARCHS = {
                   config=dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                               num_key_value_heads=2, rope_theta=10000.0, rms_norm_eps=1e-6), extra_rows=3,
                   qkv_bias=True, qk_norm=False, num_labels=1, score_bias=False),
-    "qwen3": dict(arch="Qwen3ForSequenceClassification", split=QWEN_SPLIT, template=CHATML, dtype="BF16",
+    "qwen3": dict(arch="Qwen3ForSequenceClassification", split=QWEN_SPLIT, template=QWEN3_TEMPLATE, dtype="BF16",
                   specials=["<|endoftext|>", "<|im_start|>", "<|im_end|>"], bos=None, eos="<|im_end|>",
                   config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                               num_key_value_heads=2, head_dim=32, rope_theta=1000000.0, rms_norm_eps=1e-6),
@@ -106,7 +132,7 @@ def train_tokenizer(spec: dict) -> Tokenizer:
                                   show_progress=False)
     tok.train_from_iterator(CORPUS * 4, trainer)
     tok.add_special_tokens(spec["specials"])
-    tok.add_tokens(["<think>"])  # a non-special added token, like Qwen3's
+    tok.add_tokens(["<think>", "</think>"])  # non-special added tokens, like Qwen3's
     if spec["bos"]:
         tok.post_processor = processors.TemplateProcessing(
             single=f"{spec['bos']} $A", pair=f"{spec['bos']} $A {spec['bos']} $B",
@@ -266,7 +292,14 @@ def scorer_for(path, **opts):
 
 
 def fed_ids(scorer, text):
-    return scorer.prefix + scorer.model.tokenize(text, add_special=False, parse_special=False) + scorer.suffix
+    return scorer.tokens_for(text)
+
+
+def hf_render(template: str, messages, **context) -> str:
+    """A chat template rendered as transformers' apply_chat_template renders it (jinja2's
+    sandbox with trim_blocks and lstrip_blocks)."""
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    return env.from_string(template).render(messages=messages, **context)
 
 
 def relative_error(got, want) -> float:
@@ -305,8 +338,10 @@ def test_scores_match_a_numpy_forward_pass(tiny, name):
         for text in ANSWERS:
             ids = fed_ids(scorer, text)
             # the ids llama.cpp was fed are the HF tokenizer's ids for the whole rendered conversation
-            before, after = scorer.chat.around_answer(PROMPT)
-            assert ids == tok.encode(before + text + after, add_special_tokens=False).ids
+            rendered = hf_render(ARCHS[name]["template"], [{"role": "user", "content": PROMPT},
+                                                            {"role": "assistant", "content": text}],
+                                 bos_token=ARCHS[name]["bos"] or "", add_generation_prompt=False)
+            assert ids == tok.encode(rendered, add_special_tokens=False).ids
             want.append(reference_scores(w, c, ids)[0])  # label 0 is the reward
     finally:
         scorer.close()
@@ -409,6 +444,52 @@ def test_incremental_scoring_equals_scoring_from_scratch(tiny, name, flash_attn)
           f"tokens fed {fed} <= {budget:.0f}")
     assert err <= INCREMENTAL_TOL[flash_attn], (incremental, final)
     assert fed <= budget
+
+
+# Answers the chat templates rewrite: whitespace around them (Llama 3 trims it, Qwen3 strips
+# leading newlines), think blocks (Qwen3 moves them into a block of their own), decomposed Unicode
+# (Qwen's tokenizer composes it first).
+REWRITTEN = [
+    "  \n Paris is the capital of France, because the government sits there.  \n\n",
+    "\n\nThe capital of France is Paris; Berlin is the capital of Germany.\n",
+    "<think>\nThe user asks about France. Paris, not Lyon.\n</think>\n\nParis is the capital, it's 12345 times so.",
+    "Cafe\u0301 au lait in Paris, nai\u0308ve but true: the capital of France.",
+]
+
+
+def reference_for(name, w, c, tok, text) -> tuple:
+    """(token ids, reward) the reference gives for PROMPT answered with `text`."""
+    rendered = hf_render(ARCHS[name]["template"], [{"role": "user", "content": PROMPT},
+                                                    {"role": "assistant", "content": text}],
+                         bos_token=ARCHS[name]["bos"] or "", add_generation_prompt=False)
+    ids = tok.encode(rendered, add_special_tokens=False).ids
+    return ids, reference_scores(w, c, ids)[0]
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen3"])
+def test_answers_the_template_rewrites_are_scored_as_rendered(tiny, name):
+    """Partial answers, cut as Speculative Rejection cuts them (growing, one dropped), get the token
+    ids and scores the reference gives for the conversation the template renders at each cut."""
+    folder, w, c, tok, path = tiny[name]
+    scorer = scorer_for(path, flash_attn=False)
+    live = list(range(len(REWRITTEN)))
+    try:
+        scorer.begin(PROMPT, None, len(REWRITTEN))
+        for cut in (0.1, 0.35, 0.6, 1.0):
+            texts = [REWRITTEN[i][:round(cut * len(REWRITTEN[i]))] for i in live]
+            got = scorer.score(live, texts)
+            want = []
+            for i, text in zip(live, texts):
+                ids, reward = reference_for(name, w, c, tok, text)
+                assert scorer.held[i] == ids, (cut, text)
+                assert scorer.ctx.pos_max(i) == len(ids) - 1
+                want.append(reward)
+            assert relative_error(got, want) < TOL_F32, (cut, got, want)
+            if cut == 0.35:
+                scorer.drop([1])
+                live.remove(1)
+    finally:
+        scorer.close()
 
 
 # --- errors ---------------------------------------------------------------------------------------

@@ -58,6 +58,16 @@ class ChatFormat:
             return "\n\n".join(m["content"] for m in self.conversation(prompt, system))
         return self.render(self.conversation(prompt, system), add_generation_prompt=True)
 
+    def answered(self, prompt, system, answer: str, follow_up=None) -> str:
+        """The whole conversation with assistant `answer` (and `follow_up` as the next user turn,
+        with the generation prompt), as the template renders it: what a scorer reads."""
+        if self.raw:
+            return self.prompt(prompt, system) + answer + (f"\n\n{follow_up}\n" if follow_up else "")
+        messages = self.conversation(prompt, system) + [{"role": "assistant", "content": answer}]
+        if follow_up:
+            messages.append({"role": "user", "content": follow_up})
+        return self.render(messages, add_generation_prompt=bool(follow_up))
+
     def around_answer(self, prompt: str, system=None, follow_up=None):
         """(before, after): the text around an assistant answer to `prompt`.
 
