@@ -79,8 +79,8 @@ def main():
             for out_type in conv.OUT_TYPES:
                 path = conv.convert(DATA / name, Path(tmp) / f"{name}-{out_type}.gguf", out_type)
                 e = errors(measure(name, ref, path, **opts))
-                print(f"{name:16} {out_type:6} {'same' if e['ids_equal'] else 'DIFF':5} {e['whole']:12.5f} "
-                      f"{e['partial']:14.5f} {e['spread']:7.3f}")
+                print(f"{name:16} {out_type:6} {'same' if e['ids_equal'] else 'DIFF':5} {e['whole']:12.2e} "
+                      f"{e['partial']:14.2e} {e['spread']:7.3f}")
 
 
 if __name__ == "__main__":
