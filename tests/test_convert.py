@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from safetensors.numpy import save_file
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, processors
 
 from specrej_local.models import convert as conv
 from specrej_local.models import registry
@@ -29,42 +29,11 @@ from specrej_local.errors import BadInput, RewardError
 from specrej_local.llama.context import Context, Model
 from specrej_local.llama.reward_model import load_reward_model
 from specrej_local.models.score_head import read_score_head
+from tiny_reward_models import LLAMA3_SPLIT, LLAMA3_TEMPLATE, QWEN3_TEMPLATE, QWEN_SPLIT, byte_level_bpe
 from test_registry import FakeHub, FakeHubHandler, add_user_models, assert_one_line_error, run_cli_process
 
-QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-              r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-# Written after each family's real template, faithful where it rewrites an answer: Llama 3.x trims
-# every message; Qwen3 strips newlines around the answer and renders its think block (an empty one
-# when it has none) in a block of its own for assistant turns after the last user query.
-LLAMA3_TEMPLATE = ("{{- bos_token }}{%- for m in messages %}"
-                   "{{- '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' + m['content'] | trim + '<|eot_id|>' }}"
-                   "{%- endfor %}"
-                   "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}")
-QWEN3_TEMPLATE = """{%- set ns = namespace(last_query=-1) %}
-{%- for m in messages %}{%- if m.role == 'user' %}{%- set ns.last_query = loop.index0 %}{%- endif %}{%- endfor %}
-{%- for m in messages %}
-{%- if m.role == 'assistant' %}
-{%- set content = m.content %}
-{%- set reasoning = '' %}
-{%- if '</think>' in content %}
-{%- set reasoning = content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n') %}
-{%- set content = content.split('</think>')[-1].lstrip('\\n') %}
-{%- endif %}
-{%- if loop.index0 > ns.last_query %}
-{{- '<|im_start|>assistant\\n<think>\\n' + reasoning.strip('\\n') + '\\n</think>\\n\\n' + content.lstrip('\\n') }}
-{%- else %}
-{{- '<|im_start|>assistant\\n' + content }}
-{%- endif %}
-{{- '<|im_end|>\\n' }}
-{%- else %}
-{{- '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}
-{%- endif %}
-{%- endfor %}
-{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"""
 CORPUS = [
     "The quick brown fox jumps over the lazy dog while the cat sleeps.",
     "Paris is the capital of France; Berlin is the capital of Germany.",
@@ -121,18 +90,7 @@ TOL_Q8_0 = 5e-2
 
 # --- a tiny HF checkpoint -------------------------------------------------------------------------
 def train_tokenizer(spec: dict) -> Tokenizer:
-    tok = Tokenizer(models.BPE(ignore_merges=spec["split"] == LLAMA3_SPLIT))  # as Llama 3's tokenizer.json
-    if spec["split"] == QWEN_SPLIT:
-        tok.normalizer = normalizers.NFC()  # as Qwen's tokenizer.json has (llama.cpp ignores it)
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(spec["split"]), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=420, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
-    tok.train_from_iterator(CORPUS * 4, trainer)
-    tok.add_special_tokens(spec["specials"])
-    tok.add_tokens(["<think>", "</think>"])  # non-special added tokens, like Qwen3's
+    tok = byte_level_bpe(spec["split"], CORPUS, 420, spec["specials"])
     if spec["bos"]:
         tok.post_processor = processors.TemplateProcessing(
             single=f"{spec['bos']} $A", pair=f"{spec['bos']} $A {spec['bos']} $B",

@@ -15,62 +15,28 @@ as transformers >= 5 writes it (`rope_parameters`) or as older versions did (top
 """
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import torch
 import transformers
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tiny_reward_models import (LLAMA3_SPLIT, LLAMA3_TEMPLATE, QWEN2_TEMPLATE, QWEN3_TEMPLATE,  # noqa: E402
+                               QWEN_SPLIT, byte_level_bpe)
 
 OUT = Path(__file__).parent / "reward_parity"
-QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-              r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-
-LLAMA3_TEMPLATE = (
-    "{{- bos_token }}{%- for m in messages %}"
-    "{{- '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' + m['content'] | trim + '<|eot_id|>' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}")
-QWEN2_TEMPLATE = (
-    "{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
-    "{%- else %}{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{%- endif %}"
-    "{%- for m in messages %}{%- if not (m.role == 'system' and loop.first) %}"
-    "{{- '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{%- endif %}{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
-QWEN3_TEMPLATE = """{%- set ns = namespace(last_query=-1) %}
-{%- for m in messages %}{%- if m.role == 'user' %}{%- set ns.last_query = loop.index0 %}{%- endif %}{%- endfor %}
-{%- for m in messages %}
-{%- if m.role == 'assistant' %}
-{%- set content = m.content %}
-{%- set reasoning = '' %}
-{%- if '</think>' in content %}
-{%- set reasoning = content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n') %}
-{%- set content = content.split('</think>')[-1].lstrip('\\n') %}
-{%- endif %}
-{%- if loop.index0 > ns.last_query %}
-{{- '<|im_start|>assistant\\n<think>\\n' + reasoning.strip('\\n') + '\\n</think>\\n\\n' + content.lstrip('\\n') }}
-{%- else %}
-{{- '<|im_start|>assistant\\n' + content }}
-{%- endif %}
-{{- '<|im_end|>\\n' }}
-{%- else %}
-{{- '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}
-{%- endif %}
-{%- endfor %}
-{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"""
-
 QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 LLAMA_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
 FAMILIES = {
     "qwen3": dict(config=transformers.Qwen3Config, model=transformers.Qwen3ForSequenceClassification,
-                  split=QWEN_SPLIT, nfc=True, specials=QWEN_SPECIALS, bos=None, eos="<|im_end|>",
+                  split=QWEN_SPLIT, specials=QWEN_SPECIALS, bos=None, eos="<|im_end|>",
                   template=QWEN3_TEMPLATE, head_dim=32, rope={"rope_type": "default", "rope_theta": 1000000.0}),
     "qwen2": dict(config=transformers.Qwen2Config, model=transformers.Qwen2ForSequenceClassification,
-                  split=QWEN_SPLIT, nfc=True, specials=QWEN_SPECIALS, bos=None, eos="<|im_end|>",
+                  split=QWEN_SPLIT, specials=QWEN_SPECIALS, bos=None, eos="<|im_end|>",
                   template=QWEN2_TEMPLATE, head_dim=16, rope={"rope_type": "default", "rope_theta": 1000000.0}),
     "llama": dict(config=transformers.LlamaConfig, model=transformers.LlamaForSequenceClassification,
-                  split=LLAMA3_SPLIT, nfc=False, specials=LLAMA_SPECIALS, bos="<|begin_of_text|>", eos="<|eot_id|>",
+                  split=LLAMA3_SPLIT, specials=LLAMA_SPECIALS, bos="<|begin_of_text|>", eos="<|eot_id|>",
                   template=LLAMA3_TEMPLATE, head_dim=16,
                   rope={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
                         "high_freq_factor": 4.0, "original_max_position_embeddings": 256}),
@@ -132,22 +98,6 @@ PARTIAL_ANSWERS = [
 CUTS = (0.1, 0.3, 0.55, 0.8, 1.0)
 
 
-def tokenizer(fam: dict) -> Tokenizer:
-    tok = Tokenizer(models.BPE(ignore_merges=fam["split"] == LLAMA3_SPLIT))
-    if fam["nfc"]:
-        tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(fam["split"]), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=480, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
-    tok.train_from_iterator(CORPUS * 4, trainer)
-    tok.add_special_tokens(fam["specials"])
-    tok.add_tokens(["<think>", "</think>"])  # non-special added tokens, as Qwen3 has
-    return tok
-
-
 def randomize(model, seed: int):
     """Weights with a useful spread of scores (transformers' 0.02-std init gives near-equal ones)."""
     g = torch.Generator().manual_seed(seed)
@@ -179,7 +129,7 @@ def build(name: str, family: str, dtype, style: str, seed: int) -> dict:
     folder = OUT / name
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    tok = tokenizer(fam)
+    tok = byte_level_bpe(fam["split"], CORPUS, 480, fam["specials"])
     hf_tok = transformers.PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=fam["bos"], eos_token=fam["eos"], pad_token=fam["specials"][0],
         add_bos_token=False)
