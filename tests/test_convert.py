@@ -28,6 +28,7 @@ from specrej_local.frontends.cli import cli
 from specrej_local.errors import BadInput, RewardError
 from specrej_local.llama.context import Context, Model
 from specrej_local.llama.reward_model import load_reward_model
+from specrej_local.llama.scorers import AnswerScorer, yes_no_readout
 from specrej_local.models.score_head import read_score_head
 from tiny_reward_models import LLAMA3_SPLIT, LLAMA3_TEMPLATE, QWEN3_TEMPLATE, QWEN_SPLIT, byte_level_bpe
 from test_registry import FakeHub, FakeHubHandler, add_user_models, assert_one_line_error, run_cli_process
@@ -448,6 +449,37 @@ def test_answers_the_template_rewrites_are_scored_as_rendered(tiny, name):
                 live.remove(1)
     finally:
         scorer.close()
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen3"])
+def test_a_judge_reads_the_rewritten_answer_and_then_its_question(tiny, name):
+    """An LLM judge (its question is a user turn after the answer) is fed what the template renders
+    too, cut by cut, and reads the same odds as a judge fed each conversation from scratch."""
+    path = tiny[name][4]
+    tok = tiny[name][3]
+    model = Model(path)
+    question = "Is the answer above correct?"
+    inc = AnswerScorer(model, yes_no_readout(model), follow_up=question, n_threads=1, flash_attn=False)
+    try:
+        inc.begin(PROMPT, None, len(REWRITTEN))
+        ids = list(range(len(REWRITTEN)))
+        for cut in (0.2, 0.5, 1.0):
+            texts = [t[:round(cut * len(t))] for t in REWRITTEN]
+            got = inc.score(ids, texts)
+            for i, text in zip(ids, texts):
+                rendered = hf_render(ARCHS[name]["template"], [
+                    {"role": "user", "content": PROMPT}, {"role": "assistant", "content": text},
+                    {"role": "user", "content": question}], bos_token=ARCHS[name]["bos"] or "",
+                    add_generation_prompt=True)
+                assert inc.held[i] == tok.encode(rendered, add_special_tokens=False).ids
+        fresh = inc.fresh()
+        fresh.begin(PROMPT, None, len(REWRITTEN))
+        want = fresh.score(ids, texts)
+        fresh.close()
+    finally:
+        inc.close()
+        model.close()
+    np.testing.assert_allclose(got, want, atol=1e-3)
 
 
 # --- errors ---------------------------------------------------------------------------------------
