@@ -237,6 +237,7 @@ _CONFIG_HARMLESS = {"_name_or_path", "model_type", "transformers_version", "torc
                     "tie_word_embeddings", "num_labels", "id2label", "label2id", "problem_type", "pretraining_tp",
                     "max_window_layers", "return_dict", "output_attentions", "output_hidden_states",
                     "torchscript", "chunk_size_feed_forward", "is_encoder_decoder", "tokenizer_class",
+                    "_attn_implementation_autoset", "finetuning_task", "keys_to_ignore_at_inference",
                     "sliding_window"}  # read only when use_sliding_window is set, which is refused
 # Keys whose value must be the one llama.cpp's architecture implements.
 _CONFIG_FIXED = {"hidden_act": lambda v: v == "silu",
