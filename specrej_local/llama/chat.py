@@ -1,10 +1,11 @@
 """Chat templates from GGUF metadata, rendered in jinja2's sandbox, in a child process with
 memory and time limits (`template_sandbox`).
 
-Besides plain prompt formatting, scorers need the text a template puts *around* an assistant
-answer (what comes before it, and the end-of-turn after it), so answers can be fed
-incrementally between a fixed prefix and a fixed suffix. `around_answer` finds both by
-rendering a marker in the answer's place.
+Besides plain prompt formatting, scorers need the whole conversation rendered with an answer
+(`answered`: templates rewrite answers, so the answer is never pasted in verbatim) and the text a
+template puts *around* an assistant answer (`around_answer`, found by rendering a marker in the
+answer's place): the part before it is what every candidate shares, and the self-judge appends
+the part after it to the generator's own tokens.
 """
 from jinja2 import TemplateError as JinjaError
 
