@@ -20,6 +20,7 @@ import llama_cpp as lc
 from ..engine import MAX_SEQUENCES
 from ..errors import BadInput, Cancelled, ModelFileError, ResourceError, SpecRejError
 from ..machine import free_memory_bytes, usable_cpus
+from ..models import text_normalizer
 from ..text import not_text
 
 # llama.cpp's own log, kept quiet: its warning and error lines explain a failure better than any
@@ -137,6 +138,7 @@ class Model:
         self.close_asked = False
         self.kv_cell_bytes = self._kv_cell_bytes()
         self._pieces: dict = {}
+        self.unicode_forms = text_normalizer.parse(self.meta(text_normalizer.NORMALIZER_KEY))
 
     @property
     def scoring_chunk(self):
@@ -173,7 +175,7 @@ class Model:
         problem = not_text(text)
         if problem:
             raise BadInput(f"the text {problem}")
-        data = text.encode("utf-8")
+        data = text_normalizer.normalize(text, self.unicode_forms).encode("utf-8")
         cap = len(data) + 16
         buf = (lc.llama_token * cap)()
         n = lc.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
