@@ -154,3 +154,53 @@ def test_bad_bench_settings_are_one_line_errors(tmp_path, args, words):
 def test_bench_refuses_prompts_from_a_device(tmp_path):
     res = CliRunner().invoke(cli, ["bench", "-P", "/dev/zero", "-o", str(tmp_path)])
     assert res.exit_code == 2 and "/dev/zero is not a regular file" in res.output
+
+
+# --- compute equivalence ------------------------------------------------------------------------------
+import itertools  # noqa: E402
+
+from specrej_local.bench.metrics import (bootstrap_speedup, compute_speedup, equivalent_compute,  # noqa: E402
+                                         expected_best_of_k, rank_correlation)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5, 6])
+def test_expected_best_of_k_is_the_mean_best_over_every_k_subset(k):
+    values = [3.0, -1.0, 4.0, 1.5, 9.0, 2.0]
+    brute = sum(max(c) for c in itertools.combinations(values, k)) / len(list(itertools.combinations(values, k)))
+    assert expected_best_of_k(values, k) == pytest.approx(brute)
+
+
+def test_equivalent_compute_interpolates_in_log_n():
+    ks, reward, compute = [1, 2, 4], [1.0, 2.0, 3.0], [10.0, 20.0, 40.0]
+    # reward 2.5: halfway from N 2 to N 4 in log N = N 2*sqrt(2); compute interpolated in log: 20*sqrt(2)
+    assert equivalent_compute(2.5, ks, reward, compute) == (pytest.approx(20 * 2 ** 0.5), False)
+    assert equivalent_compute(2.0, ks, reward, compute) == (pytest.approx(20.0), False)
+    # past the largest N: its compute, as a lower bound; below N 1: N 1's
+    assert equivalent_compute(3.5, ks, reward, compute) == (pytest.approx(40.0), True)
+    assert equivalent_compute(0.5, ks, reward, compute) == (pytest.approx(10.0), False)
+
+
+def test_compute_speedup_and_at_least():
+    ks, compute = [1, 2, 4], [10.0, 20.0, 40.0]
+    bon = [[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]]
+    d = compute_speedup(ks, bon, compute, [3.0, 2.0], 5.0)   # mean 2.5 -> 20 sqrt 2 / 5
+    assert d["speedup"] == pytest.approx(4 * 2 ** 0.5) and not d["at_least"]
+    far = compute_speedup(ks, bon, compute, [5.0, 5.0], 5.0)
+    assert far["speedup"] == pytest.approx(8.0) and far["at_least"]
+
+
+def test_bootstrap_interval_holds_the_point_and_shrinks_to_it_without_spread():
+    ks, compute = [1, 2, 4, 8], [1.0, 2.0, 4.0, 8.0]
+    bon = [[0.0, 1.0, 2.0, 3.0], [1.0, 1.5, 2.5, 4.0], [0.5, 1.0, 1.2, 1.4], [0.0, 2.0, 2.1, 2.2]]
+    d = bootstrap_speedup(ks, bon, compute, [2.0, 3.0, 1.0, 2.1], 1.0, samples=500, seed=1)
+    assert d["low"] <= d["speedup"] <= d["high"] and d["low"] < d["high"]
+    assert d == bootstrap_speedup(ks, bon, compute, [2.0, 3.0, 1.0, 2.1], 1.0, samples=500, seed=1)
+    same = bootstrap_speedup(ks, [bon[0]] * 4, compute, [2.0] * 4, 1.0, samples=100)
+    assert same["low"] == same["high"] == pytest.approx(same["speedup"]) == pytest.approx(4.0)
+
+
+def test_rank_correlation():
+    assert rank_correlation([1, 2, 3, 4], [10, 20, 30, 45]) == pytest.approx(1.0)
+    assert rank_correlation([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert rank_correlation([1, 1, 2], [5, 6, 7]) == pytest.approx(0.8660254, rel=1e-6)  # ties share a rank
+    assert rank_correlation([1, 2], [2, 1]) is None and rank_correlation([1, 1, 1], [1, 2, 3]) is None

@@ -92,7 +92,7 @@ def equivalent_compute(reward: float, ks, bon_reward, bon_compute):
     r = np.maximum.accumulate(np.asarray(bon_reward, dtype=float))  # an expected best never falls with N
     c = np.log(np.asarray(bon_compute, dtype=float))
     if reward >= r[-1]:
-        return float(np.exp(c[-1])), reward > r[-1]
+        return float(np.exp(c[-1])), bool(reward > r[-1])
     if reward <= r[0]:
         return float(np.exp(c[0])), False
     j = int(np.searchsorted(r, reward, side="left"))  # r[j-1] < reward <= r[j]
@@ -109,7 +109,7 @@ def compute_speedup(ks, bon_rewards, bon_compute, sr_rewards, sr_compute) -> dic
     curve = np.asarray(bon_rewards, dtype=float).mean(axis=0)
     mean = float(np.mean(sr_rewards))
     equal, at_least = equivalent_compute(mean, ks, curve, bon_compute)
-    return dict(reward=mean, bon_equal_compute=equal, speedup=equal / sr_compute, at_least=at_least)
+    return dict(reward=mean, bon_equal_compute=equal, speedup=equal / sr_compute, at_least=bool(at_least))
 
 
 def bootstrap_speedup(ks, bon_rewards, bon_compute, sr_rewards, sr_compute, samples: int = 2000,
@@ -127,7 +127,7 @@ def bootstrap_speedup(ks, bon_rewards, bon_compute, sr_rewards, sr_compute, samp
         draws.append(d["speedup"])
         capped += d["at_least"]
     lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
-    return dict(point, low=float(lo), high=float(hi), level=level, at_least_share=capped / samples)
+    return dict(point, low=float(lo), high=float(hi), level=level, at_least_share=float(capped) / samples)
 
 
 def rank_correlation(a, b) -> Optional[float]:

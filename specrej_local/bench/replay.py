@@ -128,6 +128,10 @@ class Schedule:
         budget = first_cut_budget(pool.prompt_tokens, self.n, T, self.first_cut)
         return Settings(n=self.n, alpha=self.alpha, max_tokens=T, kv_budget=budget, keep_rule=self.keep_rule)
 
+    def settings_bon(self, pool: Pool) -> Settings:
+        """Best-of-N at this n, all at once."""
+        return Settings(n=self.n, method="bon", max_tokens=pool.max_tokens)
+
 
 def replay(pool: Pool, settings: Settings, members=None) -> dict:
     """One run of these settings on the pool's sequences `members` (default: the first n)."""
