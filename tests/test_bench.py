@@ -204,3 +204,61 @@ def test_rank_correlation():
     assert rank_correlation([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert rank_correlation([1, 1, 2], [5, 6, 7]) == pytest.approx(0.8660254, rel=1e-6)  # ties share a rank
     assert rank_correlation([1, 2], [2, 1]) is None and rank_correlation([1, 1, 1], [1, 2, 3]) is None
+
+
+def _pools_file(tmp_path, prompts=4, n=8, T=12):
+    """A compute.json of synthetic pools: rewards the running mean of made-up log-probabilities."""
+    import numpy as np
+    rng = np.random.default_rng(3)
+    pools = []
+    for _ in range(prompts):
+        seqs = []
+        for _ in range(n):
+            steps = int(rng.integers(T // 2, T + 1))
+            lp = rng.normal(rng.normal(-1, 0.3), 0.5, steps)
+            seqs.append(dict(steps=steps, finish_reason="length" if steps == T else "stop",
+                             rewards=(np.cumsum(lp) / np.arange(1, steps + 1)).tolist()))
+        pools.append(dict(prompt="p", prompt_tokens=20, max_tokens=T, kv_base=19, wall_s=1.0,
+                          step_profile=[[n - t // 2, 19 + n * t, 0.01 + 0.001 * (n - t // 2)] for t in range(T)],
+                          sequences=seqs))
+    path = tmp_path / "in.json"
+    path.write_text(json.dumps(dict(pools=pools, settings=dict(generator="synthetic"))))
+    return path
+
+
+def test_compute_from_a_recorded_file(tmp_path):
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["bench", "--compute-from", str(_pools_file(tmp_path)), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    a = json.loads((out / "compute.json").read_text())["analysis"]
+    assert a["bon"]["ks"] == [1, 2, 4, 8] and a["train"] == [0, 2] and a["test"] == [1, 3]
+    assert a["bon"]["mean"] == sorted(a["bon"]["mean"])  # an expected best never falls with N
+    assert a["bon"]["tokens"][-1] == pytest.approx(2 * a["bon"]["tokens"][-2])
+    assert set(a["chosen"]) == {"default", "best", "best paper rule"}
+    d = a["chosen"]["default"]["test"]["seconds"]
+    assert d["low"] <= d["speedup"] <= d["high"]
+    assert "Partial -> final rank correlation" in res.output and "x seconds" in res.output
+
+
+def test_compute_from_a_file_that_is_not_one_is_a_one_line_error(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"x": 1}')
+    res = CliRunner().invoke(cli, ["bench", "--compute-from", str(bad), "-o", str(tmp_path)])
+    assert res.exit_code == 2 and "is not a compute.json" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.slow
+def test_compute_end_to_end(default_model, tmp_path):
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["bench", "--compute", "-g", str(default_model), "-t", "1", "-k", "2", "-N", "8",
+                                   "--max-tokens", "8", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    data = json.loads((out / "compute.json").read_text())
+    assert len(data["pools"]) == 2 and all(len(p["sequences"]) == 8 for p in data["pools"])
+    for p in data["pools"]:
+        assert all(len(q["rewards"]) == q["steps"] <= 8 for q in p["sequences"])
+    # the replay against real runs: the same tokens generated (bookkeeping); rewards within tolerance
+    assert [(v["n"]) for v in data["validation"]] == [2, 8, 8]
+    for v in data["validation"]:
+        assert v["real_tokens"] == v["replay_tokens"]
+        assert v["real_reward"] == pytest.approx(v["replay_reward"], abs=0.05)

@@ -99,7 +99,7 @@ def rule_name(rule) -> str:
 
 
 def describe(s: Schedule) -> str:
-    return s.name or f"N={s.n} a={s.alpha:g} cut={s.first_cut:g} {rule_name(s.keep_rule)}"
+    return f"N={s.n} a={s.alpha:g} cut={s.first_cut:g} {rule_name(s.keep_rule)}"
 
 
 def speedups(curve: dict, point: dict, idx, samples: int = 2000) -> dict:
