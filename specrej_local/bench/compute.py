@@ -32,11 +32,28 @@ def pool_from_dict(d: dict) -> Pool:
                 d["step_profile"], d["wall_s"])
 
 
-def collect(s, prompts, n_max: int, max_tokens: int, sampling, validate_ns=(), tick=print) -> dict:
-    """Pools for every prompt (the loaded SpecRej `s`, whose engine is used directly), and a real
-    default-schedule run at each of validate_ns on the first prompts to check the replay."""
+def calibrate(s, prompts, ns, max_tokens: int, sampling, tick=print) -> list:
+    """Best-of-N measured for real at small N: step times at few live sequences, which a pool at
+    N_max hardly has (the cost model needs them), and a direct check of Best-of-N's small-N cost."""
+    scorer = MeanLogprob(s.engine)
+    out = []
+    for k, prompt in enumerate(prompts):
+        for n in ns:
+            tick(f"calibration prompt {k + 1} N={n}")
+            p = record_pool(s.engine, scorer, prompt, n, max_tokens, sampling)
+            out.append(dict(prompt=k, n=n, wall_s=p.wall_s, tokens=pool_tokens(p),
+                            step_profile=[[a, b, round(c, 6)] for a, b, c in p.step_profile]))
+    return out
+
+
+def collect(s, prompts, n_max: int, max_tokens: int, sampling, validate_ns=(), tick=print,
+            calibrate_ns=(1, 2, 4, 8, 16, 32), calibrate_prompts: int = 2) -> dict:
+    """Pools for every prompt (the loaded SpecRej `s`, whose engine is used directly), a real
+    default-schedule run at each of validate_ns on the first prompts to check the replay, and
+    Best-of-N at small N on the first prompts (`calibrate`)."""
     scorer = MeanLogprob(s.engine)
     pools, checks = [], []
+    cal = calibrate(s, prompts[:calibrate_prompts], [n for n in calibrate_ns if n < n_max], max_tokens, sampling, tick)
     for k, prompt in enumerate(prompts):
         tick(f"pool {k + 1}/{len(prompts)}")
         pool = record_pool(s.engine, scorer, prompt, n_max, max_tokens, sampling)
@@ -44,7 +61,7 @@ def collect(s, prompts, n_max: int, max_tokens: int, sampling, validate_ns=(), t
         for n in validate_ns[k] if k < len(validate_ns) else ():
             v = validate(s.engine, scorer, prompt, pool, Schedule(n, name="default", **DEFAULT), sampling)
             checks.append(dict(prompt=k, **v))
-    return dict(pools=pools, validation=checks)
+    return dict(pools=pools, validation=checks, calibration=cal)
 
 
 def pool_tokens(p: Pool) -> int:
@@ -140,7 +157,9 @@ def analyse(data: dict, samples: int = 2000) -> dict:
     """Every figure of the study from the recorded pools (no model)."""
     pools = [pool_from_dict(d) for d in data["pools"]]
     n_max = min(len(p.sequences) for p in pools)
-    cost = CostModel([s for p in pools for s in p.step_profile[1:]])
+    cost = CostModel([s for p in pools for s in p.step_profile[1:]]
+                     + [s for c in data.get("calibration", []) for s in c["step_profile"][1:]]
+                     + [s for v in data.get("validation", []) for s in v.get("real_profile", [])[1:]])
     curve = bon_curve(pools, cost, ladder(n_max))
     train = list(range(0, len(pools), 2))
     test = list(range(1, len(pools), 2))
@@ -163,7 +182,11 @@ def analyse(data: dict, samples: int = 2000) -> dict:
                 sweep=[dict({k: v for k, v in r.items() if k != "rewards"},
                             train_speedup_s=r["train"]["seconds"]["speedup"],
                             train_at_least=r["train"]["seconds"]["at_least"]) for r in sweep],
-                validation=validation_table(data.get("validation", []), cost))
+                validation=validation_table(data.get("validation", []), cost),
+                calibration=[dict(prompt=c["prompt"], n=c["n"], tokens=c["tokens"], wall_s=c["wall_s"],
+                                  step_s=sum(x[2] for x in c["step_profile"]),
+                                  model_step_s=cost.seconds([x[:2] for x in c["step_profile"]]))
+                             for c in data.get("calibration", [])])
 
 
 def validation_table(checks, cost: CostModel) -> list:

@@ -63,4 +63,4 @@ def validate(engine, scorer, prompt, pool: Pool, schedule: Schedule, sampling) -
     return dict(schedule=schedule.name, n=schedule.n, real_reward=real.reward, replay_reward=rep["reward"],
                 real_tokens=real.stats["generated_tokens"], replay_tokens=rep["generated_tokens"],
                 real_steps=len(profile), replay_steps=rep["steps"], real_step_s=sum(p[2] for p in profile),
-                real_wall_s=wall, replay_profile=rep["profile"])
+                real_wall_s=wall, replay_profile=rep["profile"], real_profile=profile)

@@ -143,11 +143,11 @@ def replay(pool: Pool, settings: Settings, members=None) -> dict:
 
 
 class CostModel:
-    """Seconds of one step = a + b x live sequences + c x KV cells in use, least squares on the
-    pool's measured steps (the first, which warms the context up, left out)."""
+    """Seconds of one step = a + b x live sequences + c x KV cells in use, least squares on
+    measured steps [live, kv_used, seconds] (leave out each run's first, which warms up)."""
 
     def __init__(self, profile):
-        rows = np.array(profile[1:] if len(profile) > 2 else profile, dtype=float)
+        rows = np.array(profile, dtype=float)
         X = np.column_stack([np.ones(len(rows)), rows[:, 0], rows[:, 1]])
         self.coef, *_ = np.linalg.lstsq(X, rows[:, 2], rcond=None)
 
