@@ -39,6 +39,7 @@ class Settings:
     keep_at_least: int = 1               # answers every cut keeps, finished ones included (a server's n)
     stop: tuple = ()                     # user stop strings
     system: Optional[str] = None
+    keep_rule: Optional[Callable] = None  # how many a cut keeps: rule(rewards best first, alpha, floor); None = keep_count
 
     def __post_init__(self):
         if not isinstance(self.method, str) or self.method not in METHODS:
@@ -52,6 +53,8 @@ class Settings:
             raise BadInput(f"sampling must be a Sampling, got {self.sampling!r:.40}")
         self.stop = checks.strings("stop", self.stop)
         self.system = checks.text_or_none("system", self.system)
+        if self.keep_rule is not None and not callable(self.keep_rule):
+            raise BadInput(f"keep-rule must be a callable, got {self.keep_rule!r:.40}")
         check_counts(self.n, self.max_tokens)
         if not 0 <= self.alpha < 1:
             raise BadInput(f"alpha must be in [0, 1), got {self.alpha}")
@@ -89,6 +92,24 @@ def first_cut_budget(prompt_tokens: int, n: int, max_tokens: int, share: float =
 def keep_count(pool: int, alpha: float, floor: int = 1) -> int:
     """round((1 - alpha) * pool), halves rounded up, and at least `floor` (at least one)."""
     return max(floor, 1, math.floor((1 - alpha) * pool + 0.5))
+
+
+def paper_rule(rewards, alpha: float, floor: int) -> int:
+    """The paper's cut: keep round((1 - alpha) * pool), whatever the rewards."""
+    return keep_count(len(rewards), alpha, floor)
+
+
+@dataclass(frozen=True)
+class MarginRule:
+    """An adaptive cut (the paper leaves per-prompt rejection to future work): the paper's cut,
+    and besides it every answer whose reward trails the best by more than `margin` (in the
+    reward's own units) goes too. Partial rewards that spread wide are cut harder; close ones
+    keep the paper's share."""
+    margin: float
+
+    def __call__(self, rewards, alpha: float, floor: int) -> int:
+        close = sum(1 for r in rewards if r >= rewards[0] - self.margin)
+        return max(floor, 1, min(keep_count(len(rewards), alpha, floor), close))
 
 
 @dataclass
@@ -225,7 +246,9 @@ class Run:
         self._score(live)
         pool = live + self.finished
         ranked = sorted(pool, key=lambda i: (-self.reward[i], i))  # ties: the older id wins
-        keep = keep_count(len(pool), self.s.alpha, self.s.keep_at_least)
+        rule = self.s.keep_rule or paper_rule
+        keep = rule([self.reward[i] for i in ranked], self.s.alpha, self.s.keep_at_least)
+        keep = max(self.s.keep_at_least, 1, min(len(ranked), int(keep)))
         losers = ranked[keep:]
         if not set(losers) & set(live):
             losers += self._make_room(live, ranked, keep)

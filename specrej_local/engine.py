@@ -24,6 +24,7 @@ class Sequence:
     cells: int = 0                              # KV cells it holds beyond the shared prompt
     logprob: float = 0.0                        # sum of its sampled tokens' log-probabilities ...
     scored_tokens: int = 0                      # ... over this many tokens (when the engine tracks them)
+    token_logprobs: list = field(default_factory=list)  # each of those tokens' own, in order
 
     @property
     def live(self) -> bool:

@@ -154,3 +154,111 @@ def test_bad_bench_settings_are_one_line_errors(tmp_path, args, words):
 def test_bench_refuses_prompts_from_a_device(tmp_path):
     res = CliRunner().invoke(cli, ["bench", "-P", "/dev/zero", "-o", str(tmp_path)])
     assert res.exit_code == 2 and "/dev/zero is not a regular file" in res.output
+
+
+# --- compute equivalence ------------------------------------------------------------------------------
+import itertools  # noqa: E402
+
+from specrej_local.bench.metrics import (bootstrap_speedup, compute_speedup, equivalent_compute,  # noqa: E402
+                                         expected_best_of_k, rank_correlation)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5, 6])
+def test_expected_best_of_k_is_the_mean_best_over_every_k_subset(k):
+    values = [3.0, -1.0, 4.0, 1.5, 9.0, 2.0]
+    brute = sum(max(c) for c in itertools.combinations(values, k)) / len(list(itertools.combinations(values, k)))
+    assert expected_best_of_k(values, k) == pytest.approx(brute)
+
+
+def test_equivalent_compute_interpolates_in_log_n():
+    ks, reward, compute = [1, 2, 4], [1.0, 2.0, 3.0], [10.0, 20.0, 40.0]
+    # reward 2.5: halfway from N 2 to N 4 in log N = N 2*sqrt(2); compute interpolated in log: 20*sqrt(2)
+    assert equivalent_compute(2.5, ks, reward, compute) == (pytest.approx(20 * 2 ** 0.5), False)
+    assert equivalent_compute(2.0, ks, reward, compute) == (pytest.approx(20.0), False)
+    # past the largest N: its compute, as a lower bound; below N 1: N 1's
+    assert equivalent_compute(3.5, ks, reward, compute) == (pytest.approx(40.0), True)
+    assert equivalent_compute(0.5, ks, reward, compute) == (pytest.approx(10.0), False)
+
+
+def test_compute_speedup_and_at_least():
+    ks, compute = [1, 2, 4], [10.0, 20.0, 40.0]
+    bon = [[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]]
+    d = compute_speedup(ks, bon, compute, [3.0, 2.0], 5.0)   # mean 2.5 -> 20 sqrt 2 / 5
+    assert d["speedup"] == pytest.approx(4 * 2 ** 0.5) and not d["at_least"]
+    far = compute_speedup(ks, bon, compute, [5.0, 5.0], 5.0)
+    assert far["speedup"] == pytest.approx(8.0) and far["at_least"]
+
+
+def test_bootstrap_interval_holds_the_point_and_shrinks_to_it_without_spread():
+    ks, compute = [1, 2, 4, 8], [1.0, 2.0, 4.0, 8.0]
+    bon = [[0.0, 1.0, 2.0, 3.0], [1.0, 1.5, 2.5, 4.0], [0.5, 1.0, 1.2, 1.4], [0.0, 2.0, 2.1, 2.2]]
+    d = bootstrap_speedup(ks, bon, compute, [2.0, 3.0, 1.0, 2.1], 1.0, samples=500, seed=1)
+    assert d["low"] <= d["speedup"] <= d["high"] and d["low"] < d["high"]
+    assert d == bootstrap_speedup(ks, bon, compute, [2.0, 3.0, 1.0, 2.1], 1.0, samples=500, seed=1)
+    same = bootstrap_speedup(ks, [bon[0]] * 4, compute, [2.0] * 4, 1.0, samples=100)
+    assert same["low"] == same["high"] == pytest.approx(same["speedup"]) == pytest.approx(4.0)
+
+
+def test_rank_correlation():
+    assert rank_correlation([1, 2, 3, 4], [10, 20, 30, 45]) == pytest.approx(1.0)
+    assert rank_correlation([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert rank_correlation([1, 1, 2], [5, 6, 7]) == pytest.approx(0.8660254, rel=1e-6)  # ties share a rank
+    assert rank_correlation([1, 2], [2, 1]) is None and rank_correlation([1, 1, 1], [1, 2, 3]) is None
+
+
+def _pools_file(tmp_path, prompts=4, n=8, T=12):
+    """A compute.json of synthetic pools: rewards the running mean of made-up log-probabilities."""
+    import numpy as np
+    rng = np.random.default_rng(3)
+    pools = []
+    for _ in range(prompts):
+        seqs = []
+        for _ in range(n):
+            steps = int(rng.integers(T // 2, T + 1))
+            lp = rng.normal(rng.normal(-1, 0.3), 0.5, steps)
+            seqs.append(dict(steps=steps, finish_reason="length" if steps == T else "stop",
+                             rewards=(np.cumsum(lp) / np.arange(1, steps + 1)).tolist()))
+        pools.append(dict(prompt="p", prompt_tokens=20, max_tokens=T, kv_base=19, wall_s=1.0,
+                          step_profile=[[n - t // 2, 19 + n * t, 0.01 + 0.001 * (n - t // 2)] for t in range(T)],
+                          sequences=seqs))
+    path = tmp_path / "in.json"
+    path.write_text(json.dumps(dict(pools=pools, settings=dict(generator="synthetic"))))
+    return path
+
+
+def test_compute_from_a_recorded_file(tmp_path):
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["bench", "--compute-from", str(_pools_file(tmp_path)), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    a = json.loads((out / "compute.json").read_text())["analysis"]
+    assert a["bon"]["ks"] == [1, 2, 4, 8] and a["train"] == [0, 2] and a["test"] == [1, 3]
+    assert a["bon"]["mean"] == sorted(a["bon"]["mean"])  # an expected best never falls with N
+    assert a["bon"]["tokens"][-1] == pytest.approx(2 * a["bon"]["tokens"][-2])
+    assert set(a["chosen"]) == {"default", "best", "best paper rule"}
+    d = a["chosen"]["default"]["test"]["seconds"]
+    assert d["low"] <= d["speedup"] <= d["high"]
+    assert "Partial -> final rank correlation" in res.output and "x seconds" in res.output
+
+
+def test_compute_from_a_file_that_is_not_one_is_a_one_line_error(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"x": 1}')
+    res = CliRunner().invoke(cli, ["bench", "--compute-from", str(bad), "-o", str(tmp_path)])
+    assert res.exit_code == 2 and "is not a compute.json" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.slow
+def test_compute_end_to_end(default_model, tmp_path):
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["bench", "--compute", "-g", str(default_model), "-t", "1", "-k", "2", "-N", "8",
+                                   "--max-tokens", "8", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    data = json.loads((out / "compute.json").read_text())
+    assert len(data["pools"]) == 2 and all(len(p["sequences"]) == 8 for p in data["pools"])
+    for p in data["pools"]:
+        assert all(len(q["rewards"]) == q["steps"] <= 8 for q in p["sequences"])
+    # the replay against real runs: the same tokens generated (bookkeeping); rewards within tolerance
+    assert [(v["n"]) for v in data["validation"]] == [2, 8, 8]
+    for v in data["validation"]:
+        assert v["real_tokens"] == v["replay_tokens"]
+        assert v["real_reward"] == pytest.approx(v["replay_reward"], abs=0.05)

@@ -239,3 +239,37 @@ def test_keep_at_least_raises_the_default_budget_to_that_many_whole_answers():
     assert Settings(n=8, max_tokens=40, keep_at_least=3).plan(P, 40) == (P + 3 * 40, 8)
     assert Settings(n=8, max_tokens=40, keep_at_least=1).plan(P, 40) == (first_cut_budget(P, 8, 40), 8)
     assert Settings(n=4, max_tokens=40, keep_at_least=4).plan(P, 40) == (P + 4 * 40, 4)
+
+
+# --- the keep rule (how many a cut keeps) -----------------------------------------------------------
+from specrej_local.decoder import MarginRule  # noqa: E402
+
+
+def test_margin_rule_cuts_harder_when_the_partial_rewards_spread_wide():
+    # two leaders far ahead: the margin keeps only them where the paper's cut would keep four
+    wide = [0.0] * 6 + [10.0, 10.0]
+    _, _, paper = run([100] * 8, by_id(wide), n=8, alpha=0.5, max_tokens=30, kv_budget=P + 32)
+    _, engine, margin = run([100] * 8, by_id(wide), n=8, alpha=0.5, max_tokens=30, kv_budget=P + 32,
+                            keep_rule=MarginRule(1.0))
+    assert paper[0].survivors == 4 and margin[0].survivors == 2
+    assert sorted(engine.dropped[:6]) == [0, 1, 2, 3, 4, 5]
+    # close rewards: the paper's share
+    _, _, close = run([100] * 8, by_id([0.1 * i for i in range(8)]), n=8, alpha=0.5, max_tokens=30,
+                      kv_budget=P + 32, keep_rule=MarginRule(1.0))
+    assert close[0].survivors == 4
+
+
+def test_a_keep_rule_gets_the_pool_best_first_and_is_clamped_to_it():
+    seen = []
+
+    def keep_all_but_never_none(rewards, alpha, floor):
+        seen.append(list(rewards))
+        return 0  # asks for nothing: the decoder still keeps keep_at_least
+    result, _, events = run([100] * 4, by_id([1.0, 3.0, 2.0, 0.0]), n=4, alpha=0.5, max_tokens=8, kv_budget=P + 8,
+                            keep_rule=keep_all_but_never_none)
+    assert seen[0] == [3.0, 2.0, 1.0, 0.0] and events[0].survivors == 1 and result.text.startswith("1.0")
+
+
+def test_a_keep_rule_that_is_not_callable_is_bad_input():
+    with pytest.raises(BadInput, match="keep-rule"):
+        Settings(keep_rule=3)

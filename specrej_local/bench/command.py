@@ -118,12 +118,17 @@ def progress(total: int):
 @click.option("-R", "--random-model", metavar="LAYOUT[:QTYPE]",
               help=f"With --engine-only: a random-weight model of this shape ({', '.join(LAYOUTS)}; qtype "
                    f"{', '.join(QTYPES)}, default q8_0), written to OUT with -g's tokenizer.")
+@click.option("-C", "--compute", is_flag=True,
+              help="The compute study instead: Best-of-N pools at N_max (the largest --ns) with the logprob reward, "
+                   "schedules replayed on them, reward against compute and compute-equivalence speedups.")
+@click.option("--compute-from", type=click.Path(dir_okay=False, exists=True),
+              help="Analyse the pools of an earlier compute.json again (no model is run).")
 @click.option("-o", "--out", type=click.Path(file_okay=False), default="bench-out", show_default=True,
               help="Folder for bench.json and reward_vs_compute.png.")
 @friendly_errors()
 def bench_command(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_template, kv_layout, kv_memory,
                   preset, prompts_file, limit, ns, rewards, alpha, max_tokens, cut, temperature, top_p, top_k, min_p, seed,
-                  engine_only, no_engine, engine_ns, seq_calls, random_model, out):
+                  engine_only, no_engine, engine_ns, seq_calls, random_model, compute, compute_from, out):
     """Benchmark Speculative Rejection against Best-of-N at equal N and at equal memory.
 
     \b
@@ -139,6 +144,13 @@ def bench_command(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_
     """
     p = PRESETS[preset]
     ctx = click.get_current_context()
+    if compute or compute_from:
+        gen = dict(generator=generator, threads=threads, n_gpu_layers=n_gpu_layers, kv_layout=kv_layout,
+                   flash_attn=flash_attn, no_chat_template=no_chat_template)
+        return compute_command(gen, compute_from, prompts_file, limit or p["limit"],
+                               max(parse_list(ns, int, "--ns")) if ns else 64, max_tokens or 64,
+                               Sampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed),
+                               Path(out))
     if ctx.get_parameter_source("n_gpu_layers") == click.core.ParameterSource.DEFAULT:
         n_gpu_layers = p["n_gpu_layers"]
     if rewards:
@@ -177,6 +189,45 @@ def bench_command(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_
     if msg:
         click.echo(msg, err=True)
     click.echo(f"Wrote {out / 'bench.json'}", err=True)
+
+
+def compute_command(gen: dict, compute_from, prompts_file, limit: int, n_max: int, max_tokens: int, sampling,
+                    out: Path):
+    """--compute: record pools (or read them back), analyse, write compute.json and compute.png."""
+    from .compute import analyse, collect
+    from .compute_report import compute_plot, compute_report
+
+    if compute_from:
+        try:
+            data = json.loads(Path(compute_from).read_text(encoding="utf-8"))
+            data["pools"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise BadInput(f"{compute_from} is not a compute.json written by bench --compute") from None
+    else:
+        prompts = read_prompts(prompts_file or ALPACA_FARM_100, limit)
+        if n_max < 8:
+            raise BadInput(f"--compute needs N_max (the largest --ns) of at least 8, got {n_max}")
+        t0 = time.perf_counter()
+        with load(reward="logprob", kv_memory=None, **gen) as s:
+            bar, tick = progress(len(prompts))
+            with bar:
+                data = collect(s, prompts, n_max, max_tokens, sampling, validate_ns=[(n_max // 4, n_max), (n_max,)],
+                               tick=tick)
+            data.update(schema="specrej-local-compute/1", created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                        total_wall_s=time.perf_counter() - t0, hardware=hardware(gen["n_gpu_layers"], gen["threads"]),
+                        settings=dict(prompts=len(prompts), n_max=n_max, max_tokens=max_tokens, reward="logprob",
+                                      generator=gen["generator"], sampling=sampling.__dict__))
+    data["analysis"] = analyse(data)
+    out.mkdir(parents=True, exist_ok=True)
+    msg = compute_plot(data["analysis"], out / "compute.png",
+                       f"{Path(str(data.get('settings', {}).get('generator', ''))).name}, "
+                       f"{data['analysis']['prompts']} prompts, logprob reward")
+    write_json(out / "compute.json", data)
+    click.echo(compute_report(data["analysis"]))
+    click.echo(f"Note: {HONESTY}")
+    if msg:
+        click.echo(msg, err=True)
+    click.echo(f"Wrote {out / 'compute.json'}", err=True)
 
 
 def random_model_file(spec: str, generator: str, out: Path) -> Path:

@@ -212,6 +212,7 @@ class LlamaEngine:
             s = self.sequences[i]
             s.logprob += lp
             s.scored_tokens += 1
+            s.token_logprobs.append(lp)
 
     def probe(self, ids, suffix: list) -> np.ndarray:
         """Output rows read after appending `suffix` to each candidate's answer (its last sampled

@@ -1,0 +1,195 @@
+"""`specrej-local bench --compute`: reward against compute on one scale (issue 23).
+
+1. `collect`: per prompt, one Best-of-N pool at N_max (pools.py), and a few real Speculative
+   Rejection runs to check the replay against.
+2. `analyse` (pure, from the JSON): Best-of-N at N = 1, 2, 4, ... N_max as the exact expected
+   best of a random N-subset of each pool; schedules replayed on the pools (replay.py); compute
+   in generated tokens and in seconds from a cost model fitted to the pools' measured steps; the
+   compute-equivalence speedup with a bootstrap interval over held-out prompts.
+"""
+from dataclasses import asdict
+
+import numpy as np
+
+from ..decoder import MarginRule
+from ..scoring import MeanLogprob
+from .metrics import bootstrap_speedup, compute_speedup, expected_best_of_k, rank_correlation
+from .pools import record_pool, validate
+from .replay import CostModel, Pool, PoolSequence, Schedule, blocks, replay
+
+DEFAULT = dict(alpha=0.5, first_cut=0.25)
+
+
+def pool_to_dict(p: Pool) -> dict:
+    return dict(prompt_tokens=p.prompt_tokens, max_tokens=p.max_tokens, kv_base=p.kv_base, wall_s=p.wall_s,
+                step_profile=[[a, b, round(c, 6)] for a, b, c in p.step_profile],
+                sequences=[dict(steps=q.steps, finish_reason=q.finish_reason,
+                                rewards=[round(r, 5) for r in q.rewards]) for q in p.sequences])
+
+
+def pool_from_dict(d: dict) -> Pool:
+    return Pool(d["prompt_tokens"], d["max_tokens"], [PoolSequence(**q) for q in d["sequences"]], d["kv_base"],
+                d["step_profile"], d["wall_s"])
+
+
+def calibrate(s, prompts, ns, max_tokens: int, sampling, tick=print) -> list:
+    """Best-of-N measured for real at small N: step times at few live sequences, which a pool at
+    N_max hardly has (the cost model needs them), and a direct check of Best-of-N's small-N cost."""
+    scorer = MeanLogprob(s.engine)
+    out = []
+    for k, prompt in enumerate(prompts):
+        for n in ns:
+            tick(f"calibration prompt {k + 1} N={n}")
+            p = record_pool(s.engine, scorer, prompt, n, max_tokens, sampling)
+            out.append(dict(prompt=k, n=n, wall_s=p.wall_s, tokens=pool_tokens(p),
+                            step_profile=[[a, b, round(c, 6)] for a, b, c in p.step_profile]))
+    return out
+
+
+def collect(s, prompts, n_max: int, max_tokens: int, sampling, validate_ns=(), tick=print,
+            calibrate_ns=(1, 2, 4, 8, 16, 32), calibrate_prompts: int = 2) -> dict:
+    """Pools for every prompt (the loaded SpecRej `s`, whose engine is used directly), a real
+    default-schedule run at each of validate_ns on the first prompts to check the replay, and
+    Best-of-N at small N on the first prompts (`calibrate`)."""
+    scorer = MeanLogprob(s.engine)
+    pools, checks = [], []
+    cal = calibrate(s, prompts[:calibrate_prompts], [n for n in calibrate_ns if n < n_max], max_tokens, sampling, tick)
+    for k, prompt in enumerate(prompts):
+        tick(f"pool {k + 1}/{len(prompts)}")
+        pool = record_pool(s.engine, scorer, prompt, n_max, max_tokens, sampling)
+        pools.append(dict(prompt=prompt[:200], **pool_to_dict(pool)))
+        for n in validate_ns[k] if k < len(validate_ns) else ():
+            v = validate(s.engine, scorer, prompt, pool, Schedule(n, name="default", **DEFAULT), sampling)
+            checks.append(dict(prompt=k, **v))
+    return dict(pools=pools, validation=checks, calibration=cal)
+
+
+def pool_tokens(p: Pool) -> int:
+    return sum(q.steps - (q.finish_reason == "stop") for q in p.sequences)
+
+
+def ladder(n_max: int) -> list:
+    """N = 1, 2, 4, ... up to n_max (n_max itself last, a power of two or not)."""
+    ks, k = [], 1
+    while k < n_max:
+        ks.append(k)
+        k *= 2
+    return ks + [n_max]
+
+
+def bon_curve(pools, cost: CostModel, ks) -> dict:
+    """Best-of-N at each k: [prompt][k] expected best final reward (exact, from order statistics),
+    compute summed over prompts: tokens (k / N_max of each pool's), cost-model seconds (Best-of-N
+    replayed on disjoint k-blocks of each pool, mean over blocks) and k / N_max of the pools'
+    measured wall time."""
+    rewards = [[expected_best_of_k(p.finals(), k) for k in ks] for p in pools]
+    tokens, seconds, wall = [], [], []
+    for k in ks:
+        tokens.append(sum(pool_tokens(p) * k / len(p.sequences) for p in pools))
+        wall.append(sum(p.wall_s * k / len(p.sequences) for p in pools))
+        sec = 0.0
+        for p in pools:
+            runs = [replay(p, Schedule(k, alpha=0.0).settings_bon(p), b) for b in blocks(len(p.sequences), k)]
+            sec += float(np.mean([cost.seconds(r["profile"]) for r in runs]))
+        seconds.append(sec)
+    return dict(ks=list(ks), rewards=rewards, mean=np.mean(rewards, axis=0).tolist(), tokens=tokens,
+                seconds=seconds, measured_wall_s=wall)
+
+
+def schedule_point(pools, cost: CostModel, sch: Schedule) -> dict:
+    """A schedule replayed on every disjoint n-block of each pool: per-prompt mean reward, and
+    compute summed over prompts (each prompt's mean over its blocks)."""
+    per_prompt, tokens, seconds, rounds = [], 0.0, 0.0, []
+    for p in pools:
+        runs = [replay(p, sch.settings(p), b) for b in blocks(len(p.sequences), sch.n)]
+        per_prompt.append(float(np.mean([r["reward"] for r in runs])))
+        tokens += float(np.mean([r["generated_tokens"] for r in runs]))
+        seconds += float(np.mean([cost.seconds(r["profile"]) for r in runs]))
+        rounds += [r["rounds"] for r in runs]
+    return dict(schedule=describe(sch), n=sch.n, alpha=sch.alpha, first_cut=sch.first_cut,
+                rule=rule_name(sch.keep_rule), rewards=per_prompt, mean=float(np.mean(per_prompt)), tokens=tokens,
+                seconds=seconds, cuts=float(np.mean(rounds)))
+
+
+def rule_name(rule) -> str:
+    return "paper" if rule is None else f"margin {rule.margin:g}"
+
+
+def describe(s: Schedule) -> str:
+    return f"N={s.n} a={s.alpha:g} cut={s.first_cut:g} {rule_name(s.keep_rule)}"
+
+
+def speedups(curve: dict, point: dict, idx, samples: int = 2000) -> dict:
+    """Compute-equivalence speedups (seconds and tokens) of a point, on the prompts idx."""
+    ks = curve["ks"]
+    bon = [curve["rewards"][i] for i in idx]
+    sr = [point["rewards"][i] for i in idx]
+    share = len(idx) / len(curve["rewards"])  # compute of these prompts only (close enough: means)
+    out = {}
+    for unit in ("seconds", "tokens"):
+        args = (ks, bon, np.asarray(curve[unit]) * share, sr, point[unit] * share)
+        out[unit] = bootstrap_speedup(*args, samples) if samples else compute_speedup(*args)
+    lo, hi = np.mean(bon, axis=0)[0], np.mean(bon, axis=0)[-1]
+    out["normalised"] = 100.0 * (np.mean(sr) - lo) / (hi - lo) if hi > lo else None  # 0 = N 1, 100 = N_max
+    return out
+
+
+def correlations(pools, cut_tokens=(2, 4, 8, 16, 32)) -> list:
+    """Spearman's rho between each sequence's reward after t tokens and its final reward, per
+    prompt: mean, min and max over prompts."""
+    rows = []
+    for t in cut_tokens:
+        rhos = [rank_correlation([q.rewards[min(t, q.steps) - 1] for q in p.sequences], p.finals()) for p in pools]
+        rhos = [r for r in rhos if r is not None]
+        if rhos:
+            rows.append(dict(tokens=t, mean=float(np.mean(rhos)), low=float(min(rhos)), high=float(max(rhos))))
+    return rows
+
+
+def sweep_schedules(n_max: int) -> list:
+    ns = [n for n in (8, 16, 32, 64, 128, 256) if n <= n_max]
+    out = [Schedule(n, a, c) for n in ns for a in (0.3, 0.5, 0.7, 0.9) for c in (0.0625, 0.125, 0.25, 0.5)]
+    out += [Schedule(n, 0.5, c, MarginRule(m)) for n in ns for c in (0.125, 0.25) for m in (0.1, 0.2, 0.4)]
+    return out
+
+
+def analyse(data: dict, samples: int = 2000) -> dict:
+    """Every figure of the study from the recorded pools (no model)."""
+    pools = [pool_from_dict(d) for d in data["pools"]]
+    n_max = min(len(p.sequences) for p in pools)
+    cost = CostModel([s for p in pools for s in p.step_profile[1:]]
+                     + [s for c in data.get("calibration", []) for s in c["step_profile"][1:]]
+                     + [s for v in data.get("validation", []) for s in v.get("real_profile", [])[1:]])
+    curve = bon_curve(pools, cost, ladder(n_max))
+    train = list(range(0, len(pools), 2))
+    test = list(range(1, len(pools), 2))
+    every = list(range(len(pools)))
+    sweep = []
+    for sch in sweep_schedules(n_max):
+        pt = schedule_point(pools, cost, sch)
+        pt["train"] = speedups(curve, pt, train, samples=0)
+        sweep.append(pt)
+    best = max(sweep, key=lambda r: r["train"]["seconds"]["speedup"])
+    best_paper = max((r for r in sweep if r["rule"] == "paper"), key=lambda r: r["train"]["seconds"]["speedup"])
+    chosen = {}
+    for name, pt in (("default", schedule_point(pools, cost, Schedule(n_max, name="default", **DEFAULT))),
+                     ("best", best), ("best paper rule", best_paper)):
+        chosen[name] = dict(point={k: v for k, v in pt.items() if k != "train"},
+                            test=speedups(curve, pt, test, samples), all=speedups(curve, pt, every, samples),
+                            train=speedups(curve, pt, train, samples))
+    return dict(n_max=n_max, prompts=len(pools), train=train, test=test, cost_model=cost.coef.tolist(),
+                bon=curve, chosen=chosen, correlations=correlations(pools),
+                sweep=[dict({k: v for k, v in r.items() if k != "rewards"},
+                            train_speedup_s=r["train"]["seconds"]["speedup"],
+                            train_at_least=r["train"]["seconds"]["at_least"]) for r in sweep],
+                validation=validation_table(data.get("validation", []), cost),
+                calibration=[dict(prompt=c["prompt"], n=c["n"], tokens=c["tokens"], wall_s=c["wall_s"],
+                                  step_s=sum(x[2] for x in c["step_profile"]),
+                                  model_step_s=cost.seconds([x[:2] for x in c["step_profile"]]))
+                             for c in data.get("calibration", [])])
+
+
+def validation_table(checks, cost: CostModel) -> list:
+    return [dict(prompt=v["prompt"], n=v["n"], real_reward=v["real_reward"], replay_reward=v["replay_reward"],
+                 real_tokens=v["real_tokens"], replay_tokens=v["replay_tokens"], real_step_s=v["real_step_s"],
+                 model_step_s=cost.seconds(v["replay_profile"]), real_wall_s=v["real_wall_s"]) for v in checks]

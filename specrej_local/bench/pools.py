@@ -1,0 +1,66 @@
+"""Best-of-N pools recorded from real runs, and real Speculative Rejection runs to check a replay
+against: the only part of the compute study that runs a model.
+
+A pool is Best-of-N at N_max in one pass, with every step timed (live sequences, KV cells in use,
+seconds) and every sequence's per-token log-probabilities kept, so its logprob reward after any
+number of steps is known.
+"""
+import time
+
+import numpy as np
+
+from ..decoder import Run, Settings
+from .replay import Pool, PoolSequence, Schedule, replay
+
+
+def timed_steps(run: Run, prompt) -> tuple:
+    """Run the decoder on its engine alone, timing each step: (result, [[live, kv_used, s]], {id: step})."""
+    e = run.engine
+    run.start(prompt)
+    steps = run.steps()
+    profile, ended = [], {}
+    try:
+        next(steps)
+        while True:
+            live, kv = len(e.live()), e.kv_used()
+            t = time.perf_counter()
+            done = e.step()
+            profile.append([live, kv, time.perf_counter() - t])
+            for i in done:
+                ended[i] = len(profile)
+            steps.send(done)
+    except StopIteration as stop:
+        return stop.value, profile, ended
+
+
+def record_pool(engine, scorer, prompt, n: int, max_tokens: int, sampling) -> Pool:
+    """Best-of-N at n in one pass; the pool of its sequences with their rewards after every step
+    (the running mean log-probability: `scorer` must be the logprob reward)."""
+    t0 = time.perf_counter()
+    result, profile, ended = timed_steps(Run(engine, scorer, Settings(n=n, method="bon", max_tokens=max_tokens,
+                                                                      sampling=sampling)), prompt)
+    wall = time.perf_counter() - t0
+    seqs = []
+    for i in range(n):
+        q = engine.sequences[i]
+        lp = np.asarray(q.token_logprobs, dtype=float)
+        if len(lp) != ended[i]:
+            raise AssertionError(f"sequence {i}: {len(lp)} log-probabilities for {ended[i]} steps")
+        seqs.append(PoolSequence(ended[i], q.finish_reason, (np.cumsum(lp) / np.arange(1, len(lp) + 1)).tolist()))
+    return Pool(prompt_tokens=engine.prompt_tokens, max_tokens=result.stats.get("max_tokens", max_tokens),
+                sequences=seqs, kv_base=engine.kv_used() - sum(s.cells for s in engine.sequences.values()),
+                step_profile=profile, wall_s=wall)
+
+
+def validate(engine, scorer, prompt, pool: Pool, schedule: Schedule, sampling) -> dict:
+    """One real run of the schedule against its replay on the pool: rewards, tokens and time."""
+    s = schedule.settings(pool)
+    s.sampling = sampling
+    t0 = time.perf_counter()
+    real, profile, _ = timed_steps(Run(engine, scorer, s), prompt)
+    wall = time.perf_counter() - t0
+    rep = replay(pool, schedule.settings(pool))
+    return dict(schedule=schedule.name, n=schedule.n, real_reward=real.reward, replay_reward=rep["reward"],
+                real_tokens=real.stats["generated_tokens"], replay_tokens=rep["generated_tokens"],
+                real_steps=len(profile), replay_steps=rep["steps"], real_step_s=sum(p[2] for p in profile),
+                real_wall_s=wall, replay_profile=rep["profile"], real_profile=profile)
