@@ -73,13 +73,13 @@ def main():
     ap.add_argument("--strict", action="store_true", help="f32 KV cache and flash attention off")
     args = ap.parse_args()
     opts = dict(kv_f32=True, flash_attn=False) if args.strict else {}
-    print(f"{'checkpoint':16} {'--type':6} {'ids':5} {'max|d| whole':>12} {'max|d| partial':>14} {'spread':>7}")
+    print(f"{'checkpoint':20} {'--type':6} {'ids':5} {'max|d| whole':>12} {'max|d| partial':>14} {'spread':>7}")
     with tempfile.TemporaryDirectory() as tmp:
         for name, ref in references().items():
             for out_type in conv.OUT_TYPES:
                 path = conv.convert(DATA / name, Path(tmp) / f"{name}-{out_type}.gguf", out_type)
                 e = errors(measure(name, ref, path, **opts))
-                print(f"{name:16} {out_type:6} {'same' if e['ids_equal'] else 'DIFF':5} {e['whole']:12.2e} "
+                print(f"{name:20} {out_type:6} {'same' if e['ids_equal'] else 'DIFF':5} {e['whole']:12.2e} "
                       f"{e['partial']:14.2e} {e['spread']:7.3f}")
 
 

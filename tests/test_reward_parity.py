@@ -1,6 +1,6 @@
 """Reward models score what transformers scores: the checkpoints under tests/data/reward_parity/
 (tiny random Qwen3, Qwen2 and Llama sequence classifiers, bf16 and f32, RoPE written both the
-transformers >= 5 way and the older way) are converted with every --type and scored through the
+transformers >= 5 way and the older way, every RoPE type the converter accepts) are converted with every --type and scored through the
 real reward scorer, whole conversations and partial answers cut and dropped the Speculative
 Rejection way, against the ids and scores transformers gave (tests/data/make_reference.py).
 
@@ -73,5 +73,6 @@ def test_the_reference_covers_the_cases_the_issue_names():
         assert max(len(c["ids"]) for c in ref["cases"]) >= 500
         assert all(len(cuts) >= 4 for cuts in ref["partials"])
     assert {r["family"] for r in REFERENCES.values()} == {"qwen3", "qwen2", "llama"}
+    assert {r["rope_type"] for r in REFERENCES.values()} == {"default", "llama3", "yarn", "linear"}
     assert {(r["dtype"], r["config_style"]) for r in REFERENCES.values()} >= {
         ("bfloat16", "rope_parameters"), ("float32", "top-level")}

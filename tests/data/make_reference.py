@@ -41,14 +41,20 @@ FAMILIES = {
                   rope={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
                         "high_freq_factor": 4.0, "original_max_position_embeddings": 256}),
 }
-# name -> (family, stored dtype, config style)
+# name -> (family, stored dtype, config style, RoPE if not the family's)
 CHECKPOINTS = {
-    "qwen3-bf16-v5": ("qwen3", torch.bfloat16, "rope_parameters"),
-    "qwen3-f32-v4": ("qwen3", torch.float32, "top-level"),
-    "qwen2-f32-v5": ("qwen2", torch.float32, "rope_parameters"),
-    "qwen2-bf16-v4": ("qwen2", torch.bfloat16, "top-level"),
-    "llama-bf16-v5": ("llama", torch.bfloat16, "rope_parameters"),
-    "llama-f32-v4": ("llama", torch.float32, "top-level"),
+    "qwen3-bf16-v5": ("qwen3", torch.bfloat16, "rope_parameters", None),
+    "qwen3-f32-v4": ("qwen3", torch.float32, "top-level", None),
+    "qwen2-f32-v5": ("qwen2", torch.float32, "rope_parameters", None),
+    "qwen2-bf16-v4": ("qwen2", torch.bfloat16, "top-level", None),
+    "llama-bf16-v5": ("llama", torch.bfloat16, "rope_parameters", None),
+    "llama-f32-v4": ("llama", torch.float32, "top-level", None),
+    # the other RoPE scalings the converter accepts (max_position_embeddings 2048 = factor x original)
+    "qwen3-yarn-bf16-v5": ("qwen3", torch.bfloat16, "rope_parameters",
+                           {"rope_type": "yarn", "rope_theta": 1000000.0, "factor": 4.0,
+                            "original_max_position_embeddings": 512}),
+    "llama-linear-bf16-v4": ("llama", torch.bfloat16, "top-level",
+                             {"rope_type": "linear", "rope_theta": 500000.0, "factor": 4.0}),
 }
 
 CORPUS = [
@@ -124,8 +130,9 @@ def to_top_level(folder: Path):
     path.write_text(json.dumps(c, indent=2))
 
 
-def build(name: str, family: str, dtype, style: str, seed: int) -> dict:
+def build(name: str, family: str, dtype, style: str, rope, seed: int) -> dict:
     fam = FAMILIES[family]
+    rope = rope or fam["rope"]
     folder = OUT / name
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
@@ -137,7 +144,7 @@ def build(name: str, family: str, dtype, style: str, seed: int) -> dict:
     hf_tok.save_pretrained(folder)
     config = fam["config"](hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                            num_key_value_heads=2, head_dim=fam["head_dim"], vocab_size=len(hf_tok),
-                           max_position_embeddings=2048, num_labels=1, rope_parameters=dict(fam["rope"]),
+                           max_position_embeddings=2048, num_labels=1, rope_parameters=dict(rope),
                            pad_token_id=hf_tok.pad_token_id, eos_token_id=hf_tok.eos_token_id,
                            bos_token_id=hf_tok.convert_tokens_to_ids(fam["bos"] or fam["specials"][0]))
     torch.manual_seed(seed)
@@ -166,7 +173,8 @@ def build(name: str, family: str, dtype, style: str, seed: int) -> dict:
             text = answer[:round(f * len(answer))]
             cuts.append(dict(text=text, **reference(PARTIAL_PROMPT + [{"role": "assistant", "content": text}])))
         partials.append(cuts)
-    return dict(family=family, dtype=str(dtype).split(".")[-1], config_style=style, cases=cases,
+    return dict(family=family, dtype=str(dtype).split(".")[-1], config_style=style, rope_type=rope["rope_type"],
+                cases=cases,
                 partial_prompt=PARTIAL_PROMPT, partials=partials)
 
 
