@@ -348,8 +348,11 @@ def test_a_terminal_gets_a_progress_bar_over_prompts_with_an_eta(tmp_path, tiny)
 
 # --- crashes, Ctrl-C and a second run ------------------------------------------------------------
 def start_eight_prompts(tmp_path, tiny, **popen):
-    """A real `batch` process over 8 one-candidate prompts: (IN, OUT, the process)."""
-    src = write_lines(tmp_path / "in.txt", *(f"Say the number {i}." for i in range(8)))
+    """A real `batch` process over 8 one-candidate prompts: (IN, OUT, the process). The first
+    answer is 4 tokens long and the other seven up to 64, so, run one after another or together,
+    the first line is written well before the last one, even on a fast idle machine."""
+    src = write_lines(tmp_path / "in.jsonl", *({"prompt": f"Say the number {i}.", "max_tokens": 4 if i == 0 else 64}
+                                                for i in range(8)))
     out = tmp_path / "out.jsonl"
     return src, out, subprocess.Popen([SCRIPT, "batch", str(src), "-o", str(out), *tiny, "-n", "1"], **popen)
 

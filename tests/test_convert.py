@@ -7,7 +7,9 @@ independent numpy forward pass written from the HF modelling code's definitions.
 """
 import hashlib
 import json
+import os
 import shutil
+import stat
 import struct
 import threading
 import time
@@ -16,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 from safetensors.numpy import save_file
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, processors
 
 from specrej_local.models import convert as conv
 from specrej_local.models import registry
@@ -25,18 +28,13 @@ from specrej_local.frontends.cli import cli
 from specrej_local.errors import BadInput, RewardError
 from specrej_local.llama.context import Context, Model
 from specrej_local.llama.reward_model import load_reward_model
+from specrej_local.llama.scorers import AnswerScorer, yes_no_readout
 from specrej_local.models.score_head import read_score_head
+from tiny_reward_models import LLAMA3_SPLIT, LLAMA3_TEMPLATE, QWEN3_TEMPLATE, QWEN_SPLIT, byte_level_bpe
 from test_registry import FakeHub, FakeHubHandler, add_user_models, assert_one_line_error, run_cli_process
 
-QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-              r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-LLAMA3_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
-                   "{{ m['content'] }}<|eot_id|>{% endfor %}"
-                   "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
 CORPUS = [
     "The quick brown fox jumps over the lazy dog while the cat sleeps.",
     "Paris is the capital of France; Berlin is the capital of Germany.",
@@ -69,7 +67,7 @@ ARCHS = {
                   config=dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                               num_key_value_heads=2, rope_theta=10000.0, rms_norm_eps=1e-6), extra_rows=3,
                   qkv_bias=True, qk_norm=False, num_labels=1, score_bias=False),
-    "qwen3": dict(arch="Qwen3ForSequenceClassification", split=QWEN_SPLIT, template=CHATML, dtype="BF16",
+    "qwen3": dict(arch="Qwen3ForSequenceClassification", split=QWEN_SPLIT, template=QWEN3_TEMPLATE, dtype="BF16",
                   specials=["<|endoftext|>", "<|im_start|>", "<|im_end|>"], bos=None, eos="<|im_end|>",
                   config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                               num_key_value_heads=2, head_dim=32, rope_theta=1000000.0, rms_norm_eps=1e-6),
@@ -93,18 +91,7 @@ TOL_Q8_0 = 5e-2
 
 # --- a tiny HF checkpoint -------------------------------------------------------------------------
 def train_tokenizer(spec: dict) -> Tokenizer:
-    tok = Tokenizer(models.BPE(ignore_merges=spec["split"] == LLAMA3_SPLIT))  # as Llama 3's tokenizer.json
-    if spec["split"] == QWEN_SPLIT:
-        tok.normalizer = normalizers.NFC()  # as Qwen's tokenizer.json has (llama.cpp ignores it)
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(spec["split"]), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=420, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
-    tok.train_from_iterator(CORPUS * 4, trainer)
-    tok.add_special_tokens(spec["specials"])
-    tok.add_tokens(["<think>"])  # a non-special added token, like Qwen3's
+    tok = byte_level_bpe(spec["split"], CORPUS, 420, spec["specials"])
     if spec["bos"]:
         tok.post_processor = processors.TemplateProcessing(
             single=f"{spec['bos']} $A", pair=f"{spec['bos']} $A {spec['bos']} $B",
@@ -264,7 +251,14 @@ def scorer_for(path, **opts):
 
 
 def fed_ids(scorer, text):
-    return scorer.prefix + scorer.model.tokenize(text, add_special=False, parse_special=False) + scorer.suffix
+    return scorer.tokens_for(text)
+
+
+def hf_render(template: str, messages, **context) -> str:
+    """A chat template rendered as transformers' apply_chat_template renders it (jinja2's
+    sandbox with trim_blocks and lstrip_blocks)."""
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    return env.from_string(template).render(messages=messages, **context)
 
 
 def relative_error(got, want) -> float:
@@ -303,8 +297,10 @@ def test_scores_match_a_numpy_forward_pass(tiny, name):
         for text in ANSWERS:
             ids = fed_ids(scorer, text)
             # the ids llama.cpp was fed are the HF tokenizer's ids for the whole rendered conversation
-            before, after = scorer.chat.around_answer(PROMPT)
-            assert ids == tok.encode(before + text + after, add_special_tokens=False).ids
+            rendered = hf_render(ARCHS[name]["template"], [{"role": "user", "content": PROMPT},
+                                                            {"role": "assistant", "content": text}],
+                                 bos_token=ARCHS[name]["bos"] or "", add_generation_prompt=False)
+            assert ids == tok.encode(rendered, add_special_tokens=False).ids
             want.append(reference_scores(w, c, ids)[0])  # label 0 is the reward
     finally:
         scorer.close()
@@ -350,12 +346,14 @@ def test_llama_cpp_tokenizes_like_the_hf_tokenizer(tiny, name):
     try:
         for text in CORPUS + ANSWERS + ["", " ", "a", "  two  spaces", "x\n\n\ny", "12345678 1.5e-3",
                                         "日本語 🙂 ünïcödé", "it's THEY'RE 'quoted'", "tabs\t\tand\r\nCRLF",
-                                        "<think> is an added token"]:
+                                        "<think> is an added token",
+                                        "decomposed: cafe\u0301 nai\u0308ve A\u030a \u1100\u1161"]:
             assert model.tokenize(text, add_special=False, parse_special=False) == \
                 tok.encode(text, add_special_tokens=False).ids, text
         special = f"{ARCHS[name]['specials'][-1]}user\nhi there{ARCHS[name]['eos']}"
         assert model.tokenize(special, parse_special=True) == tok.encode(special, add_special_tokens=False).ids
         assert model.adds_bos == (ARCHS[name]["bos"] is not None)
+        assert model.meta("specrej.tokenizer.normalizer") == ("NFC" if ARCHS[name]["split"] == QWEN_SPLIT else None)
         assert model.meta("tokenizer.chat_template") == ARCHS[name]["template"]
     finally:
         model.close()
@@ -407,6 +405,83 @@ def test_incremental_scoring_equals_scoring_from_scratch(tiny, name, flash_attn)
     assert fed <= budget
 
 
+# Answers the chat templates rewrite: whitespace around them (Llama 3 trims it, Qwen3 strips
+# leading newlines), think blocks (Qwen3 moves them into a block of their own), decomposed Unicode
+# (Qwen's tokenizer composes it first).
+REWRITTEN = [
+    "  \n Paris is the capital of France, because the government sits there.  \n\n",
+    "\n\nThe capital of France is Paris; Berlin is the capital of Germany.\n",
+    "<think>\nThe user asks about France. Paris, not Lyon.\n</think>\n\nParis is the capital, it's 12345 times so.",
+    "Cafe\u0301 au lait in Paris, nai\u0308ve but true: the capital of France.",
+]
+
+
+def reference_for(name, w, c, tok, text) -> tuple:
+    """(token ids, reward) the reference gives for PROMPT answered with `text`."""
+    rendered = hf_render(ARCHS[name]["template"], [{"role": "user", "content": PROMPT},
+                                                    {"role": "assistant", "content": text}],
+                         bos_token=ARCHS[name]["bos"] or "", add_generation_prompt=False)
+    ids = tok.encode(rendered, add_special_tokens=False).ids
+    return ids, reference_scores(w, c, ids)[0]
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen3"])
+def test_answers_the_template_rewrites_are_scored_as_rendered(tiny, name):
+    """Partial answers, cut as Speculative Rejection cuts them (growing, one dropped), get the token
+    ids and scores the reference gives for the conversation the template renders at each cut."""
+    folder, w, c, tok, path = tiny[name]
+    scorer = scorer_for(path, flash_attn=False)
+    live = list(range(len(REWRITTEN)))
+    try:
+        scorer.begin(PROMPT, None, len(REWRITTEN))
+        for cut in (0.1, 0.35, 0.6, 1.0):
+            texts = [REWRITTEN[i][:round(cut * len(REWRITTEN[i]))] for i in live]
+            got = scorer.score(live, texts)
+            want = []
+            for i, text in zip(live, texts):
+                ids, reward = reference_for(name, w, c, tok, text)
+                assert scorer.held[i] == ids, (cut, text)
+                assert scorer.ctx.pos_max(i) == len(ids) - 1
+                want.append(reward)
+            assert relative_error(got, want) < TOL_F32, (cut, got, want)
+            if cut == 0.35:
+                scorer.drop([1])
+                live.remove(1)
+    finally:
+        scorer.close()
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen3"])
+def test_a_judge_reads_the_rewritten_answer_and_then_its_question(tiny, name):
+    """An LLM judge (its question is a user turn after the answer) is fed what the template renders
+    too, cut by cut, and reads the same odds as a judge fed each conversation from scratch."""
+    path = tiny[name][4]
+    tok = tiny[name][3]
+    model = Model(path)
+    question = "Is the answer above correct?"
+    inc = AnswerScorer(model, yes_no_readout(model), follow_up=question, n_threads=1, flash_attn=False)
+    try:
+        inc.begin(PROMPT, None, len(REWRITTEN))
+        ids = list(range(len(REWRITTEN)))
+        for cut in (0.2, 0.5, 1.0):
+            texts = [t[:round(cut * len(t))] for t in REWRITTEN]
+            got = inc.score(ids, texts)
+            for i, text in zip(ids, texts):
+                rendered = hf_render(ARCHS[name]["template"], [
+                    {"role": "user", "content": PROMPT}, {"role": "assistant", "content": text},
+                    {"role": "user", "content": question}], bos_token=ARCHS[name]["bos"] or "",
+                    add_generation_prompt=True)
+                assert inc.held[i] == tok.encode(rendered, add_special_tokens=False).ids
+        fresh = inc.fresh()
+        fresh.begin(PROMPT, None, len(REWRITTEN))
+        want = fresh.score(ids, texts)
+        fresh.close()
+    finally:
+        inc.close()
+        model.close()
+    np.testing.assert_allclose(got, want, atol=1e-3)
+
+
 # --- errors ---------------------------------------------------------------------------------------
 def test_a_gguf_without_score_head_is_a_reward_error(tiny_gguf):
     assert read_score_head(tiny_gguf) == (None, None)
@@ -446,6 +521,77 @@ def test_a_failed_conversion_leaves_no_file(tiny, tmp_path):
     with pytest.raises(BadInput, match="float16"):
         conv.convert(folder, tmp_path / "out" / "rm.gguf", "f16")
     assert list((tmp_path / "out").iterdir()) == []
+
+
+# --- RoPE and config settings -----------------------------------------------------------------------
+def transformers5_config(config: dict) -> dict:
+    """The same settings as transformers >= 5 writes them: RoPE under `rope_parameters`."""
+    c = {k: v for k, v in config.items() if k not in ("rope_theta", "rope_scaling")}
+    c["rope_parameters"] = dict(config.get("rope_scaling") or {"rope_type": "default"},
+                                rope_theta=config["rope_theta"])
+    return c
+
+
+def copy_with_config(tiny, name, tmp_path, edit) -> Path:
+    folder = tmp_path / f"{name}-edited"
+    shutil.copytree(tiny[name][0], folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(edit(config)))
+    return folder
+
+
+@pytest.mark.parametrize("name", list(ARCHS))
+def test_rope_parameters_convert_like_top_level_rope_theta(tiny, tmp_path, name):
+    """transformers 5 writes RoPE as rope_parameters; the file must be the one the older layout gives
+    (same RoPE base, and Llama keeps its llama3 scaling factors)."""
+    folder = copy_with_config(tiny, name, tmp_path, transformers5_config)
+    new = conv.convert(folder, tmp_path / "new.gguf", "f32", name=tiny[name][0].name)
+    assert new.read_bytes() == tiny[name][4].read_bytes()
+    model = Model(new)
+    try:
+        assert float(model.meta(f"{model.meta('general.architecture')}.rope.freq_base")) == ARCHS[name]["config"]["rope_theta"]
+    finally:
+        model.close()
+
+
+@pytest.mark.parametrize("edit, named", [
+    (lambda c: dict(c, rope_scaling={"rope_type": "dynamic", "factor": 2.0}), "dynamic"),
+    (lambda c: dict(transformers5_config(c), rope_parameters={"rope_type": "longrope", "rope_theta": 1e4}),
+     "longrope"),
+    (lambda c: dict(c, rope_scaling={"rope_type": "linear", "factor": 2.0, "mystery": 1}), "mystery"),
+    (lambda c: dict(c, sliding_attention_stride=4), "sliding_attention_stride"),
+    (lambda c: dict(c, quantization_config={"quant_method": "awq"}), "quantization_config"),
+    (lambda c: dict(c, hidden_act="gelu"), "hidden_act"),
+    (lambda c: dict(c, use_sliding_window=True), "use_sliding_window"),
+    (lambda c: dict(transformers5_config(c), rope_theta=5.0), "two RoPE bases"),
+    (lambda c: {k: v for k, v in c.items() if k != "rope_theta"}, "no RoPE base"),
+], ids=["dynamic", "longrope", "rope-key", "config-key", "quantized", "activation", "sliding", "two-bases",
+        "no-base"])
+def test_settings_the_converter_does_not_understand_are_refused_by_name(tiny, tmp_path, edit, named):
+    folder = copy_with_config(tiny, "qwen2", tmp_path, edit)
+    with pytest.raises(BadInput) as caught:
+        conv.convert(folder, tmp_path / "out" / "rm.gguf", "f32")
+    assert named in str(caught.value) and "\n" not in str(caught.value)
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_normalizer_other_than_unicode_forms_is_refused(tiny, tmp_path):
+    folder = tmp_path / "lower"
+    shutil.copytree(tiny["qwen2"][0], folder)
+    tok = json.loads((folder / "tokenizer.json").read_text())
+    tok["normalizer"] = {"type": "Sequence", "normalizers": [{"type": "NFC"}, {"type": "Lowercase"}]}
+    (folder / "tokenizer.json").write_text(json.dumps(tok))
+    with pytest.raises(BadInput, match="Lowercase"):
+        conv.convert(folder, tmp_path / "out.gguf", "f32")
+
+
+def test_a_converted_file_gets_the_umask_mode(tiny, tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = conv.convert(tiny["qwen2"][0], tmp_path / "rm.gguf", "f32")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
 
 
 # --- CLI and the registry's convert: entries ------------------------------------------------------

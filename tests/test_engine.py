@@ -327,3 +327,51 @@ def test_a_stop_asked_during_the_prompt_ends_the_run_between_two_chunks(model):
     result = decode(engine, scorer, PROMPT, Settings(n=2, max_tokens=4))
     assert [c.tokens for c in result.candidates] != [] and all(c.tokens >= 1 for c in result.candidates)
     engine.close()
+
+
+def record_frees(monkeypatch, name):
+    """Replace llama_cpp.NAME by a recorder that frees each pointer at most once (a second free
+    of the same pointer would abort the test process): returns the list of pointers it was given."""
+    import llama_cpp
+
+    real, given = getattr(llama_cpp, name), []
+
+    def free(ptr):
+        if ptr not in given:
+            real(ptr)
+        given.append(ptr)
+    monkeypatch.setattr(llama_cpp, name, free)
+    return given
+
+
+def test_ctrl_c_while_a_context_is_freed_never_frees_it_twice(model, monkeypatch):
+    # Seen as exit -6 (GGML_ASSERT in ~llama_context) when Ctrl-C hit `batch` as it closed: the
+    # KeyboardInterrupt raised as llama_free returned, and __del__ freed the pointer again.
+    import llama_cpp
+
+    given = record_frees(monkeypatch, "llama_free")
+    real = llama_cpp.llama_free
+
+    def free_then_ctrl_c(ptr):
+        real(ptr)
+        if len(given) == 1:  # the first free only
+            raise KeyboardInterrupt
+    monkeypatch.setattr(llama_cpp, "llama_free", free_then_ctrl_c)
+    ctx = Context(model, 256, 1)
+    with pytest.raises(KeyboardInterrupt):
+        ctx.close()
+    ctx.close()
+    del ctx
+    assert len(given) == 1
+
+
+def test_a_model_closed_before_its_context_is_freed_after_it(default_model, monkeypatch):
+    # A context freed after its model aborts in llama.cpp; Python's cycle collector may finalize
+    # a dropped model before its contexts, so the model waits for them.
+    model_frees = record_frees(monkeypatch, "llama_model_free")
+    m = Model(default_model)
+    ctx = Context(m, 256, 1)
+    m.close()
+    assert model_frees == [] and m.tokenize("still usable")
+    ctx.close()
+    assert len(model_frees) == 1 and m.ptr is None

@@ -56,19 +56,19 @@ def test_incremental_judge_scores_equal_scores_from_scratch(model):
 
 
 def test_incremental_judge_bookkeeping_is_exact_through_cuts_and_drops(model):
-    # What the judge holds for each candidate after every cut: exactly the tokenization of its
-    # text so far, at positions prefix .. prefix + len - 1, and nothing for a dropped one.
+    # What the judge holds for each candidate after every cut: exactly the tokenization of the
+    # conversation its chat template renders with the text so far (the shared prompt first), at
+    # positions 0 .. len - 1, and nothing for a dropped one.
     j = judge(model)
     ids = list(range(len(ANSWERS)))
     j.begin(PROMPT, None, len(ANSWERS))
-    P = len(j.prefix)
     for cut, drop in ((12, [1]), (30, [3]), (60, []), (1000, [])):
         texts = [a[:cut] for a in ANSWERS]
         j.score(ids, [texts[i] for i in ids])
         for i in ids:
-            toks = model.tokenize(texts[i], parse_special=False)
-            assert j.fed[i] == toks
-            assert (j.ctx.pos_min(i), j.ctx.pos_max(i)) == (0, P + len(toks) - 1)
+            toks = j.prefix + model.tokenize(texts[i], parse_special=False) + j.suffix
+            assert j.held[i] == toks
+            assert (j.ctx.pos_min(i), j.ctx.pos_max(i)) == (0, len(toks) - 1)
         j.drop(drop)
         ids = [i for i in ids if i not in drop]
         assert all(j.ctx.pos_max(i) == -1 for i in range(len(ANSWERS)) if i not in ids)
@@ -96,7 +96,8 @@ def test_dropped_candidates_free_their_reward_kv(model):
     j.score([0, 1, 2], ANSWERS[:3])
     j.drop([1])
     assert j.ctx.pos_max(1) == -1
-    assert j.ctx.pos_max(0) == len(j.prefix) + len(model.tokenize(ANSWERS[0], parse_special=False)) - 1
+    assert j.ctx.pos_max(0) == len(j.prefix) + len(model.tokenize(ANSWERS[0], parse_special=False)) + \
+        len(j.suffix) - 1
 
 
 def test_self_judge_reads_the_same_score_as_a_fresh_pass_over_the_same_tokens(model):

@@ -1,10 +1,11 @@
 """Chat templates from GGUF metadata, rendered in jinja2's sandbox, in a child process with
 memory and time limits (`template_sandbox`).
 
-Besides plain prompt formatting, scorers need the text a template puts *around* an assistant
-answer (what comes before it, and the end-of-turn after it), so answers can be fed
-incrementally between a fixed prefix and a fixed suffix. `around_answer` finds both by
-rendering a marker in the answer's place.
+Besides plain prompt formatting, scorers need the whole conversation rendered with an answer
+(`answered`: templates rewrite answers, so the answer is never pasted in verbatim) and the text a
+template puts *around* an assistant answer (`around_answer`, found by rendering a marker in the
+answer's place): the part before it is what every candidate shares, and the self-judge appends
+the part after it to the generator's own tokens.
 """
 from jinja2 import TemplateError as JinjaError
 
@@ -57,6 +58,16 @@ class ChatFormat:
         if self.raw:
             return "\n\n".join(m["content"] for m in self.conversation(prompt, system))
         return self.render(self.conversation(prompt, system), add_generation_prompt=True)
+
+    def answered(self, prompt, system, answer: str, follow_up=None) -> str:
+        """The whole conversation with assistant `answer` (and `follow_up` as the next user turn,
+        with the generation prompt), as the template renders it: what a scorer reads."""
+        if self.raw:
+            return self.prompt(prompt, system) + answer + (f"\n\n{follow_up}\n" if follow_up else "")
+        messages = self.conversation(prompt, system) + [{"role": "assistant", "content": answer}]
+        if follow_up:
+            messages.append({"role": "user", "content": follow_up})
+        return self.render(messages, add_generation_prompt=bool(follow_up))
 
     def around_answer(self, prompt: str, system=None, follow_up=None):
         """(before, after): the text around an assistant answer to `prompt`.

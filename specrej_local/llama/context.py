@@ -20,6 +20,7 @@ import llama_cpp as lc
 from ..engine import MAX_SEQUENCES
 from ..errors import BadInput, Cancelled, ModelFileError, ResourceError, SpecRejError
 from ..machine import free_memory_bytes, usable_cpus
+from ..models import text_normalizer
 from ..text import not_text
 
 # llama.cpp's own log, kept quiet: its warning and error lines explain a failure better than any
@@ -133,8 +134,11 @@ class Model:
         self.n_embd = lc.llama_model_n_embd(self.ptr)
         self.n_ctx_train = lc.llama_model_n_ctx_train(self.ptr)
         self.on_gpu = n_gpu_layers != 0
+        self.open_contexts = 0   # llama.cpp contexts made from this model and not yet freed
+        self.close_asked = False
         self.kv_cell_bytes = self._kv_cell_bytes()
         self._pieces: dict = {}
+        self.unicode_forms = text_normalizer.parse(self.meta(text_normalizer.NORMALIZER_KEY))
 
     @property
     def scoring_chunk(self):
@@ -171,7 +175,7 @@ class Model:
         problem = not_text(text)
         if problem:
             raise BadInput(f"the text {problem}")
-        data = text.encode("utf-8")
+        data = text_normalizer.normalize(text, self.unicode_forms).encode("utf-8")
         cap = len(data) + 16
         buf = (lc.llama_token * cap)()
         n = lc.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
@@ -210,9 +214,13 @@ class Model:
         return bool(lc.llama_vocab_get_add_bos(self.vocab))
 
     def close(self):
-        if self.ptr:
-            lc.llama_model_free(self.ptr)
-            self.ptr = None
+        """Free the model, or, while contexts made from it are open, as soon as the last one is
+        freed: a context freed after its model aborts the process in llama.cpp. (Python's cycle
+        collector finalizes a dropped model and its contexts in any order, e.g. after Ctrl-C.)"""
+        self.close_asked = True
+        if getattr(self, "ptr", None) and not getattr(self, "open_contexts", 0):
+            ptr, self.ptr = self.ptr, None  # forgotten first: see Context.close
+            lc.llama_model_free(ptr)
 
     def __del__(self):
         self.close()
@@ -295,6 +303,9 @@ class Context:
         if kv_f32:  # exact KV storage, for checks that must rule out f16 rounding
             p.type_k = p.type_v = lc.GGML_TYPE_F32
         p.no_perf = True
+        self.ptr = None
+        model.open_contexts += 1  # the model stays until close() (Ctrl-C may land in the call)
+        self._holds_model = True
         with interruptible():
             self.ptr = lc.llama_init_from_model(model.ptr, p)
         if not self.ptr:
@@ -411,13 +422,19 @@ class Context:
         return lc.llama_memory_seq_pos_max(self.mem, seq)
 
     def close(self):
-        """Free the batch and the context; safe on a half-made one (Ctrl-C can land between them)."""
+        """Free the batch and the context; safe on a half-made one (Ctrl-C can land between them).
+        Each pointer is forgotten before it is freed: a Ctrl-C during the free raises just after
+        it, and a pointer still held then would be freed a second time by __del__ (an abort)."""
         batch = self.__dict__.pop("_batch", None)
         if batch is not None:
             lc.llama_batch_free(batch)
         if getattr(self, "ptr", None):
-            lc.llama_free(self.ptr)
-            self.ptr = None
+            ptr, self.ptr = self.ptr, None
+            lc.llama_free(ptr)
+        if self.__dict__.pop("_holds_model", False):
+            self.model.open_contexts -= 1
+            if self.model.close_asked:
+                self.model.close()
 
     def __del__(self):
         self.close()
@@ -454,9 +471,9 @@ class Samplers:
         return lc.llama_sampler_sample(self.chains[seq], ctx.ptr, row)
 
     def close(self):
-        for chain in self.chains.values():
+        chains, self.chains = getattr(self, "chains", {}), {}  # forgotten first: see Context.close
+        for chain in chains.values():
             lc.llama_sampler_free(chain)
-        self.chains = {}
 
     def __del__(self):
         self.close()

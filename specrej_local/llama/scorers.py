@@ -1,13 +1,14 @@
 """Model-backed scorers that keep KV between cuts, so each cut feeds only new answer tokens.
 
-Both read a score the same way: after a candidate's answer, the fixed text the chat template puts
-there (end of turn, or a judging question) is decoded, one output row is read at its last token,
-and the suffix is removed again with `llama_memory_seq_rm`.
+Both read a score after a candidate's answer and the text the chat template puts there (end of
+turn, or a judging question): one output row, at its last token.
 
 - `AnswerScorer` runs a separate model on its own context: the RM/judge-formatted prompt is
-  decoded once and shared by every candidate's sequence; at each cut the answer text is
-  re-tokenized with the scorer's own tokenizer, the common token prefix already in the KV is
-  kept and only the changed tail is fed. With `yes_no_readout` it is an LLM judge; with
+  decoded once and shared by every candidate's sequence; at each cut the conversation is
+  rendered by the scorer's chat template with the answer so far (templates rewrite answers:
+  Llama 3 trims them, Qwen3 moves think blocks) and tokenized with the scorer's own tokenizer;
+  the longest common token prefix with what the sequence holds is kept, the rest removed, and
+  only the new tail is fed. With `yes_no_readout` it is an LLM judge; with
   `reward_model.head_readout` a sequence-classification reward model.
 - `SelfJudge` asks the generator itself, on the generator's own KV: nothing is re-prefilled and
   no second model is loaded.
@@ -72,7 +73,7 @@ class AnswerScorer:
         self.ctx = None
         self.should_stop = None
         self.tokens_fed = 0    # every token decoded: prompt, answers and the read-out suffix
-        self.suffix_fed = 0    # of which the suffix, appended and removed at each read
+        self.suffix_fed = 0    # of which the template's text after the answer, re-fed at each read
 
     def fresh(self) -> "AnswerScorer":
         """A scorer of the same loaded model and read-out with a context of its own, for another
@@ -83,18 +84,28 @@ class AnswerScorer:
 
     def begin(self, prompt, system, n, should_stop=None):
         self.should_stop = should_stop  # asked between the chunks of everything fed for this prompt
+        self.turns = (prompt, system)
         before, after = self.chat.around_answer(prompt, system, self.follow_up)
         bos = self.model.special_text("bos")
-        add_bos = self.model.adds_bos and not (bos and before.startswith(bos))
-        self.prefix = self.model.tokenize(before, add_special=add_bos, parse_special=True)
+        self.add_bos = self.model.adds_bos and not (bos and before.startswith(bos))
+        self.prefix = self._tokenize(before)
         self.suffix = self.model.tokenize(after, add_special=False, parse_special=True)
         if not self.suffix:
             raise TemplateError("the scorer's chat template puts nothing after an answer to read a score "
                                 "from; use its chat template (drop --no-chat-template)")
-        self.fed = {}  # candidate id -> its answer tokens in the KV
+        self.held = {}  # candidate id -> every token its sequence holds (the shared prefix included)
         self.gone = set()  # candidates dropped: their sequences hold nothing
         self.n = n
         self._allocate(len(self.prefix) + n * (256 + len(self.suffix)))
+
+    def _tokenize(self, text: str) -> list:
+        return self.model.tokenize(text, add_special=self.add_bos, parse_special=True)
+
+    def tokens_for(self, text: str) -> list:
+        """What the model reads for answer `text`: the whole conversation as the chat template
+        renders it with that answer (templates trim it, move think blocks, ...), tokenized."""
+        prompt, system = self.turns
+        return self._tokenize(self.chat.answered(prompt, system, text, self.follow_up))
 
     def _allocate(self, cells: int):
         """A context of `cells`, holding the prefix on every candidate's sequence and what each has fed."""
@@ -108,8 +119,11 @@ class AnswerScorer:
         self._feed(self.prefix, range(P), [0] * P, [False] * P)
         for i in range(1, self.n):
             self.ctx.copy_seq(0, i)
-        for i, toks in self.fed.items():
-            self._feed(toks, range(P, P + len(toks)), [i] * len(toks), [False] * len(toks))
+        for i, toks in self.held.items():
+            keep = _common_prefix(self.prefix, toks)
+            if keep < P:
+                self.ctx.remove(i, keep, -1)
+            self._feed(toks[keep:], range(keep, len(toks)), [i] * (len(toks) - keep), [False] * (len(toks) - keep))
         for i in self.gone:
             self.ctx.remove(i)
 
@@ -117,45 +131,48 @@ class AnswerScorer:
         self.tokens_fed += len(tokens)
         return self.ctx.decode(tokens, positions, seqs, outputs, should_stop=self.should_stop)
 
+    def _own_cells(self, toks: list) -> int:
+        return len(toks) - _common_prefix(self.prefix, toks)
+
     def _used(self) -> int:
-        return len(self.prefix) + sum(len(t) for t in self.fed.values())
+        return len(self.prefix) + sum(self._own_cells(t) for t in self.held.values())
 
     def score(self, ids, texts):
-        P, S = len(self.prefix), len(self.suffix)
         plans = []
         for i, text in zip(ids, texts):
-            toks = self.model.tokenize(text, add_special=False, parse_special=False)
-            old = self.fed.get(i, [])
-            keep = _common_prefix(old, toks)
+            toks = self.tokens_for(text)
+            old = self.held.get(i, self.prefix)
+            # keep what the KV holds of the new rendering; at least its last token is fed again,
+            # since the score is read there
+            keep = min(_common_prefix(old, toks), len(toks) - 1)
             if keep < len(old):
-                self.ctx.remove(i, P + keep, -1)  # roll back the tail the new tokenization changed
-            self.fed[i] = toks[:keep]
+                self.ctx.remove(i, keep, -1)  # roll back what the new rendering changed
+            self.held[i] = toks[:keep]
             plans.append((i, toks, keep))
-        need = sum(len(t) - k for _, t, k in plans) + S * len(plans)
+        need = sum(len(t) - k for _, t, k in plans)
         if self._used() + need > self.ctx.n_ctx:
             self._allocate(2 * (self._used() + need))
-        tails, probes = ([], [], [], []), ([], [], [], [])
+        tails, reads = ([], [], [], []), ([], [], [], [])
         for i, toks, keep in plans:
-            _add(tails, toks[keep:], P + keep, i, output=False)         # what is new since the last cut
-            _add(probes, self.suffix, P + len(toks), i, output=True)    # the end of turn, read at its end
+            _add(tails, toks[keep:-1], keep, i, output=False)          # what is new since the last cut
+            _add(reads, toks[-1:], len(toks) - 1, i, output=True)       # the last token: a score is read there
+            self.suffix_fed += max(0, min(len(self.suffix), len(toks) - keep))
         if self.embeddings:
             # Hidden states only where a score is read: in embeddings mode llama.cpp would
             # compute an output for every token fed.
             self._feed(*tails)
             self.ctx.set_embeddings(True)
-            out = self._feed(*probes)
+            out = self._feed(*reads)
             self.ctx.set_embeddings(False)
         else:
-            out = self._feed(*(a + b for a, b in zip(tails, probes)))
-        self.suffix_fed += S * len(plans)
+            out = self._feed(*(a + b for a, b in zip(tails, reads)))
         for i, toks, _ in plans:
-            self.ctx.remove(i, P + len(toks), -1)  # take the suffix back out
-            self.fed[i] = toks
+            self.held[i] = toks  # the end of turn stays: the next cut's common prefix stops before it
         return checked(ids, self.readout(out))
 
     def drop(self, ids):
         for i in ids:
-            self.fed.pop(i, None)
+            self.held.pop(i, None)
             self.gone.add(i)
             if self.ctx is not None:
                 self.ctx.remove(i)

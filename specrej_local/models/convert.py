@@ -15,8 +15,8 @@ a time, so converting needs about one tensor's worth of memory beyond the page c
 import json
 import logging
 import os
+import secrets
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,7 @@ import gguf
 from . import registry
 from ..errors import BadInput, DownloadError, ModelFileError
 from .score_head import HEAD_BIAS, HEAD_SHAPE, HEAD_WEIGHT
+from .text_normalizer import NORMALIZER_KEY, forms_of
 
 ARCHITECTURES = {  # HF `architectures[0]` -> llama.cpp architecture of the backbone
     "Qwen2ForSequenceClassification": gguf.MODEL_ARCH.QWEN2,
@@ -226,17 +227,75 @@ def _plan(ckpt: Checkpoint, arch, config: dict, want, src: Path) -> list:
     return plan
 
 
-def _rope_scaling(config: dict, head_dim: int, src: Path):
-    """(kind, settings, extra tensor or None) for the config's rope_scaling."""
-    scaling = config.get("rope_scaling") or {}
-    kind = scaling.get("rope_type", scaling.get("type", "default"))
-    if kind == "llama3":
-        factors = _llama3_rope_factors(head_dim, float(config.get("rope_theta", 10000.0)), scaling)
-        return kind, scaling, _Tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", factors.shape,
-                                      gguf.GGMLQuantizationType.F32, lambda: factors)
-    if kind not in ("default", "linear", "yarn"):
-        raise BadInput(f"{src}: rope scaling {kind!r} is not supported; supported: linear, yarn, llama3")
-    return kind, scaling, None
+# Config keys that change nothing at inference, or that the converter reads; anything else in a
+# config is refused by name, since a setting nobody handles would be silently wrong in the file.
+_CONFIG_READ = {"architectures", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "head_dim", "max_position_embeddings", "rms_norm_eps", "vocab_size",
+                "rope_theta", "rope_scaling", "rope_parameters", "attention_bias", "mlp_bias"}
+_CONFIG_HARMLESS = {"_name_or_path", "model_type", "transformers_version", "torch_dtype", "dtype", "use_cache",
+                    "initializer_range", "attention_dropout", "bos_token_id", "eos_token_id", "pad_token_id",
+                    "tie_word_embeddings", "num_labels", "id2label", "label2id", "problem_type", "pretraining_tp",
+                    "max_window_layers", "return_dict", "output_attentions", "output_hidden_states",
+                    "torchscript", "chunk_size_feed_forward", "is_encoder_decoder", "tokenizer_class",
+                    "_attn_implementation_autoset", "finetuning_task", "keys_to_ignore_at_inference",
+                    "sliding_window"}  # read only when use_sliding_window is set, which is refused
+# Keys whose value must be the one llama.cpp's architecture implements.
+_CONFIG_FIXED = {"hidden_act": lambda v: v == "silu",
+                 "use_sliding_window": lambda v: not v,
+                 "layer_types": lambda v: all(t == "full_attention" for t in v or [])}
+# RoPE types and the settings each may carry (rope_theta and the type's own name are always allowed).
+_ROPE_KEYS = {"default": set(), "linear": {"factor"},
+              "llama3": {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"},
+              "yarn": {"factor", "original_max_position_embeddings"}}
+
+
+def _check_config(config: dict, src: Path):
+    unknown = sorted(k for k in config if k not in _CONFIG_READ | _CONFIG_HARMLESS | set(_CONFIG_FIXED))
+    if unknown:
+        raise BadInput(f"{src}: config.json has settings the converter does not understand: {', '.join(unknown)}")
+    for key, fine in _CONFIG_FIXED.items():
+        if key in config and not fine(config[key]):
+            raise BadInput(f"{src}: config.json sets {key} = {config[key]!r}, which the converter cannot carry "
+                           f"into a llama.cpp {config['architectures'][0]}")
+
+
+def _rope(config: dict, src: Path):
+    """(theta, kind, settings) of the config's RoPE, read from transformers 5's `rope_parameters`
+    or from the older top-level `rope_theta` / `rope_scaling`; never a silent default."""
+    params = dict(config.get("rope_parameters") or {})
+    scaling = dict(config.get("rope_scaling") or {})
+    if "rope_theta" in scaling:  # some transformers 5 configs keep rope_parameters under the old name
+        params, scaling = {**scaling, **params}, {}
+    theta_top, theta_params = config.get("rope_theta"), params.get("rope_theta")
+    if theta_top is not None and theta_params is not None and float(theta_top) != float(theta_params):
+        raise BadInput(f"{src}: config.json gives two RoPE bases, rope_theta {theta_top} and "
+                       f"rope_parameters.rope_theta {theta_params}")
+    if params and scaling:
+        raise BadInput(f"{src}: config.json has both rope_parameters and rope_scaling; expected one")
+    settings = params or scaling
+    theta = theta_params if theta_params is not None else theta_top
+    if theta is None:
+        raise BadInput(f"{src}: config.json gives no RoPE base (rope_theta or rope_parameters.rope_theta)")
+    kind = settings.get("rope_type", settings.get("type", "default"))
+    if kind not in _ROPE_KEYS:
+        raise BadInput(f"{src}: RoPE type {kind!r} is not supported; supported: {', '.join(_ROPE_KEYS)}")
+    unknown = sorted(set(settings) - _ROPE_KEYS[kind] - {"rope_type", "type", "rope_theta"})
+    if unknown:
+        raise BadInput(f"{src}: RoPE type {kind!r} with settings the converter does not understand: "
+                       f"{', '.join(unknown)}")
+    missing = sorted(k for k in _ROPE_KEYS[kind] - {"low_freq_factor", "high_freq_factor"} if k not in settings)
+    if missing:
+        raise BadInput(f"{src}: RoPE type {kind!r} needs {', '.join(missing)}")
+    return float(theta), kind, settings
+
+
+def _rope_freqs_tensor(theta: float, kind: str, settings: dict, head_dim: int):
+    """Llama 3's per-frequency divisors as the rope_freqs tensor, or None for other RoPE types."""
+    if kind != "llama3":
+        return None
+    factors = _llama3_rope_factors(head_dim, theta, settings)
+    return _Tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", factors.shape,
+                   gguf.GGMLQuantizationType.F32, lambda: factors)
 
 
 def _special_vocab(src: Path, n_vocab: int) -> gguf.SpecialVocab:
@@ -264,6 +323,18 @@ def _add_tensor_info(w: gguf.GGUFWriter, t: _Tensor):
         w.add_tensor_info(t.name, byte_shape, np.dtype(np.uint8), nbytes, raw_dtype=t.qtype)
 
 
+def _new_file(out: Path) -> str:
+    """An empty file beside `out` under a fresh temporary name, with the mode the umask gives any
+    new file (mkstemp would make it 0600, and the rename would keep that)."""
+    while True:
+        tmp = out.parent / f".{out.name}.{secrets.token_hex(6)}.part"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return str(tmp)
+        except FileExistsError:
+            continue
+
+
 def convert(src_dir, out_path, out_type: str = "f16", name=None) -> Path:
     """Write the reward model in HF checkpoint folder `src_dir` as one GGUF file at `out_path`.
 
@@ -281,8 +352,10 @@ def convert(src_dir, out_path, out_type: str = "f16", name=None) -> Path:
     # read and check everything before writing anything
     config = _read_json(src / "config.json")
     arch = _architecture(config)
+    _check_config(config, src)
     tok = _read_json(src / "tokenizer.json")
     pre = _pre_tokenizer(tok, src / "tokenizer.json")
+    unicode_forms = forms_of(tok.get("normalizer"), src / "tokenizer.json")
     ckpt = Checkpoint(src)
     if "score.weight" not in ckpt.tensors:
         raise BadInput(f"{src} has no score.weight: not a sequence-classification checkpoint")
@@ -291,7 +364,8 @@ def convert(src_dir, out_path, out_type: str = "f16", name=None) -> Path:
     n_embd, n_head = config["hidden_size"], config["num_attention_heads"]
     head_dim = config.get("head_dim") or n_embd // n_head
     plan = _plan(ckpt, arch, config, want, src)
-    kind, scaling, rope_freqs = _rope_scaling(config, head_dim, src)
+    theta, kind, scaling = _rope(config, src)
+    rope_freqs = _rope_freqs_tensor(theta, kind, scaling, head_dim)
     if rope_freqs is not None:
         plan.append(rope_freqs)
     embd = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.TOKEN_EMBD] + ".weight"
@@ -302,8 +376,7 @@ def convert(src_dir, out_path, out_type: str = "f16", name=None) -> Path:
     special = _special_vocab(src, len(tokens))
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part")
-    os.close(fd)
+    tmp = _new_file(out)
     w = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[arch])
     try:
         # the head first, right after general.architecture: score_head finds it in the first kilobytes
@@ -327,7 +400,7 @@ def convert(src_dir, out_path, out_type: str = "f16", name=None) -> Path:
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)
         w.add_rope_dimension_count(head_dim)
-        w.add_rope_freq_base(float(config.get("rope_theta", 10000.0)))
+        w.add_rope_freq_base(theta)
         w.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-6))
         if kind in ("linear", "yarn"):
             w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR if kind == "linear" else gguf.RopeScalingType.YARN)
@@ -339,6 +412,8 @@ def convert(src_dir, out_path, out_type: str = "f16", name=None) -> Path:
         w.add_vocab_size(len(tokens))
         w.add_tokenizer_model("gpt2")
         w.add_tokenizer_pre(pre)
+        if unicode_forms:
+            w.add_string(NORMALIZER_KEY, ",".join(unicode_forms))
         w.add_token_list(tokens)
         w.add_token_types(token_types)
         special.add_to_gguf(w, quiet=True)
