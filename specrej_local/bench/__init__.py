@@ -3,6 +3,8 @@
 - `metrics`: the figures, as pure functions (improvement score, speedups, totals).
 - `runners`: the runs (quality at equal N and equal memory, engine throughput per KV layout).
 - `report`: tables, the plot and the printed summary.
+- `pools`, `replay`, `compute`, `compute_report`: the compute study (`--compute`): Best-of-N pools,
+  schedules replayed on them by the decoder itself, reward against compute and its speedups.
 - `command`: the click command and its presets.
 """
 from .command import bench_command
