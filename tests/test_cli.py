@@ -378,3 +378,24 @@ def test_the_package_imports_its_api_on_first_use():
     code = "import sys, specrej_local; print('numpy' in sys.modules, specrej_local.SpecRej.__name__)"
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert p.stdout.split() == ["False", "SpecRej"]
+
+
+@pytest.mark.parametrize("when", ["atexit", "finalization"])
+def test_ctrl_c_after_the_command_finished_neither_kills_it_nor_prints_a_traceback(when):
+    # After the answer is out, the interpreter still runs atexit callbacks and then frees what is
+    # left (llama.cpp's models among it) with Python's SIGINT handler reset to the default. A
+    # Ctrl-C there printed "Exception ignored in atexit callback" or killed the process (-2).
+    # Builtins are among the last things finalization clears: an object there is freed after it.
+    hook = ("import atexit; atexit.register(lambda: os.kill(os.getpid(), signal.SIGINT))\n" if when == "atexit" else
+            "import builtins\n"
+            "class Late:\n"
+            "    def __del__(self):\n"
+            "        os.kill(os.getpid(), signal.SIGINT)\n"
+            "builtins._ctrl_c_late = Late()\n")
+    code = ("import os, signal, sys\n" + hook +
+            "from specrej_local.entry import main\n"
+            "sys.argv = ['specrej-local', '--version']\n"
+            "main()\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (p.returncode, p.stderr) == (0, "")
+    assert "version" in p.stdout
