@@ -56,7 +56,10 @@ class SpecRej:
         from .llama.context import Model
         from .llama.engine import LlamaEngine
 
-        self._lock, self._owner, self._closed = threading.Lock(), None, False
+        # Reentrant, so close() in the thread that holds a turn never waits on itself: a
+        # generate_many left suspended, or a Ctrl-C that landed as a turn began (then `with
+        # SpecRej() as s` closes on the way out, in the same thread: it hung there).
+        self._lock, self._owner, self._closed = threading.RLock(), None, False
         self.model, self.engine, self.scorer = None, None, None
         self._own = []  # models loaded for the reward, closed with this object
         check_threads(n_threads)

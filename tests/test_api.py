@@ -391,3 +391,26 @@ def test_the_answers_keep_at_least_asks_for_come_back_whole(spec, n, keep):
     assert len(answers) >= keep
     assert {c.finish_reason for c in answers} <= {"stop", "length"}
     assert all(c.tokens == 24 for c in answers if c.finish_reason == "length")
+
+
+def test_closing_in_the_thread_whose_generate_many_is_still_open_frees_the_models_at_once(default_model):
+    # `with SpecRej() as s:` closes on the way out of its block, in the thread that may still hold
+    # a turn: a generate_many the caller stopped reading (an exception in its loop, Ctrl-C), or a
+    # Ctrl-C that landed as a turn began. close() waited on its own lock there, forever. A child
+    # process, so that the old behaviour fails the test by its timeout instead of hanging pytest.
+    import subprocess
+    import sys
+
+    code = f"""
+import gc
+from specrej_local import SpecRej
+s = SpecRej({str(default_model)!r}, n_threads=1)
+answers = s.generate_many(["Say hi.", "Say yes.", "Say no."], concurrent=1, **{TINY!r})
+first = next(answers)
+s.close()
+del answers
+gc.collect()
+print("closed", first[0])
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "closed 0\n", "")
