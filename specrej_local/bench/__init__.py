@@ -5,6 +5,8 @@
 - `report`: tables, the plot and the printed summary.
 - `pools`, `replay`, `compute`, `compute_report`: the compute study (`--compute`): Best-of-N pools,
   schedules replayed on them by the decoder itself, reward against compute and its speedups.
+- `continuous` (`--continuous`): continuous batching against one prompt at a time, in one process.
+- `serve_load`, `local_server` (`--serve-load`): a `serve` child on loopback under concurrent clients.
 - `command`: the click command and its presets.
 """
 from .command import bench_command

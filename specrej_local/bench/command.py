@@ -1,10 +1,13 @@
 """The `specrej-local bench` command: presets, inputs, and one JSON file of every figure."""
 import json
+import os
 import time
 from pathlib import Path
 
 import click
 
+from ..api import MAX_CONCURRENT
+from ..engine import MAX_SEQUENCES
 from ..frontends.options import friendly_errors, load, model_options
 from ..data import ALPACA_FARM_100
 from ..errors import BadInput
@@ -21,6 +24,9 @@ HONESTY = ("Rewards are whatever --rewards names: with a small generator such as
            "log-probability or yes/no judgement ranks answers only a little better than chance, so the "
            "improvement score measures how well each method finds what THAT reward prefers, not the "
            "quality of the answers.")
+
+CONTINUOUS_NS = (8, 16, 32)  # --continuous's N values without -N (issue 22's)
+SERVE_LOAD_NS = (8, 16)      # --serve-load's best_of values without -N
 
 PRESETS = {
     # SmolLM2-135M on 2 CPU cores: the issue's setting, about 40 minutes per reward at N = 32.
@@ -123,27 +129,48 @@ def progress(total: int):
                    "schedules replayed on them, reward against compute and compute-equivalence speedups.")
 @click.option("--compute-from", type=click.Path(dir_okay=False, exists=True),
               help="Analyse the pools of an earlier compute.json again (no model is run).")
+@click.option("--continuous", is_flag=True,
+              help="Continuous batching instead: the prompts one at a time against K at once (generate_many), per "
+                   "method and N (default 8,16,32), reward -r; writes OUT/continuous.json.")
+@click.option("--serve-load", is_flag=True,
+              help="The server instead: `serve` on a free loopback port, requests/s and latency under --clients "
+                   "concurrent clients, per best_of in -N (default 8,16); writes OUT/serve_load.json.")
+@click.option("--methods", help="With --continuous or --serve-load: comma-separated specrej, bon (default: both with "
+                                "--continuous, specrej with --serve-load).")
+@click.option("-c", "--concurrent", type=click.IntRange(1, MAX_CONCURRENT),
+              help="With --continuous: prompts at once (default: the API's for each N); with --serve-load: the "
+                   "server's --concurrent (default: the most --clients).")
+@click.option("--clients", help="With --serve-load: comma-separated counts of concurrent clients.  [default: 1,2,4,8]")
+@click.option("--requests", type=click.IntRange(min=1),
+              help="With --serve-load: requests per row (default: 2 x clients, at least 4).")
 @click.option("-o", "--out", type=click.Path(file_okay=False), default="bench-out", show_default=True,
-              help="Folder for bench.json and reward_vs_compute.png.")
+              help="Folder for bench.json and reward_vs_compute.png (or compute.json, continuous.json, "
+                   "serve_load.json).")
 @friendly_errors()
 def bench_command(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_template, kv_layout, kv_memory,
                   preset, prompts_file, limit, ns, rewards, alpha, max_tokens, cut, temperature, top_p, top_k, min_p, seed,
-                  engine_only, no_engine, engine_ns, seq_calls, random_model, compute, compute_from, out):
+                  engine_only, no_engine, engine_ns, seq_calls, random_model, compute, compute_from, continuous,
+                  serve_load, methods, concurrent, clients, requests, out):
     """Benchmark Speculative Rejection against Best-of-N at equal N and at equal memory.
 
     \b
     For every reward, N and prompt: Best-of-N in one pass, Best-of-N in waves under Speculative
     Rejection's KV budget, and Speculative Rejection twice (unified layout for equal memory, the
     layout auto picks for equal N); then the engine's batched tokens/s per KV layout against
-    sequential llama_cpp.Llama calls. Writes OUT/bench.json and a plot.
+    sequential llama_cpp.Llama calls. Writes OUT/bench.json and a plot. --compute, --continuous
+    and --serve-load run other studies instead, each with its own JSON file.
       specrej-local bench                          # the cpu preset: 20 prompts, N = 32
       specrej-local bench --preset smoke
       specrej-local bench -N 64 --rewards logprob -k 20
       specrej-local bench --engine-only -R llama-1b
       specrej-local bench --preset gpu -g qwen2.5-1.5b
+      specrej-local bench --continuous -N 8,16,32 -k 20
+      specrej-local bench --serve-load --clients 1,2,4,8 -N 8,16
     """
     p = PRESETS[preset]
     ctx = click.get_current_context()
+    check_modes(compute or compute_from, continuous, serve_load, methods=methods, concurrent=concurrent,
+                clients=clients, requests=requests)
     if compute or compute_from:
         gen = dict(generator=generator, threads=threads, n_gpu_layers=n_gpu_layers, kv_layout=kv_layout,
                    flash_attn=flash_attn, no_chat_template=no_chat_template)
@@ -164,6 +191,16 @@ def bench_command(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_
     opts = dict(generator=generator, n_gpu_layers=n_gpu_layers, threads=threads, flash_attn=flash_attn,
                 no_chat_template=no_chat_template, kv_layout=kv_layout, kv_memory=kv_memory)
     out = Path(out)
+    if continuous or serve_load:  # -r is the reward; the server's load takes every prompt unless -k
+        model = dict(opts, reward=reward)
+        decoding = dict(alpha=alpha, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
+        prompts = read_prompts(prompts_file or ALPACA_FARM_100, limit or (p["limit"] if continuous else None))
+        source = prompts_file or "the paper's 100 AlpacaFarm prompts"
+        common = (mode_ns(ns, continuous), mode_methods(methods, continuous), max_tokens or p["max_tokens"],
+                  concurrent, decoding, out)
+        if continuous:
+            return continuous_command(model, prompts, source, *common)
+        return serve_load_command(model, prompts, source, *common, clients, requests)
     if random_model:
         if not engine_only:
             raise BadInput("--random-model only makes sense with --engine-only (random weights have no quality)")
@@ -228,6 +265,94 @@ def compute_command(gen: dict, compute_from, prompts_file, limit: int, n_max: in
     if msg:
         click.echo(msg, err=True)
     click.echo(f"Wrote {out / 'compute.json'}", err=True)
+
+
+def check_modes(compute: bool, continuous: bool, serve_load: bool, **mode_options):
+    """One study at a time, and no option of a study that is not run (it would be ignored without a word)."""
+    chosen = [flag for flag, on in (("--compute", compute), ("--continuous", continuous),
+                                    ("--serve-load", serve_load)) if on]
+    if len(chosen) > 1:
+        raise BadInput(f"{' and '.join(chosen)} cannot be combined: run one at a time")
+    for name, value in mode_options.items():
+        wanted = serve_load if name in ("clients", "requests") else continuous or serve_load
+        if value is not None and not wanted:
+            studies = "--serve-load" if name in ("clients", "requests") else "--continuous and --serve-load"
+            raise BadInput(f"--{name} is an option of {studies} only")
+
+
+def mode_ns(ns, continuous: bool) -> tuple:
+    """-N for --continuous (candidates) or --serve-load (best_of); each mode has its own default."""
+    values = parse_list(ns, int, "--ns") if ns else CONTINUOUS_NS if continuous else SERVE_LOAD_NS
+    bad = [n for n in values if not 1 <= n <= MAX_SEQUENCES]
+    if bad:
+        raise BadInput(f"--ns values must be between 1 and {MAX_SEQUENCES}, got {bad[0]}")
+    return values
+
+
+def mode_methods(methods, continuous: bool) -> tuple:
+    values = parse_list(methods, str, "--methods") if methods else ("specrej", "bon") if continuous else ("specrej",)
+    bad = [m for m in values if m not in ("specrej", "bon")]
+    if bad:
+        raise BadInput(f"--methods takes specrej and bon, got {bad[0]!r}")
+    return values
+
+
+def continuous_command(model: dict, prompts: list, source: str, ns: tuple, methods: tuple, max_tokens: int,
+                       concurrent, decoding: dict, out: Path):
+    """--continuous: every row measured and printed, then OUT/continuous.json."""
+    from .continuous import HEADER, measure
+
+    click.echo(f"{len(prompts)} prompts ({source}), max {max_tokens} tokens, {model['threads']} thread(s), "
+               f"layout {model['kv_layout']}, load average at start {os.getloadavg()[0]:.1f}")
+    click.echo(HEADER)
+    t0 = time.perf_counter()
+    with load(**model) as s:
+        rows = measure(s, prompts, methods, ns, max_tokens, concurrent, model["threads"], decoding, click.echo)
+    settings = dict(generator=model["generator"], reward=model["reward"], prompts=len(prompts), prompts_file=source,
+                    methods=list(methods), ns=list(ns), max_tokens=max_tokens, concurrent=concurrent,
+                    kv_layout=model["kv_layout"], decoding=decoding)
+    write_mode_json(out / "continuous.json", "specrej-local-continuous/1", t0, settings, model, rows)
+
+
+def serve_load_command(model: dict, prompts: list, source: str, ns: tuple, methods: tuple, max_tokens: int,
+                       concurrent, decoding: dict, out: Path, clients, requests):
+    """--serve-load: a server started (outside the clock), every row measured and printed, the
+    server stopped, then OUT/serve_load.json."""
+    from .local_server import LocalServer
+    from .serve_load import HEADER, measure, server_flags
+
+    counts = parse_list(clients, int, "--clients") if clients else (1, 2, 4, 8)
+    bad = [c for c in counts if not 1 <= c <= MAX_CONCURRENT]
+    if bad:
+        raise BadInput(f"--clients values must be between 1 and {MAX_CONCURRENT}, got {bad[0]}")
+    k = concurrent or max(counts)
+    if k < max(counts):
+        raise BadInput(f"--concurrent {k} is under the largest --clients, {max(counts)}: the server must be "
+                       "allowed to run every client's request at once")
+    queue_size = max(16, max(counts))  # room to wait for every request the engine cannot take yet
+    flags = server_flags(model, decoding, max_tokens, max(ns), k, queue_size)
+    log = out / "serve_load.log"
+    click.echo(f"Starting the server: specrej-local serve -c {k} --queue-size {queue_size} (log: {log})", err=True)
+    t0 = time.perf_counter()
+    with LocalServer(flags, log) as server:
+        click.echo(f"Server ready at {server.url} (pid {server.proc.pid})", err=True)
+        click.echo(f"{len(prompts)} prompts ({source}), max {max_tokens} tokens, {model['threads']} thread(s), "
+                   f"layout {model['kv_layout']}, server --concurrent {k}, load average at start "
+                   f"{os.getloadavg()[0]:.1f}")
+        click.echo(HEADER)
+        rows = measure(server.url, prompts, methods, ns, counts, requests, max_tokens, decoding["seed"], click.echo)
+    settings = dict(generator=model["generator"], reward=model["reward"], prompts=len(prompts), prompts_file=source,
+                    methods=list(methods), best_of=list(ns), clients=sorted(set(counts)), requests=requests,
+                    max_tokens=max_tokens, kv_layout=model["kv_layout"], decoding=decoding,
+                    server=dict(concurrent=k, queue_size=queue_size, max_best_of=max(ns), flags=flags))
+    write_mode_json(out / "serve_load.json", "specrej-local-serve-load/1", t0, settings, model, rows)
+
+
+def write_mode_json(path: Path, schema: str, t0: float, settings: dict, model: dict, rows: list):
+    data = dict(schema=schema, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), total_wall_s=time.perf_counter() - t0,
+                settings=settings, hardware=hardware(model["n_gpu_layers"], model["threads"]), rows=rows)
+    write_json(path, data)
+    click.echo(f"Wrote {path}", err=True)
 
 
 def random_model_file(spec: str, generator: str, out: Path) -> Path:

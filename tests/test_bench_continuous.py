@@ -1,0 +1,155 @@
+"""bench --continuous and --serve-load: their figures on hand-made outcomes, bad options, then
+tiny real runs (the default model, 1-2 prompts, N = 2, 4 tokens), Ctrl-C included."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from specrej_local.bench.continuous import row_line as continuous_line
+from specrej_local.bench.serve_load import Outcome, against, requests_for, row_of
+from specrej_local.bench.serve_load import row_line as serve_line
+from specrej_local.errors import SpecRejError
+from specrej_local.frontends.cli import cli
+
+
+def test_requests_per_row_default_to_two_per_client_and_at_least_four():
+    assert [requests_for(c, None) for c in (1, 2, 4, 8)] == [4, 4, 8, 16]
+    assert requests_for(8, 3) == 3
+
+
+def test_a_rows_figures_and_its_ratios_to_the_base_row():
+    base = row_of("specrej", 8, 1, 16, [Outcome(200, 2.0, 10, 1.9), Outcome(200, 4.0, 30, 3.9)], wall_s=6.0)
+    assert base["requests_per_s"] == pytest.approx(2 / 6) and base["tokens"] == 40
+    assert base["tokens_per_s"] == pytest.approx(40 / 6)
+    assert base["latency_p50_s"] == pytest.approx(3.0) and base["latency_p95_s"] == pytest.approx(3.9)
+    assert base["statuses"] == {"200": 2} and base["run_mean_s"] == pytest.approx(2.9)
+    row = row_of("specrej", 8, 2, 16, [Outcome(200, 3.0, 20, 2.0, 1.0)] * 4, wall_s=6.0)
+    r = against(row, base)
+    assert r["requests_per_s_ratio"] == pytest.approx((4 / 6) / (2 / 6))
+    assert r["p95_over_base_p50"] == pytest.approx(3.0 / 3.0) and r["queue_max_s"] == 1.0 and r["base_clients"] == 1
+    assert serve_line(r).split()[:4] == ["specrej", "8", "2", "4"]
+
+
+def test_a_failed_request_stops_the_load_with_its_status_and_message():
+    with pytest.raises(SpecRejError, match=r"1 of 2 requests failed .* the first: 429: busy"):
+        row_of("bon", 8, 2, 16, [Outcome(200, 1.0, 5), Outcome(429, 0.1, error="busy")], wall_s=1.0)
+    with pytest.raises(SpecRejError, match="no answer: refused"):
+        row_of("bon", 8, 1, 16, [Outcome(None, 0.1, error="refused")], wall_s=1.0)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--serve-load", "--clients", "0"], "--clients values must be between 1 and 64, got 0"),
+    (["--serve-load", "--clients", "abc"], "--clients must be a comma-separated list, got 'abc'"),
+    (["--serve-load", "--clients", "1,65"], "--clients values must be between 1 and 64, got 65"),
+    (["--serve-load", "-c", "2", "--clients", "1,4"], "--concurrent 2 is under the largest --clients, 4"),
+    (["--clients", "2"], "--clients is an option of --serve-load only"),
+    (["--continuous", "--requests", "2"], "--requests is an option of --serve-load only"),
+    (["--methods", "bon"], "--methods is an option of --continuous and --serve-load only"),
+    (["--continuous", "--serve-load"], "--continuous and --serve-load cannot be combined"),
+    (["--compute", "--serve-load"], "--compute and --serve-load cannot be combined"),
+    (["--continuous", "--methods", "specrej,best"], "--methods takes specrej and bon, got 'best'"),
+    (["--continuous", "-N", "2,300"], "--ns values must be between 1 and 256, got 300"),
+    (["--serve-load", "-N", "x"], "--ns must be a comma-separated list"),
+])
+def test_bad_mode_options_are_one_line_errors(tmp_path, args, words):
+    res = CliRunner().invoke(cli, ["bench", "-o", str(tmp_path / "out"), *args])
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == 2 and len(lines) == 1 and lines[0].startswith(f"Error: {words}"), res.output
+    assert not (tmp_path / "out").exists()  # refused before anything ran
+
+
+@pytest.mark.parametrize("value", ["0", "abc"])
+def test_bad_requests_count_is_refused_by_the_option(tmp_path, value):
+    res = CliRunner().invoke(cli, ["bench", "--serve-load", "--requests", value, "-o", str(tmp_path)])
+    assert res.exit_code == 2 and "Invalid value for '--requests'" in res.output
+
+
+def test_a_server_that_cannot_start_is_a_one_line_error(tmp_path):
+    res = CliRunner().invoke(cli, ["bench", "--serve-load", "-g", str(tmp_path / "missing.gguf"), "-t", "1",
+                                   "-o", str(tmp_path / "out")])
+    assert res.exit_code == 2, res.output
+    error = [line for line in res.output.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1 and "the server exited with status 2 before it was ready" in error[0]
+    assert "missing.gguf does not exist" in error[0] and not (tmp_path / "out" / "serve_load.json").exists()
+
+
+# --- real runs (default model) --------------------------------------------------------------------
+@pytest.mark.slow
+def test_continuous_end_to_end(default_model, tmp_path):
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["bench", "--continuous", "-g", str(default_model), "-t", "1", "-k", "2", "-N", "2",
+                                   "--max-tokens", "4", "-c", "2", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    data = json.loads((out / "continuous.json").read_text())
+    assert data["schema"] == "specrej-local-continuous/1" and data["settings"]["methods"] == ["specrej", "bon"]
+    assert data["hardware"]["threads"] == 1
+    rows = data["rows"]
+    assert [(r["method"], r["n"], r["concurrent"]) for r in rows] == [("specrej", 2, 2), ("bon", 2, 2)]
+    for r in rows:
+        assert set(r) == {"method", "n", "concurrent", "prompts", "max_tokens", "threads", "alone_s", "continuous_s",
+                          "alone_tokens", "continuous_tokens", "same_answers", "layout", "layout_continuous",
+                          "load_avg"}
+        assert (r["prompts"], r["max_tokens"], r["threads"]) == (2, 4, 1) and 0 <= r["same_answers"] <= 2
+        assert r["alone_s"] > 0 and r["continuous_s"] > 0
+        assert 0 < r["alone_tokens"] <= 2 * 2 * 4 and 0 < r["continuous_tokens"] <= 2 * 2 * 4
+        assert r["layout"] in ("unified", "split") and r["layout_continuous"] in ("unified", "split")
+        assert continuous_line(r) in res.output  # the printed table is the recorded rows
+
+
+@pytest.mark.slow
+def test_serve_load_end_to_end(default_model, tmp_path):
+    pytest.importorskip("starlette")
+    pytest.importorskip("uvicorn")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["bench", "--serve-load", "-g", str(default_model), "-t", "1", "-N", "2",
+                                   "--clients", "2,1", "--requests", "2", "--max-tokens", "4", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    data = json.loads((out / "serve_load.json").read_text())
+    assert data["schema"] == "specrej-local-serve-load/1" and data["settings"]["clients"] == [1, 2]
+    assert data["settings"]["server"]["concurrent"] == 2  # every client's request may run at once
+    base, two = data["rows"]
+    assert [(r["method"], r["best_of"], r["clients"]) for r in (base, two)] == [("specrej", 2, 1), ("specrej", 2, 2)]
+    for r in (base, two):
+        assert r["requests"] == 2 and r["statuses"] == {"200": 2} and r["max_tokens"] == 4
+        assert 0 < r["latency_p50_s"] <= r["latency_p95_s"] <= r["latency_max_s"] <= r["wall_s"]
+        assert r["requests_per_s"] == pytest.approx(r["requests"] / r["wall_s"])
+        assert 0 < r["tokens"] <= 2 * 2 * 4 and r["tokens_per_s"] == pytest.approx(r["tokens"] / r["wall_s"])
+        assert r["base_clients"] == 1
+        assert r["requests_per_s_ratio"] == pytest.approx(r["requests_per_s"] / base["requests_per_s"])
+        assert r["p95_over_base_p50"] == pytest.approx(r["latency_p95_s"] / base["latency_p50_s"])
+        assert serve_line(r) in res.output
+    assert base["requests_per_s_ratio"] == 1.0
+    pid = int(res.output.split("(pid ", 1)[1].split(")", 1)[0])
+    with pytest.raises(ProcessLookupError):  # stopped and reaped
+        os.kill(pid, 0)
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_the_load_stops_the_server(default_model, tmp_path):
+    pytest.importorskip("starlette")
+    pytest.importorskip("uvicorn")
+    out = tmp_path / "out"
+    bench = subprocess.Popen([sys.executable, "-m", "specrej_local", "bench", "--serve-load", "-g", str(default_model),
+                              "-t", "1", "-N", "2", "--clients", "1", "--requests", "1000", "--max-tokens", "64",
+                              "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in bench.stderr:  # the server is up: the load is under way or about to be
+            if line.startswith("Server ready at"):
+                break
+        else:
+            raise AssertionError(f"the bench ended first, with status {bench.wait()}")
+        pid = int(line.split("(pid ", 1)[1].split(")", 1)[0])
+        bench.send_signal(signal.SIGINT)
+        assert bench.wait(timeout=120) == 130
+        assert "Interrupted." in bench.stderr.read()
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait()
+    with pytest.raises(ProcessLookupError):  # the bench stopped and reaped its server before it exited
+        os.kill(pid, 0)
+    assert not (out / "serve_load.json").exists()
