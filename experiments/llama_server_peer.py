@@ -51,6 +51,7 @@ from specrej_local.api import DEFAULT_GENERATOR, default_concurrency
 from specrej_local.data import ALPACA_FARM_100
 from specrej_local.frontends.batch_io import read_items
 from specrej_local.models import registry
+from specrej_local.llama.context import AMX  # where llama.cpp has AMX, both sides load without repacked weights
 from specrej_local.sampling import Sampling
 
 SAMPLING = Sampling()  # the project's defaults, sent to the server field by field
@@ -81,7 +82,8 @@ class Server:
         self.port = free_port()
         self.args = [binary, "-m", str(model), "--host", "127.0.0.1", "--port", str(self.port),
                      "-t", str(threads), "-tb", str(threads), "-np", str(slots), "-c", str(slots * slot_ctx),
-                     "-fa", "on", "--kv-unified" if kv_unified else "--no-kv-unified", "--no-webui", *extra]
+                     "-fa", "on", "--kv-unified" if kv_unified else "--no-kv-unified", "--no-webui",
+                     *(["--no-repack"] if AMX else []), *extra]
         self.log = tempfile.NamedTemporaryFile("w+", prefix="llama-server-", suffix=".log", delete=False)
         self.proc = None
 
