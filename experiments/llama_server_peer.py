@@ -50,8 +50,8 @@ from specrej_local import SpecRej
 from specrej_local.api import DEFAULT_GENERATOR, default_concurrency
 from specrej_local.data import ALPACA_FARM_100
 from specrej_local.frontends.batch_io import read_items
-from specrej_local.models import registry
 from specrej_local.llama.context import AMX  # where llama.cpp has AMX, both sides load without repacked weights
+from specrej_local.models import registry
 from specrej_local.sampling import Sampling
 
 SAMPLING = Sampling()  # the project's defaults, sent to the server field by field
