@@ -33,6 +33,7 @@ from ..api import make_settings, prompt_or_messages
 from ..decoder import Interrupted
 from ..errors import PromptTooLong, ResourceError, SpecRejError
 from ..schedule import Job as Scheduled
+from .feeder import Feeder
 from .openai_schema import Defaults, Limits, Reply, RequestError, parse_chat, parse_completion
 
 KEEPALIVE_S = 1.0  # an SSE comment this often while a streamed run goes on
@@ -73,21 +74,15 @@ class Job:
         self.loop.call_soon_threadsafe(settle)
 
 
-class Worker:
+class Worker(Feeder):
     """Runs the jobs on the loaded SpecRej, in its own thread: up to `concurrent` requests at once,
-    their candidates decoded together (`SpecRej.decode_jobs`). A request joins at the next step
-    when the engine has room for it; the queue holds only those that wait for room."""
+    their candidates decoded together (`Feeder`). A request joins at the next step when the
+    engine has room for it; the queue holds only those that wait for room."""
 
     def __init__(self, specrej, queue_size: int, concurrent: int = 1):
-        self.specrej, self.concurrent = specrej, concurrent
-        self.jobs = queue.Queue(maxsize=queue_size)
-        self.running = set()  # jobs taken from the queue and not yet settled
+        super().__init__(specrej, concurrent, queue_size, name="specrej-worker")
         self.counts = dict(served=0, failed=0, cancelled=0, refused_busy=0)
         self.mean_s = 1.0  # moving average of a run's wall time, for Retry-After
-        self.thread = threading.Thread(target=self._loop, name="specrej-worker", daemon=True)
-
-    def start(self):
-        self.thread.start()
 
     def submit(self, job: Job) -> bool:
         try:
@@ -127,47 +122,22 @@ class Worker:
 
     def stop(self):
         """End the thread after cancelling every job; the model may be closed after this."""
-        if not self.thread.is_alive():
-            return
-        self.cancel_all()
-        self.jobs.put(None)
-        self.thread.join()
+        if self.thread.is_alive():
+            self.cancel_all()
+        super().stop()
 
-    def _loop(self):
-        while True:
-            try:
-                for job, outcome in self.specrej.decode_jobs(self._requests(), self.concurrent):
-                    self._settle(job, outcome)
-                return  # stop() was called and every run has ended
-            except Exception as e:  # a bug in a shared step: logged in full, its runs' clients get one line
-                traceback.print_exc(file=sys.stderr)
-                for job in list(self.running):
-                    self._settle(job, e)
-
-    def _requests(self):
-        """The jobs for the scheduler, as they arrive: it waits for one only while none runs, and
-        None tells it that nobody is waiting now."""
-        while True:
-            try:
-                job = self.jobs.get(block=not self.running)
-            except queue.Empty:
-                yield None
-                continue
-            if job is None:
-                return
-            if job.cancelled.is_set():  # its client left while it waited
-                self.counts["cancelled"] += 1
-                job.report(CANCELLED)
-                continue
-            job.queue_s = time.perf_counter() - job.queued_at
-            try:
-                scheduled = self._scheduled(job)
-            except SpecRejError as e:  # settings no engine can take
-                self.counts["failed"] += 1
-                job.report(e)
-                continue
-            self.running.add(job)
-            yield scheduled
+    def schedule(self, job: Job) -> Optional[Scheduled]:
+        if job.cancelled.is_set():  # its client left while it waited
+            self.counts["cancelled"] += 1
+            job.report(CANCELLED)
+            return None
+        job.queue_s = time.perf_counter() - job.queued_at
+        try:
+            return self._scheduled(job)
+        except SpecRejError as e:  # settings no engine can take
+            self.counts["failed"] += 1
+            job.report(e)
+            return None
 
     def _scheduled(self, job: Job) -> Scheduled:
         said_started = []
@@ -182,8 +152,7 @@ class Worker:
         what = prompt_or_messages(kwargs.pop("prompt", None), kwargs.pop("messages", None))
         return Scheduled(job, what, make_settings(**kwargs), should_stop=should_stop)
 
-    def _settle(self, job: Job, outcome):
-        self.running.discard(job)
+    def settle(self, job: Job, outcome):
         if isinstance(outcome, Interrupted):
             self.counts["cancelled"] += 1
             outcome = CANCELLED
