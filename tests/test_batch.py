@@ -547,12 +547,6 @@ def test_concurrent_error_lines_and_failures_leave_the_other_prompts_answered(tm
     assert result.stderr == f"Done: 2 answered, 3 failed, 0 already in {out}.\n"
 
 
-def test_concurrent_is_not_offered_with_ray(tmp_path):
-    src = write_lines(tmp_path / "in.txt", "Say hi.")
-    result = batch(src, "-o", tmp_path / "out.jsonl", "--ray", "-c", "4")
-    assert result.exit_code == 2 and "--concurrent is not available with --ray" in result.stderr
-
-
 def test_ctrl_c_mid_concurrent_batch_exits_130_and_the_same_command_finishes_the_rest(tmp_path, tiny):
     # Prompts of different lengths finish at different steps, so Ctrl-C lands with some on disk.
     src = write_lines(tmp_path / "in.jsonl", *({"id": k, "prompt": f"Count to {k + 3}.", "max_tokens": 2 + 6 * k}

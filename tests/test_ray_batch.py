@@ -23,6 +23,9 @@ from specrej_local.frontends import ray_batch  # noqa: E402
 
 SCRIPT = str(Path(sys.executable).with_name("specrej-local"))
 TINY = ["-n", "2", "--max-tokens", "6", "-t", "1", "--no-chat-template"]
+# For tests that stop a run part-way: one prompt per worker at a time, so answers come one by one
+# (several at once tend to finish together, all twelve before the test can step in).
+ONE_AT_A_TIME = ["--concurrent", "1"]
 PROMPTS = ["Name a color.", "Say hi.", "Count to three.", "Name a fruit.", "What is 2 + 2?", "Name a city.",
            "Say bye.", "Name an animal.", "Name a tree.", "What is ice?", "Name a metal.", "Say thanks."]
 
@@ -62,11 +65,13 @@ def batch(*args):
     return CliRunner().invoke(cli, ["batch", *map(str, args)])
 
 
-def test_two_workers_write_what_the_single_process_batch_writes(tmp_path, tiny, address):
+@pytest.mark.parametrize("workers, concurrent", [(2, []), (1, ["--concurrent", "3"])],
+                         ids=["two workers", "one worker taking three prompts at once"])
+def test_ray_workers_write_what_the_single_process_batch_writes(tmp_path, tiny, address, workers, concurrent):
     src = twelve_prompts(tmp_path / "in.jsonl")
     alone, on_ray = tmp_path / "alone.jsonl", tmp_path / "ray.jsonl"
-    assert batch(src, "-o", alone, *tiny).exit_code == 0
-    result = batch(src, "-o", on_ray, *tiny, "--ray", address, "--workers", "2")
+    assert batch(src, "-o", alone, *tiny, *concurrent).exit_code == 0
+    result = batch(src, "-o", on_ray, *tiny, *concurrent, "--ray", address, "--workers", workers)
     assert result.exit_code == 0, result.output
     assert result.stderr == f"Done: 12 answered, 0 failed, 0 already in {on_ray}.\n"
     expected, got = by_id(alone), by_id(on_ray)
@@ -77,13 +82,36 @@ def test_two_workers_write_what_the_single_process_batch_writes(tmp_path, tiny, 
     assert not (tmp_path / "ray.jsonl.lock").exists()
 
 
-def test_a_killed_worker_loses_only_its_prompt_which_another_answers(tmp_path, default_model, address):
+def model_options(default_model) -> dict:
+    return dict(generator=str(default_model), reward="self", n_gpu_layers=0, threads=1, flash_attn=True,
+                no_chat_template=True, kv_layout="auto")
+
+
+def test_a_worker_is_never_handed_more_prompts_than_it_takes_at_once(tmp_path, default_model, address):
     src = twelve_prompts(tmp_path / "in.jsonl")
-    model = dict(generator=str(default_model), reward="self", n_gpu_layers=0, threads=1, flash_attn=True,
-                 no_chat_template=True, kv_layout="auto")
+    with ResultsFile(tmp_path / "out.jsonl") as out, \
+            ray_batch.RayPool(address, 1, 0, model_options(default_model), dict(n=2, max_tokens=6, seed=0),
+                              concurrent=3) as pool:
+        assert [ray.get(a.ready.remote())[2] for a in pool.actors] == [3]  # what the driver is told
+        assert len(list(ray_batch.answer_all(pool, read_items(src), out))) == 12
+        assert (out.answered, out.failed) == (12, 0)
+        assert 1 <= ray.get(pool.actors[0].most_prompts_at_once.remote()) <= 3
+
+
+def test_a_worker_left_to_choose_takes_the_api_default_for_its_settings(tmp_path, default_model, address):
+    from specrej_local.api import default_concurrency
+    with ray_batch.RayPool(address, 1, 0, model_options(default_model), dict(n=8, max_tokens=6, seed=0)) as pool:
+        _, problem, takes = ray.get(pool.actors[0].ready.remote())
+    assert problem is None and takes == default_concurrency(8) == 8
+
+
+@pytest.mark.parametrize("concurrent", [1, 3])
+def test_a_killed_worker_loses_only_its_prompts_in_flight_which_another_answers(tmp_path, default_model, address,
+                                                                                 concurrent):
+    src = twelve_prompts(tmp_path / "in.jsonl")
     options = dict(n=2, max_tokens=6, seed=0)
     with ResultsFile(tmp_path / "out.jsonl") as out, \
-            ray_batch.RayPool(address, 2, 0, model, options) as pool:
+            ray_batch.RayPool(address, 2, 0, model_options(default_model), options, concurrent) as pool:
         first, second = pool.pids()
         raylets = [pid for pid, cmd in ray_processes(under=os.getpid()).items() if b"raylet" in cmd.split(b"\0")[0]]
         assert len(raylets) == 1
@@ -107,7 +135,7 @@ def test_a_killed_worker_loses_only_its_prompt_which_another_answers(tmp_path, d
 def test_kill_9_of_the_driver_then_the_same_command_finishes_each_id_once(tmp_path, tiny, address):
     src = twelve_prompts(tmp_path / "in.jsonl")
     out = tmp_path / "out.jsonl"
-    command = [SCRIPT, "batch", str(src), "-o", str(out), *tiny, "--ray", address, "--workers", "2"]
+    command = [SCRIPT, "batch", str(src), "-o", str(out), *tiny, *ONE_AT_A_TIME, "--ray", address, "--workers", "2"]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
@@ -212,7 +240,7 @@ def test_ray_with_no_address_starts_a_local_instance_and_stops_it_at_the_end(tmp
 def test_ctrl_c_stops_the_workers_and_leaves_out_resumable(tmp_path, tiny, address):
     src = twelve_prompts(tmp_path / "in.jsonl")
     out = tmp_path / "out.jsonl"
-    command = [SCRIPT, "batch", str(src), "-o", str(out), *tiny, "--ray", address, "--workers", "2"]
+    command = [SCRIPT, "batch", str(src), "-o", str(out), *tiny, *ONE_AT_A_TIME, "--ray", address, "--workers", "2"]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline:
@@ -260,8 +288,8 @@ def test_the_command_goes_on_through_a_killed_worker_and_says_so(tmp_path, tiny,
         return {pid for pid, cmdline in ray_processes(under=os.getpid()).items() if cmdline.startswith(b"ray::Worker")}
 
     before = workers()  # actors of earlier tests may still be on their way out
-    proc = subprocess.Popen([SCRIPT, "batch", str(src), "-o", str(out), *tiny, "--ray", address, "--workers", "2"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    command = [SCRIPT, "batch", str(src), "-o", str(out), *tiny, *ONE_AT_A_TIME, "--ray", address, "--workers", "2"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline:
         if out.exists() and out.read_bytes().count(b"\n") >= 2:

@@ -26,7 +26,7 @@ from .options import (CliError, decoding_options, friendly_errors, load, make_se
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary on stderr.")
 @click.option("-c", "--concurrent", type=click.IntRange(1, MAX_CONCURRENT), default=None,
               help="Prompts decoded at once, sharing every step (default: as many as make a step of about "
-                   "64 candidates; 1 = one after another).")
+                   "64 candidates; 1 = one after another). With --ray: per worker.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
               help="Answer on Ray workers: alone, a Ray instance started here; auto or ray://host:port, a cluster.")
 @click.option("--workers", type=click.IntRange(1, 4096), default=1, show_default=True,
@@ -53,8 +53,6 @@ def batch_command(source, out_path, quiet, concurrent, ray_address, workers, gpu
     model = take_model_options(decoding)
     out, skipped, interrupted = None, 0, False
     with friendly_errors():
-        if ray_address is not None and concurrent not in (None, 1):
-            raise CliError("--concurrent is not available with --ray yet: each Ray worker answers one prompt at a time")
         if ray_address is not None:
             from . import ray_batch
             ray_batch.require_ray()
@@ -71,7 +69,7 @@ def batch_command(source, out_path, quiet, concurrent, ray_address, workers, gpu
                 if todo:  # when only unreadable entries are left to report, no model is needed
                     needed = any(it.error is None for it in todo)
                     on_ray = needed and ray_address is not None
-                    models = (ray_batch.RayPool(ray_address, workers, gpus_per_worker, model, decoding) if on_ray
+                    models = (ray_batch.RayPool(ray_address, workers, gpus_per_worker, model, decoding, concurrent) if on_ray
                               else load(**model) if needed else contextlib.nullcontext())
                     with models as s, tqdm(total=len(items), initial=skipped, unit="prompt", file=sys.stderr,
                                            disable=quiet or not sys.stderr.isatty()) as bar:

@@ -1,10 +1,14 @@
 """`specrej-local batch --ray`: the same batch, its prompts answered by Ray actors.
 
-Each worker is one Ray actor holding a loaded SpecRej; prompts go to whichever worker is free,
-so a slow worker takes fewer of them. The driver alone writes OUT, through batch's ResultsFile,
-so resume, the lock and fsync'ed lines work as in a single-process batch (`batch_io`). A worker that dies
-(killed, out of memory) loses only its prompt in flight: Ray restarts it (a few times at most)
-and the prompt goes to the next free worker, up to MAX_ATTEMPTS tries before an error line.
+Each worker is one Ray actor holding a loaded SpecRej, and decodes up to K prompts at once
+(`--concurrent`, per worker; by default the API's choice for the settings), their candidates
+sharing every step as in a single-process batch (`feeder.Feeder` over `SpecRej.decode_jobs`).
+The driver keeps at most K prompts in flight on each worker and hands the next one to the worker
+with the most room, so a slow worker takes fewer of them. The driver alone writes OUT, through
+batch's ResultsFile, so resume, the lock and fsync'ed lines work as in a single-process batch
+(`batch_io`). A worker that dies (killed, out of memory) loses only its prompts in flight: the
+death is counted once, Ray restarts the worker (a few times at most), and each lost prompt goes
+to the next free worker, up to MAX_ATTEMPTS tries before an error line.
 
 Ray is an optional extra: `pip install "specrej-local[ray]"`.
 """
@@ -12,13 +16,17 @@ import contextlib
 import logging
 import os
 import socket
+import threading
 import time
 from collections import deque
 from typing import Iterator, Optional
 
-from .batch_io import ResultsFile, answer_one, error_record
-from .options import load
+from .batch_io import ResultsFile, answer_one, error_record, outcome_record
+from .feeder import Feeder
+from .options import load, make_settings
+from ..api import MAX_CONCURRENT, default_concurrency
 from ..errors import SpecRejError
+from ..schedule import Job as Scheduled
 
 LOCAL = "local"        # --ray with no ADDRESS: start a Ray instance on this machine for the run
 PROBE_S = 5.0          # how long to wait for a TCP answer from an explicit host:port, then for its first frame
@@ -46,30 +54,86 @@ def require_ray():
     return ray
 
 
+class PromptFeeder(Feeder):
+    """The prompts one worker is answering, decoded together on its SpecRej (see `Feeder`)."""
+
+    def schedule(self, pending: "Pending") -> Scheduled:
+        return Scheduled(pending, pending.prompt, pending.settings)
+
+    def settle(self, pending: "Pending", outcome):
+        pending.outcome = outcome
+        pending.done.set()
+
+
+class Pending:
+    """One prompt handed to the feeder, and its outcome once decoded."""
+
+    def __init__(self, prompt, settings):
+        self.prompt, self.settings = prompt, settings
+        self.outcome, self.done = None, threading.Event()
+
+
 class Worker:
-    """One worker slot: the models loaded once, then one prompt at a time (run as a Ray actor).
+    """One worker slot: the models loaded once, then up to `concurrent` prompts at a time,
+    decoded together (run as a threaded Ray actor: each `answer` call waits in a thread of its
+    own while one feeder thread makes every llama.cpp call). `concurrent` None: the API's default
+    for these settings and this device; 1: one prompt after another, as a plain batch.
 
     A load failure is kept, not raised, so the driver can report it once as the reason to stop."""
 
-    def __init__(self, model: dict, options: dict):
+    def __init__(self, model: dict, options: dict, concurrent: Optional[int] = None):
         self.options = options
         self.generator, self.reward = model["generator"], model["reward"]
+        self.concurrent, self.feeder = concurrent or 1, None
+        self.at_once, self.most_at_once, self.counting = 0, 0, threading.Lock()
         try:
             self.s, self.problem = load(**model), None
         except SpecRejError as e:
             self.s, self.problem = None, " ".join(str(e).split())
+            return
+        if concurrent is None:
+            self.concurrent = default_concurrency(make_settings(**options).n, self.s.model.on_gpu)
+        if self.concurrent > 1:
+            self.feeder = PromptFeeder(self.s, self.concurrent, name="specrej-ray-worker")
+            self.feeder.start()
 
     def ready(self) -> tuple:
-        """(this worker's process id, None) once the models are loaded, else (pid, why not)."""
-        return os.getpid(), self.problem
+        """(this worker's process id, None, prompts it takes at once) once the models are loaded,
+        else (pid, why not, 0)."""
+        return os.getpid(), self.problem, 0 if self.problem else self.concurrent
 
     def pid(self) -> int:
         return os.getpid()
 
+    def most_prompts_at_once(self) -> int:
+        """The most `answer` calls this process has held at the same time."""
+        return self.most_at_once
+
     def answer(self, it) -> dict:
+        with self.counting:
+            self.at_once += 1
+            self.most_at_once = max(self.most_at_once, self.at_once)
+        try:
+            return self._answer(it)
+        finally:
+            with self.counting:
+                self.at_once -= 1
+
+    def _answer(self, it) -> dict:
         if self.problem:
             return error_record(it, f"{it.where}: the worker could not load the models: {self.problem}")
-        return answer_one(self.s, it, self.options, self.generator, self.reward)
+        if self.feeder is None or it.error:
+            return answer_one(self.s, it, self.options, self.generator, self.reward)
+        opts = {**self.options, **it.settings}
+        try:
+            pending = Pending(it.prompt, make_settings(**opts))
+        except SpecRejError as e:  # this prompt's own settings
+            return outcome_record(it, e, opts, self.generator, self.reward)
+        self.feeder.jobs.put(pending)
+        pending.done.wait()
+        if isinstance(pending.outcome, Exception) and not isinstance(pending.outcome, SpecRejError):
+            raise pending.outcome  # a bug in a shared step: Ray reports it, the driver writes an error line
+        return outcome_record(it, pending.outcome, opts, self.generator, self.reward)
 
 
 def check_reachable(address: str):
@@ -113,7 +177,8 @@ class RayPool:
     instance for the run (stopped at the end); anything else is passed to ray.init (`auto`,
     `ray://host:port`, `host:port`). A Ray already connected in this process is used as it is."""
 
-    def __init__(self, address: str, workers: int, gpus_per_worker: float, model: dict, options: dict):
+    def __init__(self, address: str, workers: int, gpus_per_worker: float, model: dict, options: dict,
+                 concurrent: Optional[int] = None):
         if workers < 1:
             raise RayError(f"--workers must be at least 1, got {workers}")
         if gpus_per_worker < 0:
@@ -124,9 +189,10 @@ class RayPool:
         self._connect(address, workers)
         try:
             self._check_room(address, workers, gpus_per_worker)
-            remote = self.ray.remote(Worker).options(num_cpus=1, num_gpus=gpus_per_worker,
-                                                     max_restarts=MAX_RESTARTS)
-            self.actors = [remote.remote(model, options) for _ in range(workers)]
+            # a thread for each prompt it may take, and two for ready() and pid() beside them
+            remote = self.ray.remote(Worker).options(num_cpus=1, num_gpus=gpus_per_worker, max_restarts=MAX_RESTARTS,
+                                                     max_concurrency=(concurrent or MAX_CONCURRENT) + 2)
+            self.actors = [remote.remote(model, options, concurrent) for _ in range(workers)]
         except BaseException:
             self.close()
             raise
@@ -161,7 +227,8 @@ class RayPool:
         return self.ray.get([a.pid.remote() for a in self.actors])
 
     def answers(self, items) -> Iterator[dict]:
-        """The OUT line of every item, in the order they finish."""
+        """The OUT line of every item, in the order they finish. Each worker has as many prompts
+        in flight as its ready() said it takes at once; the next ones wait here."""
         ray, queue = self.ray, deque()
         for it in items:
             if it.error:
@@ -172,59 +239,75 @@ class RayPool:
         deaths = {}              # actor index -> deaths counted
         pid = {}                 # actor index -> its process, as its last ready() reported it
         counted = set()          # (actor index, pid): each process's death is counted once
-        stale = {}               # actor index -> failed calls since the last counted death
+        stale = {}               # actor index -> failed ready() calls since the last counted death
+        free = {}                # actor index -> prompts it may still take now
         starting = {a.ready.remote(): i for i, a in enumerate(self.actors)}
-        running, idle, last_loss = {}, deque(), None
+        running, last_loss = {}, None  # running: ref -> (actor index, item, the process it went to)
+
+        def lost(i, process, e) -> bool:
+            """Count worker i's death once per process; True when this is the first word of it."""
+            nonlocal last_loss
+            if (i, process) in counted:
+                return False
+            counted.add((i, process))
+            deaths[i], stale[i], free[i] = deaths.get(i, 0) + 1, 0, 0
+            last_loss = f"worker {i + 1} died: {short(e)}"
+            self.losses.append(last_loss)
+            return True
+
+        def restart(i):
+            """Ask worker i, which Ray brings back, to say when it is ready (once at a time)."""
+            if deaths[i] <= MAX_RESTARTS and stale[i] <= MAX_STALE and i not in starting.values():
+                starting[self.actors[i].ready.remote()] = i
+
         while queue or running:
-            while idle and queue:  # hand out work as workers free up
-                i, it = idle.popleft(), queue.popleft()
-                running[self.actors[i].answer.remote(it)] = (i, it)
+            while queue and any(free.values()):  # hand out work to the worker with most room
+                i = max(free, key=free.get)
+                it = queue.popleft()
+                free[i] -= 1
+                running[self.actors[i].answer.remote(it)] = (i, it, pid[i])
             if not running and not starting:  # every worker is gone for good
                 while queue:
                     it = queue.popleft()
                     yield error_record(it, f"{it.where}: no Ray worker left ({last_loss})")
                 break
             [ref], _ = ray.wait([*starting, *running], num_returns=1)
-            i, it = starting.pop(ref, None), None
-            if i is None:
-                i, it = running.pop(ref)
-            try:
-                value = ray.get(ref)
-            except worker_lost_errors(ray) as e:
-                # Until Ray notices a death, calls to that actor fail too: they count no new death.
-                died = (i, pid.get(i)) not in counted
-                if died:
-                    counted.add((i, pid.get(i)))
-                    deaths[i], stale[i] = deaths.get(i, 0) + 1, 0
-                    last_loss = f"worker {i + 1} died: {short(e)}"
-                    self.losses.append(last_loss)
-                else:
-                    stale[i] += 1
-                    time.sleep(RETRY_S)  # give Ray the moment it takes to notice
-                if deaths[i] <= MAX_RESTARTS and stale[i] <= MAX_STALE:  # Ray restarts it; ready once reloaded
-                    starting[self.actors[i].ready.remote()] = i
-                if it is not None:
-                    attempts[id(it)] = attempts.get(id(it), 0) + died
-                    if attempts[id(it)] < MAX_ATTEMPTS:
-                        queue.appendleft(it)
-                    else:
-                        yield error_record(it, f"{it.where}: its worker died {MAX_ATTEMPTS} times "
-                                               f"(last: {last_loss})")
-                continue
-            except ray.exceptions.RayTaskError as e:  # a bug in the worker: this prompt only
-                idle.append(i)
-                if it is None:
+            if ref in starting:
+                i = starting.pop(ref)
+                try:
+                    process, problem, takes = ray.get(ref)
+                except worker_lost_errors(ray) as e:
+                    if not lost(i, pid.get(i), e):  # Ray has not noticed the death yet: ask again
+                        stale[i] += 1
+                        time.sleep(RETRY_S)
+                    restart(i)
                     continue
-                yield error_record(it, f"{it.where}: the worker failed: {short(e)}")
-                continue
-            if it is None:  # a worker finished loading
-                pid[i], problem = value
+                except ray.exceptions.RayTaskError as e:  # cannot happen with ready(); the worker is unusable
+                    last_loss = f"worker {i + 1} failed: {short(e)}"
+                    self.losses.append(last_loss)
+                    continue
                 if problem is not None:
                     raise RayError(f"a Ray worker could not load the models: {problem}")
-                idle.append(i)
-            else:
-                idle.append(i)
-                yield value
+                pid[i], free[i] = process, takes
+                continue
+            i, it, process = running.pop(ref)
+            try:
+                value = ray.get(ref)
+            except worker_lost_errors(ray) as e:  # the prompt was lost with its worker
+                if lost(i, process, e):
+                    restart(i)
+                attempts[id(it)] = attempts.get(id(it), 0) + 1
+                if attempts[id(it)] < MAX_ATTEMPTS:
+                    queue.appendleft(it)
+                else:
+                    yield error_record(it, f"{it.where}: its worker died {MAX_ATTEMPTS} times "
+                                           f"(last: {last_loss})")
+                continue
+            except ray.exceptions.RayTaskError as e:  # a bug in the worker: this prompt only
+                value = error_record(it, f"{it.where}: the worker failed: {short(e)}")
+            if (i, process) not in counted:  # its room is free again, unless that process died since
+                free[i] += 1
+            yield value
 
     def summary(self) -> Optional[str]:
         """One line on the workers lost during the run (None when none was)."""
