@@ -206,8 +206,9 @@ def test_rank_correlation():
     assert rank_correlation([1, 2], [2, 1]) is None and rank_correlation([1, 1, 1], [1, 2, 3]) is None
 
 
-def _pools_file(tmp_path, prompts=4, n=8, T=12):
-    """A compute.json of synthetic pools: rewards the running mean of made-up log-probabilities."""
+def _pools_file(tmp_path, prompts=4, n=8, T=12, judged_runs=None, name="in.json"):
+    """A compute.json of synthetic pools: rewards the running mean of made-up log-probabilities;
+    with judged_runs, each pool's answers judged too (a made-up second score per answer)."""
     import numpy as np
     rng = np.random.default_rng(3)
     pools = []
@@ -221,8 +222,13 @@ def _pools_file(tmp_path, prompts=4, n=8, T=12):
         pools.append(dict(prompt="p", prompt_tokens=20, max_tokens=T, kv_base=19, wall_s=1.0,
                           step_profile=[[n - t // 2, 19 + n * t, 0.01 + 0.001 * (n - t // 2)] for t in range(T)],
                           sequences=seqs))
-    path = tmp_path / "in.json"
-    path.write_text(json.dumps(dict(pools=pools, settings=dict(generator="synthetic"))))
+        if judged_runs is not None:
+            pools[-1].update(judged=rng.normal(0, 1, n).tolist(), judge_s=0.2, judge_fed=10 * n)
+    data = dict(pools=pools, settings=dict(generator="synthetic"))
+    if judged_runs is not None:
+        data["judged_runs"] = judged_runs(pools)
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
     return path
 
 
@@ -234,10 +240,101 @@ def test_compute_from_a_recorded_file(tmp_path):
     assert a["bon"]["ks"] == [1, 2, 4, 8] and a["train"] == [0, 2] and a["test"] == [1, 3]
     assert a["bon"]["mean"] == sorted(a["bon"]["mean"])  # an expected best never falls with N
     assert a["bon"]["tokens"][-1] == pytest.approx(2 * a["bon"]["tokens"][-2])
-    assert set(a["chosen"]) == {"default", "best", "best paper rule"}
-    d = a["chosen"]["default"]["test"]["seconds"]
+    assert set(a["chosen"]) == {"default N=8", "best", "best paper rule", "best on test"}
+    hindsight = a["chosen"]["best on test"]["test"]["seconds"]["speedup"]  # no schedule beats it there
+    assert all(c["test"]["seconds"]["speedup"] <= hindsight + 1e-9 for c in a["chosen"].values())
+    d = a["chosen"]["default N=8"]["test"]["seconds"]
     assert d["low"] <= d["speedup"] <= d["high"]
     assert "Partial -> final rank correlation" in res.output and "x seconds" in res.output
+    assert a["judged"] is None  # no second reward recorded
+
+
+def test_best_of_n_in_waves_costs_more_seconds_than_in_one_pass_and_the_same_tokens(tmp_path):
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["bench", "--compute-from", str(_pools_file(tmp_path)), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    bon = json.loads((out / "compute.json").read_text())["analysis"]["bon"]
+    # the default's first-cut budget at N 8, 12 tokens: 8 x 3 cells, room for 2 whole answers
+    assert bon["wave_size"] == [2, 2, 2, 2]
+    one, waves = bon["seconds"], bon["wave_seconds"]
+    assert waves[:2] == pytest.approx(one[:2])            # N 1 and 2 fit in one wave
+    assert all(w > o for w, o in zip(waves[2:], one[2:]))  # more waves, more steps, each with its fixed cost
+    assert "waves s" in res.output
+
+
+def test_a_second_reward_is_compared_from_real_runs_against_its_judged_pools(tmp_path):
+    def runs(pools):  # the run at N 2 picks pool answer 1 of each prompt, scored as the pool scored it
+        return [dict(prompt=k, n=2, schedule="default", reward=p["judged"][1], winner=1, pool_reward=p["judged"][1],
+                     generated_tokens=10, judge_fed=5, judge_s=0.1, rounds=1, wall_s=0.5, step_s=0.4)
+                for k, p in enumerate(pools)]
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["bench", "--compute-from", str(_pools_file(tmp_path, judged_runs=runs)),
+                                   "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    j = json.loads((out / "compute.json").read_text())["analysis"]["judged"]
+    assert j["bon"]["ks"] == [1, 2, 4, 8] and j["bon"]["mean"] == sorted(j["bon"]["mean"])
+    pt = j["points"]["2"]
+    assert pt["pool_mismatch"] == 0 and pt["judge_share"] == pytest.approx(0.2)
+    assert pt["tokens"] == 4 * 15
+    for unit in ("seconds", "tokens"):
+        d = pt["test"][unit]
+        assert d["low"] <= d["speedup"] <= d["high"] and d["speedup"] > 0
+    assert "Second reward" in res.output
+
+
+def test_two_recordings_tune_on_the_first_and_test_on_the_second(tmp_path):
+    def runs(pools):
+        return [dict(prompt=k, n=2, schedule="default", reward=p["judged"][0], winner=0, pool_reward=p["judged"][0],
+                     generated_tokens=10, judge_fed=5, judge_s=0.1, rounds=1, wall_s=0.5, step_s=0.4)
+                for k, p in enumerate(pools)]
+    first = _pools_file(tmp_path, prompts=4, judged_runs=runs, name="first.json")
+    second = _pools_file(tmp_path, prompts=2, judged_runs=runs, name="second.json")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["bench", "--compute-from", str(first), "--compute-from", str(second),
+                                   "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    data = json.loads((out / "compute.json").read_text())
+    assert len(data["pools"]) == 6 and data["train"] == [0, 1, 2, 3] and data["test"] == [4, 5]
+    assert data["analysis"]["train"] == [0, 1, 2, 3] and data["analysis"]["test"] == [4, 5]
+    assert [r["prompt"] for r in data["judged_runs"]] == [0, 1, 2, 3, 4, 5]  # the second file's shifted
+    assert "2" in data["analysis"]["judged"]["points"]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("the same file twice", "is given twice"),
+    ("one pool", "needs pools of 2 or more prompts"),
+    ("pools of other sizes", "hold pools of 8 and 16 answers"),
+    ("a pool without its keys", "is not a compute.json written by bench --compute"),
+    ("an option the study ignores", "--alpha is not an option of --compute"),
+    ("both --compute and --compute-from", "give one of the two"),
+    ("an output folder that cannot be", "cannot write to the output folder"),
+])
+def test_compute_refuses_what_would_mislead_or_fail_late_in_one_line(tmp_path, case, message):
+    one = _pools_file(tmp_path, name="a.json")
+    args = ["--compute-from", str(one)]
+    if case == "the same file twice":
+        (tmp_path / "link.json").symlink_to(one)
+        args += ["--compute-from", str(tmp_path / "link.json")]
+    elif case == "one pool":
+        args = ["--compute-from", str(_pools_file(tmp_path, prompts=1, name="b.json"))]
+    elif case == "pools of other sizes":
+        args += ["--compute-from", str(_pools_file(tmp_path, n=16, name="b.json"))]
+    elif case == "a pool without its keys":
+        (tmp_path / "b.json").write_text(json.dumps({"pools": [{"sequences": [{}]}]}))
+        args = ["--compute-from", str(tmp_path / "b.json")]
+    elif case == "an option the study ignores":
+        args += ["-a", "0.3"]
+    elif case == "both --compute and --compute-from":
+        args += ["--compute"]
+    out = "/dev/null/out" if case == "an output folder that cannot be" else str(tmp_path / "out")
+    res = CliRunner().invoke(cli, ["bench", *args, "-o", out])
+    assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+
+def test_compute_takes_only_the_rewards_it_can_study(tmp_path):
+    res = CliRunner().invoke(cli, ["bench", "--compute", "--rewards", "logprob,judge", "-o", str(tmp_path)])
+    assert res.exit_code == 2 and "--compute takes the rewards logprob and self, got 'judge'" in res.output
 
 
 def test_compute_from_a_file_that_is_not_one_is_a_one_line_error(tmp_path):
@@ -247,11 +344,16 @@ def test_compute_from_a_file_that_is_not_one_is_a_one_line_error(tmp_path):
     assert res.exit_code == 2 and "is not a compute.json" in res.output and "Traceback" not in res.output
 
 
+def _record_pools(model, out, *options):
+    """A tiny real compute study: 2 prompts (or -k), pools of 8 answers of at most 8 tokens."""
+    return CliRunner().invoke(cli, ["bench", "--compute", "-g", str(model), "-t", "1", "-k", "2", "-N", "8",
+                                    "--max-tokens", "8", "-o", str(out), *options])
+
+
 @pytest.mark.slow
 def test_compute_end_to_end(default_model, tmp_path):
     out = tmp_path / "out"
-    res = CliRunner().invoke(cli, ["bench", "--compute", "-g", str(default_model), "-t", "1", "-k", "2", "-N", "8",
-                                   "--max-tokens", "8", "-o", str(out)])
+    res = _record_pools(default_model, out)
     assert res.exit_code == 0, res.output
     data = json.loads((out / "compute.json").read_text())
     assert len(data["pools"]) == 2 and all(len(p["sequences"]) == 8 for p in data["pools"])
@@ -262,3 +364,45 @@ def test_compute_end_to_end(default_model, tmp_path):
     for v in data["validation"]:
         assert v["real_tokens"] == v["replay_tokens"]
         assert v["real_reward"] == pytest.approx(v["replay_reward"], abs=0.05)
+
+
+@pytest.mark.slow
+def test_compute_with_the_self_judge_end_to_end(default_model, tmp_path):
+    out = tmp_path / "out"
+    res = _record_pools(default_model, out, "--rewards", "logprob,self")
+    assert res.exit_code == 0, res.output
+    data = json.loads((out / "compute.json").read_text())
+    assert data["settings"]["judged_by"] == "self"
+    for p in data["pools"]:  # every answer judged: log-odds of yes
+        assert len(p["judged"]) == 8 and all(isinstance(r, float) for r in p["judged"]) and p["judge_fed"] > 0
+    runs = data["judged_runs"]
+    assert [(r["prompt"], r["n"]) for r in runs] == [(0, 2), (1, 2)]
+    for r in runs:  # the real run's winner is the pool's answer of that index, judged alike
+        assert r["reward"] == pytest.approx(r["pool_reward"], abs=0.02) and r["judge_fed"] > 0
+    point = data["analysis"]["judged"]["points"]["2"]
+    assert point["all"]["tokens"]["speedup"] > 0
+    assert "Second reward, the self-judge" in res.output
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_the_compute_study_keeps_the_pools_already_recorded(default_model, tmp_path, monkeypatch):
+    from specrej_local.bench import compute
+
+    pools_started = []
+
+    def record_then_ctrl_c_on_the_third(engine, scorer, prompt, n, *args, **kw):
+        if n == 8:  # the pools (calibration records smaller ones)
+            pools_started.append(prompt)
+            if len(pools_started) == 3:
+                raise KeyboardInterrupt
+        return record(engine, scorer, prompt, n, *args, **kw)
+
+    record = compute.record_pool
+    monkeypatch.setattr(compute, "record_pool", record_then_ctrl_c_on_the_third)
+    out = tmp_path / "out"
+    res = _record_pools(default_model, out, "-k", "4")
+    assert res.exit_code == 130 and "Kept the 2 pools" in res.output and "Traceback" not in res.output
+    data = json.loads((out / "compute.json").read_text())
+    assert data["interrupted"] and len(data["pools"]) == 2 and data["settings"]["prompts"] == 2
+    again = CliRunner().invoke(cli, ["bench", "--compute-from", str(out / "compute.json"), "-o", str(tmp_path / "b")])
+    assert again.exit_code == 0, again.output

@@ -10,6 +10,7 @@ from ..api import MAX_CONCURRENT
 from ..engine import MAX_SEQUENCES
 from ..frontends.options import friendly_errors, load, model_options
 from ..data import ALPACA_FARM_100
+from ..decoder import Interrupted
 from ..errors import BadInput
 from ..models.random_model import LAYOUTS, QTYPES, write_random_gguf
 from ..sampling import Sampling
@@ -72,7 +73,7 @@ def read_prompts(path, limit=None) -> list:
 
 def parse_list(text, cast, what) -> tuple:
     try:
-        values = tuple(cast(v) for v in str(text).split(",") if v.strip())
+        values = tuple(cast(v.strip()) for v in str(text).split(",") if v.strip())
     except ValueError:
         raise BadInput(f"{what} must be a comma-separated list, got {text!r}") from None
     if not values:
@@ -126,9 +127,11 @@ def progress(total: int):
                    f"{', '.join(QTYPES)}, default q8_0), written to OUT with -g's tokenizer.")
 @click.option("-C", "--compute", is_flag=True,
               help="The compute study instead: Best-of-N pools at N_max (the largest --ns) with the logprob reward, "
-                   "schedules replayed on them, reward against compute and compute-equivalence speedups.")
-@click.option("--compute-from", type=click.Path(dir_okay=False, exists=True),
-              help="Analyse the pools of an earlier compute.json again (no model is run).")
+                   "schedules replayed on them, reward against compute and compute-equivalence speedups; "
+                   "--rewards logprob,self adds the self-judge (real runs at N_max / 4).")
+@click.option("--compute-from", type=click.Path(dir_okay=False, exists=True), multiple=True,
+              help="Analyse the pools of an earlier compute.json again (no model is run). Given twice or more, "
+                   "schedules are chosen on the first file's prompts and tested on the others'.")
 @click.option("--continuous", is_flag=True,
               help="Continuous batching instead: the prompts one at a time against K at once (generate_many), per "
                    "method and N (default 8,16,32), reward -r; writes OUT/continuous.json.")
@@ -172,12 +175,21 @@ def bench_command(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_
     check_modes(compute or compute_from, continuous, serve_load, methods=methods, concurrent=concurrent,
                 clients=clients, requests=requests)
     if compute or compute_from:
+        if compute and compute_from:
+            raise BadInput("--compute records pools and --compute-from reads them: give one of the two")
+        ignored = [name for name in ("reward", "alpha", "cut", "kv_memory", "engine_only", "no_engine", "engine_ns",
+                                     "seq_calls", "random_model", "preset")
+                   if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]
+        if ignored:
+            flag = next(o for o in ctx.command.params if o.name == ignored[0]).opts[-1]
+            raise BadInput(f"{flag} is not an option of --compute (it sweeps its own schedules; --rewards "
+                           "names its rewards)")
         gen = dict(generator=generator, threads=threads, n_gpu_layers=n_gpu_layers, kv_layout=kv_layout,
                    flash_attn=flash_attn, no_chat_template=no_chat_template)
         return compute_command(gen, compute_from, prompts_file, limit or p["limit"],
                                max(parse_list(ns, int, "--ns")) if ns else 64, max_tokens or 64,
                                Sampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed),
-                               Path(out))
+                               Path(out), compute_rewards(rewards))
     if ctx.get_parameter_source("n_gpu_layers") == click.core.ParameterSource.DEFAULT:
         n_gpu_layers = p["n_gpu_layers"]
     if rewards:
@@ -228,32 +240,58 @@ def bench_command(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_
     click.echo(f"Wrote {out / 'bench.json'}", err=True)
 
 
+def compute_rewards(rewards) -> tuple:
+    """--rewards of the compute study: logprob always (the replay reads it), self on request."""
+    names = parse_list(rewards, str, "--rewards") if rewards else ("logprob",)
+    bad = [r for r in names if r not in ("logprob", "self")]
+    if bad:
+        raise BadInput(f"--compute takes the rewards logprob and self, got {bad[0]!r}")
+    return tuple(dict.fromkeys(("logprob",) + tuple(names)))
+
+
 def compute_command(gen: dict, compute_from, prompts_file, limit: int, n_max: int, max_tokens: int, sampling,
-                    out: Path):
-    """--compute: record pools (or read them back), analyse, write compute.json and compute.png."""
-    from .compute import analyse, collect
+                    out: Path, rewards=("logprob",)):
+    """--compute: record pools (or read them back), analyse, write compute.json and compute.png.
+    With the self reward, the pools' answers are judged by the generator too, and the default
+    schedule runs for real with the self-judge at N = N_max / 4 on every prompt."""
+    from .compute import analyse, collect, merge_recordings
     from .compute_report import compute_plot, compute_report
 
+    try:  # before an hour of recording, not after it
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BadInput(f"cannot write to the output folder {out}: {e.strerror or e}") from None
     if compute_from:
-        try:
-            data = json.loads(Path(compute_from).read_text(encoding="utf-8"))
-            data["pools"]
-        except (OSError, ValueError, KeyError, TypeError):
-            raise BadInput(f"{compute_from} is not a compute.json written by bench --compute") from None
+        data = merge_recordings(read_recordings(compute_from))
+        if len(data["pools"]) < 2:
+            raise BadInput("the compute study needs pools of 2 or more prompts (one to choose schedules on, one to "
+                           "test them on): record more, or give another recording with a second --compute-from")
     else:
         prompts = read_prompts(prompts_file or ALPACA_FARM_100, limit)
         if n_max < 8:
             raise BadInput(f"--compute needs N_max (the largest --ns) of at least 8, got {n_max}")
+        if len(prompts) < 2:
+            raise BadInput("--compute needs 2 or more prompts (one to choose schedules on, one to test them on)")
         t0 = time.perf_counter()
-        with load(reward="logprob", kv_memory=None, **gen) as s:
-            bar, tick = progress(len(prompts))
-            with bar:
-                data = collect(s, prompts, n_max, max_tokens, sampling, validate_ns=[(n_max // 4, n_max), (n_max,)],
-                               tick=tick)
-            data.update(schema="specrej-local-compute/1", created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                        total_wall_s=time.perf_counter() - t0, hardware=hardware(gen["n_gpu_layers"], gen["threads"]),
-                        settings=dict(prompts=len(prompts), n_max=n_max, max_tokens=max_tokens, reward="logprob",
-                                      generator=gen["generator"], sampling=sampling.__dict__))
+        data = dict(schema="specrej-local-compute/1", created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    hardware=hardware(gen["n_gpu_layers"], gen["threads"]),
+                    settings=dict(prompts=len(prompts), n_max=n_max, max_tokens=max_tokens, reward="logprob",
+                                  judged_by="self" if "self" in rewards else None,
+                                  generator=gen["generator"], sampling=sampling.__dict__))
+        from ..llama.scorers import SelfJudge
+
+        try:
+            with load(reward="logprob", kv_memory=None, **gen) as s:
+                bar, tick = progress(len(prompts))
+                with bar:
+                    judge = SelfJudge(s.engine) if "self" in rewards else None
+                    collect(s, prompts, n_max, max_tokens, sampling, validate_ns=[(n_max // 4, n_max), (n_max,)],
+                            tick=tick, judge=judge, judged_ns=(n_max // 4,), into=data)
+        except (KeyboardInterrupt, Interrupted):
+            keep_recorded(data, out)
+            raise
+        data["total_wall_s"] = time.perf_counter() - t0
+        write_json(out / "compute.json", data)  # the recording is safe before the analysis starts
     data["analysis"] = analyse(data)
     out.mkdir(parents=True, exist_ok=True)
     msg = compute_plot(data["analysis"], out / "compute.png",
@@ -265,6 +303,52 @@ def compute_command(gen: dict, compute_from, prompts_file, limit: int, n_max: in
     if msg:
         click.echo(msg, err=True)
     click.echo(f"Wrote {out / 'compute.json'}", err=True)
+
+
+def keep_recorded(data: dict, out: Path):
+    """Ctrl-C in the compute study: the pools recorded so far (each pool with its own runs) are
+    written, so `--compute-from` can analyse them instead of an hour's work being lost."""
+    if not data.get("pools"):
+        return
+    data["interrupted"] = True
+    data["settings"]["prompts"] = len(data["pools"])
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "compute.json", data)
+    n = len(data["pools"])
+    click.echo(f"Kept the {n} pool{'s' if n > 1 else ''} recorded before the interrupt in {out / 'compute.json'}: "
+               f"analyse {'them' if n > 1 else 'it, with another recording,'} with --compute-from.", err=True)
+
+
+POOL_KEYS = ("prompt_tokens", "max_tokens", "kv_base", "step_profile", "wall_s", "sequences")
+SEQUENCE_KEYS = ("steps", "finish_reason", "rewards")
+
+
+def read_recordings(paths) -> list:
+    """--compute-from's files, each checked to be a compute study's recording; the same file twice
+    (by any name) or recordings of another N_max are refused, as their merged split would mislead."""
+    recordings, seen = [], []
+    for path in paths:
+        if any(os.path.samefile(path, other) for other in seen):
+            raise BadInput(f"{path} is given twice: its prompts would be both the training and the test prompts")
+        seen.append(path)
+        try:
+            d = json.loads(Path(path).read_text(encoding="utf-8"))
+            ok = (d["pools"] and all(all(k in p for k in POOL_KEYS) and p["sequences"]
+                                     and all(all(k in q for k in SEQUENCE_KEYS) and q["rewards"] for q in p["sequences"])
+                                     for p in d["pools"])
+                  and all(isinstance(d.get(k, []), list) for k in ("validation", "calibration", "judged_runs")))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            ok = False
+        if not ok:
+            raise BadInput(f"{path} is not a compute.json written by bench --compute (or it holds no pools)")
+        if d.get("interrupted"):
+            click.echo(f"Note: {path} was cut short by Ctrl-C ({len(d['pools'])} pools).", err=True)
+        recordings.append(d)
+    sizes = sorted({len(p["sequences"]) for d in recordings for p in d["pools"]})
+    if len(sizes) > 1:
+        raise BadInput(f"the recordings hold pools of {' and '.join(map(str, sizes))} answers: merge only "
+                       "recordings made with the same N_max")
+    return recordings
 
 
 def check_modes(compute: bool, continuous: bool, serve_load: bool, **mode_options):

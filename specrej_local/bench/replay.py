@@ -39,6 +39,9 @@ class Pool:
     kv_base: int = 0                 # cells the prompt holds (the llama engine: prompt_tokens - 1)
     step_profile: list = field(default_factory=list)  # measured [live, kv_used, seconds] per step
     wall_s: Optional[float] = None
+    judged: Optional[list] = None    # each sequence's final reward by a second judge (the self-judge), if any
+    judge_s: float = 0.0             # the seconds that judge took, and the tokens it fed
+    judge_fed: int = 0
 
     def finals(self) -> np.ndarray:
         return np.array([q.final for q in self.sequences])
