@@ -293,7 +293,6 @@ def compute_command(gen: dict, compute_from, prompts_file, limit: int, n_max: in
         data["total_wall_s"] = time.perf_counter() - t0
         write_json(out / "compute.json", data)  # the recording is safe before the analysis starts
     data["analysis"] = analyse(data)
-    out.mkdir(parents=True, exist_ok=True)
     msg = compute_plot(data["analysis"], out / "compute.png",
                        f"{Path(str(data.get('settings', {}).get('generator', ''))).name}, "
                        f"{data['analysis']['prompts']} prompts, logprob reward")
@@ -312,7 +311,6 @@ def keep_recorded(data: dict, out: Path):
         return
     data["interrupted"] = True
     data["settings"]["prompts"] = len(data["pools"])
-    out.mkdir(parents=True, exist_ok=True)
     write_json(out / "compute.json", data)
     n = len(data["pools"])
     click.echo(f"Kept the {n} pool{'s' if n > 1 else ''} recorded before the interrupt in {out / 'compute.json'}: "
@@ -321,6 +319,18 @@ def keep_recorded(data: dict, out: Path):
 
 POOL_KEYS = ("prompt_tokens", "max_tokens", "kv_base", "step_profile", "wall_s", "sequences")
 SEQUENCE_KEYS = ("steps", "finish_reason", "rewards")
+
+
+def is_recording(d: dict) -> bool:
+    """Pools, each with its keys and answers, each answer with its keys and rewards; lists of runs."""
+    def good_pool(p):
+        return all(k in p for k in POOL_KEYS) and p["sequences"] and all(good_answer(q) for q in p["sequences"])
+
+    def good_answer(q):
+        return all(k in q for k in SEQUENCE_KEYS) and bool(q["rewards"])
+
+    runs_are_lists = all(isinstance(d.get(k, []), list) for k in ("validation", "calibration", "judged_runs"))
+    return bool(d["pools"]) and all(good_pool(p) for p in d["pools"]) and runs_are_lists
 
 
 def read_recordings(paths) -> list:
@@ -333,10 +343,7 @@ def read_recordings(paths) -> list:
         seen.append(path)
         try:
             d = json.loads(Path(path).read_text(encoding="utf-8"))
-            ok = (d["pools"] and all(all(k in p for k in POOL_KEYS) and p["sequences"]
-                                     and all(all(k in q for k in SEQUENCE_KEYS) and q["rewards"] for q in p["sequences"])
-                                     for p in d["pools"])
-                  and all(isinstance(d.get(k, []), list) for k in ("validation", "calibration", "judged_runs")))
+            ok = is_recording(d)
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             ok = False
         if not ok:

@@ -151,14 +151,16 @@ def describe(s: Schedule) -> str:
 
 
 def speedups(curve: dict, point: dict, idx, samples: int = 2000) -> dict:
-    """Compute-equivalence speedups (seconds and tokens) of a point, on the prompts idx."""
+    """Compute-equivalence speedups (seconds, tokens, and seconds against Best-of-N in waves where
+    the curve has them) of a point, on the prompts idx."""
     ks = curve["ks"]
     bon = [curve["rewards"][i] for i in idx]
     sr = [point["rewards"][i] for i in idx]
     share = len(idx) / len(curve["rewards"])  # compute of these prompts only (close enough: means)
     out = {}
     for unit, own in (("seconds", "seconds"), ("tokens", "tokens"), ("wave_seconds", "seconds")):
-        out[unit] = speedup(ks, bon, np.asarray(curve[unit]) * share, sr, point[own] * share, samples)
+        if unit in curve:  # a second reward's curve has no waves
+            out[unit] = speedup(ks, bon, np.asarray(curve[unit]) * share, sr, point[own] * share, samples)
     lo, hi = np.mean(bon, axis=0)[0], np.mean(bon, axis=0)[-1]
     out["normalised"] = 100.0 * (np.mean(sr) - lo) / (hi - lo) if hi > lo else None  # 0 = N 1, 100 = N_max
     return out
@@ -222,7 +224,7 @@ def analyse(data: dict, samples: int = 2000) -> dict:
                             train_speedup_s=r["train"]["seconds"]["speedup"],
                             train_at_least=r["train"]["seconds"]["at_least"]) for r in sweep],
                 validation=validation_table(data.get("validation", []), cost),
-                judged=judged_study(pools, data.get("judged_runs", []), test, samples),
+                judged=judged_study(pools, data.get("judged_runs", []), curve, test, samples),
                 calibration=[dict(prompt=c["prompt"], n=c["n"], tokens=c["tokens"], wall_s=c["wall_s"],
                                   step_s=sum(x[2] for x in c["step_profile"]),
                                   model_step_s=cost.seconds([x[:2] for x in c["step_profile"]]))
@@ -253,20 +255,21 @@ def validation_table(checks, cost: CostModel) -> list:
                  model_step_s=cost.seconds(v["replay_profile"]), real_wall_s=v["real_wall_s"]) for v in checks]
 
 
-def judged_study(pools, runs, test, samples: int = 2000) -> Optional[dict]:
+def judged_study(pools, runs, curve: dict, test, samples: int = 2000) -> Optional[dict]:
     """The second reward (the self-judge), which no replay can do: Best-of-N at each k from the pools'
     judged final scores (expected best of a random k-subset, reward = the judge's score of the one
     chosen), against the default schedule run for real with that judge. Compute: generated tokens
     plus the tokens the judge fed, and seconds (Best-of-N: k / N_max of the pool's measured wall
-    time, judging included, which flatters Best-of-N at small k; the runs: their measured wall)."""
+    time, judging included, which flatters Best-of-N at small k; the runs: their measured wall).
+    `curve` is the logprob reward's Best-of-N curve, whose N ladder and wall times this shares."""
     if not runs or any(p.judged is None for p in pools):
         return None
-    ks = ladder(min(len(p.sequences) for p in pools))
+    ks = curve["ks"]
     per_prompt = [[expected_best_of_k(np.array(p.judged), k) for k in ks] for p in pools]
-    curve = dict(ks=ks, rewards=per_prompt, mean=np.mean(per_prompt, axis=0).tolist(),
-                 tokens=[sum((pool_tokens(p) + p.judge_fed) * k / len(p.sequences) for p in pools) for k in ks],
-                 seconds=[sum(p.wall_s * k / len(p.sequences) for p in pools) for k in ks])
-    out = dict(bon=curve, points={})
+    judged = dict(ks=ks, rewards=per_prompt, mean=np.mean(per_prompt, axis=0).tolist(),
+                  tokens=[sum((pool_tokens(p) + p.judge_fed) * k / len(p.sequences) for p in pools) for k in ks],
+                  seconds=curve["measured_wall_s"])
+    out = dict(bon=judged, points={})
     for n in sorted({r["n"] for r in runs}):
         mine = sorted((r for r in runs if r["n"] == n), key=lambda r: r["prompt"])
         if [r["prompt"] for r in mine] != list(range(len(pools))):
@@ -278,9 +281,6 @@ def judged_study(pools, runs, test, samples: int = 2000) -> Optional[dict]:
                      pool_mismatch=float(max(abs(r["reward"] - r["pool_reward"]) for r in mine)),
                      cuts=float(np.mean([r["rounds"] for r in mine])))
         for split, idx in (("test", test), ("all", list(range(len(pools))))):
-            share = len(idx) / len(pools)
-            point[split] = {unit: speedup(ks, [per_prompt[i] for i in idx], np.asarray(curve[unit]) * share,
-                                          [point["rewards"][i] for i in idx], point[unit] * share, samples)
-                            for unit in ("seconds", "tokens")}
+            point[split] = speedups(judged, point, idx, samples)
         out["points"][str(n)] = point
     return out
