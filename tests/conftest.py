@@ -6,10 +6,18 @@ dir and reused by every later run, because downloading 98 MB per test run would 
 """
 import contextlib
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+# A shell that starts a job in the background without job control (`cmd &` in a script, some CI
+# runners) ignores SIGINT in it, and an ignored signal stays ignored across exec: every CLI child
+# the Ctrl-C tests start would then shrug off the SIGINT they send. Resetting it here, once, makes
+# the children start with Python's own KeyboardInterrupt handler however pytest itself was started.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Read before any test changes it: a SPECREJ_HOME set by the caller (e.g. CI) counts as "real".
 _CALLER_SPECREJ_HOME = os.environ.get("SPECREJ_HOME")
