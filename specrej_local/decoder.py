@@ -204,8 +204,11 @@ class Run:
         self.t0 = time.perf_counter()
         waiting = list(range(s.n))
         try:
-            # the prompt is decoded once and shared by every answer (stoppable between chunks)
+            # the prompt is decoded once and shared by every answer, a chunk at a time: other
+            # prompts' steps run between its chunks (and it can be stopped there)
             e.open(s.n, self.at_once, self.budget, self.T, s.sampling, s.stop, should_stop=self.should_stop)
+            while e.read_prompt():
+                yield
             while waiting or e.live():
                 # 0. start answers while there is room: all at once, unless Best-of-N runs in waves
                 room = self.at_once - len(e.live())
@@ -293,6 +296,7 @@ class Run:
             cands.append(Candidate(i, q.text, self.reward.get(i), len(q.tokens), reason, self.rejected_at.get(i)))
         best = max(self.finished, key=lambda i: (self.reward[i], -i), default=None)
         stats = dict(n=s.n, alpha=s.alpha, method=s.method, rounds=self.rounds, prompt_tokens=e.prompt_tokens,
+                     cached_tokens=e.cached_tokens,
                      generated_tokens=self._generated(), reward_tokens=self.scorer.tokens_fed - self.fed0,
                      peak_kv_cells=self.peak, kv_budget=self.budget, at_once=self.at_once,
                      waves=math.ceil(s.n / self.at_once), kv_layout=getattr(e, "layout", None),

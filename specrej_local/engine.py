@@ -33,6 +33,7 @@ class Sequence:
 
 class Engine(Protocol):
     prompt_tokens: int
+    cached_tokens: int    # prompt tokens reused from a prompt read before instead of decoded
     context_length: int   # the most tokens prompt + answer may take (the model's context)
     sequences: dict       # candidate id -> Sequence, for every candidate started
     decode_s: float
@@ -43,8 +44,13 @@ class Engine(Protocol):
 
     def open(self, n: int, concurrent: int, kv_budget: int, max_tokens: int, sampling: Sampling, stop=(),
              should_stop=None):
-        """Make room for `concurrent` of the n candidates at a time; decode the prompt once,
-        raising `errors.Cancelled` as soon as `should_stop()` says so (a long prompt is fed in chunks)."""
+        """Make room for `concurrent` of the n candidates at a time and start reading the prompt
+        (`read_prompt` reads it); `should_stop()` is asked before each chunk read, and True raises
+        `errors.Cancelled`."""
+
+    def read_prompt(self) -> bool:
+        """Decode the next chunk of the prompt (read once, shared by every candidate); True while
+        some is left to read."""
 
     def spawn(self, ids) -> None:
         """Start these candidates from the prompt."""

@@ -19,6 +19,7 @@ class FakeEngine:
         self.pool = pool
         self.lengths = list(lengths)
         self.prompt_tokens = prompt_tokens
+        self.cached_tokens = 0
         self.context_length = context_length
         self.sequences = {}
         self.dropped = []    # every id rejected or ended for lack of room, in order
@@ -46,6 +47,9 @@ class FakeEngine:
         self.sequences = {}
         if self.pool is not None:
             self.pool.join(self, self.need(n, concurrent, kv_budget))
+
+    def read_prompt(self):
+        return False
 
     def finish(self):
         if self.pool is not None:
