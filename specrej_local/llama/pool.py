@@ -101,10 +101,11 @@ class KvPool:
         layout = self.kv_layout
         if layout == "auto":
             layout = "split" if split_fits(self.model, n_seq, per_seq, cap=self.kv_memory) else "unified"
-        c = self.ctx
+        c, saved = self.ctx, []
         if not (c is not None and c.unified == (layout == "unified") and c.n_seq_max >= n_seq
                 and c.seq_cells >= (cells if layout == "unified" else per_seq)):
             extra_slots, extra_cells = self._cache_room(layout, n_seq, per_seq, cells, max(n.prompt for n in needs))
+            saved = self._saved_kept()
             self._allocate(layout, n_seq + extra_slots, per_seq, cells + extra_cells)
         elif self.cache:
             for k in range(c.n_seq_max):  # what the last prompts left, all but the kept prompts
@@ -116,6 +117,28 @@ class KvPool:
         self.cells = cells if self.layout == "unified" else 0
         self.free = [k for k in range(self.ctx.n_seq_max) if not (self.cache and k in self.cache)]
         self._fit_cache()
+        if saved:
+            self._restore_kept(saved)
+
+    def _saved_kept(self) -> list:
+        """The kept prompts' cells, read out before their context is replaced: [(tokens, bytes)],
+        most recently used first."""
+        if not self.cache or self.ctx is None:
+            return []
+        saved = [(tokens, self.ctx.save_seq(k)) for k, tokens in reversed(self.cache.kept.items())]
+        return [(tokens, data) for tokens, data in saved if data]
+
+    def _restore_kept(self, saved):
+        """Put kept prompts saved from the last context into this one, as many as its room holds."""
+        for tokens, data in saved:
+            if not self.free or self._over(1, len(tokens)) or (self.layout == "split" and len(tokens) > self.ctx.seq_cells):
+                continue
+            k = self.free.pop()
+            if self.ctx.load_seq(data, k):
+                self.cache.add(k, tokens)
+                self.cache.kept.move_to_end(k, last=False)  # saved most recent first: older ones go before
+            else:
+                self.give(k)
 
     def _cache_room(self, layout, n_seq, per_seq, cells, prompt):
         """(sequences, cells) to allocate beyond the needs for one kept prompt, where memory allows
