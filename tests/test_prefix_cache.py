@@ -192,3 +192,37 @@ def test_copied_prefix_cells_sit_at_their_positions_and_the_rest_is_read(model, 
     fresh.close()
     if layout == "split":
         assert answers == expected
+
+
+# -- fair prefill ------------------------------------------------------------------------------
+def test_a_short_prompt_beside_a_long_one_generates_while_the_long_one_is_read(cached, monkeypatch):
+    # Some 1,600 tokens: read in four chunks of llama.cpp's batch, each followed by a shared step.
+    long = "Count the foxes. " + "The quick brown fox jumps over the lazy dog near the river bank. " * 110
+    events = []
+    read = LlamaEngine.read_prompt
+
+    def logged_read(engine):
+        more = read(engine)
+        events.append(("read", engine.prompt_tokens, more))
+        return more
+
+    monkeypatch.setattr(LlamaEngine, "read_prompt", logged_read)
+    pool = cached.engine.pool
+    step = pool.step
+
+    def logged_step():
+        events.append(("step", sorted(e.prompt_tokens for e in pool.engines if e.live())))
+        return step()
+
+    monkeypatch.setattr(pool, "step", logged_step)
+    got = dict(cached.generate_many([long, "Name a colour."], concurrent=2, n=2, max_tokens=4, seed=1))
+    assert set(got) == {0, 1}
+    P_long, P_short = got[0].stats["prompt_tokens"], got[1].stats["prompt_tokens"]
+    assert P_long > 3 * pool.ctx.n_batch
+    long_done = events.index(("read", P_long, False))  # the long prompt's last chunk
+    short_steps = [k for k, e in enumerate(events) if e[0] == "step" and P_short in e[1]]
+    assert short_steps and short_steps[0] < long_done  # the short one generated before the long one was read
+    chunks = [k for k, e in enumerate(events) if e[:2] == ("read", P_long)]
+    assert len(chunks) >= 4
+    for a, b in zip(chunks, chunks[1:]):  # a shared step between each two chunks of the long prompt
+        assert any(events[k][0] == "step" for k in range(a + 1, b))
