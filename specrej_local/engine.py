@@ -38,6 +38,7 @@ class Engine(Protocol):
     sequences: dict       # candidate id -> Sequence, for every candidate started
     decode_s: float
     sample_s: float
+    prompt_s: float       # of decode_s, the time spent reading the prompt
 
     def load_prompt(self, prompt: str, system: Optional[str] = None) -> int:
         """Format and tokenize the prompt; return its length in tokens."""

@@ -25,7 +25,7 @@ class FakeEngine:
         self.dropped = []    # every id rejected or ended for lack of room, in order
         self.spawned = []    # every id started, in order
         self.most_live = 0   # the most candidates live at once
-        self.decode_s = self.sample_s = 0.0
+        self.decode_s = self.sample_s = self.prompt_s = 0.0
 
     def load_prompt(self, prompt, system=None):
         if not prompt.strip():

@@ -56,7 +56,7 @@ class ReplayEngine:
         self.prompt_tokens, self.context_length = pool.prompt_tokens, 1 << 30
         self.cached_tokens = 0
         self.sequences, self.taken, self.profile = {}, {}, []
-        self.decode_s = self.sample_s = 0.0
+        self.decode_s = self.sample_s = self.prompt_s = 0.0
         self.track_logprob = True
 
     def load_prompt(self, prompt, system=None):

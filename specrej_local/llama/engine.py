@@ -61,7 +61,7 @@ class LlamaEngine:
         self._unclaimed = None    # the prompt's sequence, before the first candidate takes it
         self.prompt_tokens = 0
         self.cached_tokens = 0    # prompt tokens copied from a kept prompt instead of decoded
-        self.decode_s = self.sample_s = 0.0
+        self.decode_s = self.sample_s = self.prompt_s = 0.0
 
     @property
     def ctx(self):
@@ -134,7 +134,7 @@ class LlamaEngine:
         self.slots = max(1, min(n, concurrent))
         self.sequences = {}  # emptied first: a run stopped during the prompt holds no candidate
         self.slot = {}       # candidate id -> llama.cpp sequence id
-        self.decode_s = self.sample_s = 0.0
+        self.decode_s = self.sample_s = self.prompt_s = 0.0
         waves = self.slots < n  # then a keeper holds the prompt for the candidates that start later
         head = self.prompt_ids[:-1]  # the last prompt token is fed by each candidate (see module doc)
         self.home, self.cached_tokens = self.pool.take_prompt(head, high=waves)
@@ -161,6 +161,7 @@ class LlamaEngine:
                             [False] * len(chunk), read=False, should_stop=self._should_stop)
         finally:
             self.decode_s += self.ctx.decode_s - t0
+            self.prompt_s += self.ctx.decode_s - t0
         self.read += len(chunk)
         if self.read < len(head):
             return True
