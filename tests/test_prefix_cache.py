@@ -95,6 +95,18 @@ def test_generate_many_reuses_the_shared_beginning_with_the_same_answers(cached,
         assert pool.ctx.pos_max(k) == len(tokens) - 1
 
 
+def test_prompts_started_together_wait_for_the_first_to_be_read_and_reuse_it(cached, plain):
+    # A block longer than llama.cpp's batch: the first prompt is still being read, a chunk per
+    # step, when the others start beside it; they wait for it to be kept rather than read it too.
+    block = "Rules of the house. " + " ".join(f"Rule {k}: be clear and kind to every reader." for k in range(60))
+    opts = dict(n=2, max_tokens=4, seed=6, system=block)
+    got = dict(cached.generate_many(PROMPTS, concurrent=3, **opts))
+    want = dict(plain.generate_many(PROMPTS, concurrent=3, **opts))
+    assert got[0].stats["prompt_tokens"] > cached.engine.pool.ctx.n_batch
+    assert got[0].stats["cached_tokens"] == 0 and all(got[k].stats["cached_tokens"] > 500 for k in (1, 2))
+    assert [texts(got[k]) for k in range(3)] == [texts(want[k]) for k in range(3)]
+
+
 def test_a_prompt_that_needs_the_kept_prompts_room_takes_it_and_still_reuses_it(default_model, plain):
     # One candidate per prompt: a pool sized for one prompt keeps one prompt beside it. Two at
     # once then need that slot too: the second prompt takes the kept prompt's own sequence over.

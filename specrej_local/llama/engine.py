@@ -30,7 +30,7 @@ import numpy as np
 
 from .chat import ChatFormat
 from ..engine import Sequence, StopWatcher, check_kv_layout, check_kv_memory, check_start
-from ..errors import BadInput, PromptTooLong, ResourceError
+from ..errors import BadInput, Cancelled, PromptTooLong, ResourceError
 from .context import Model, Samplers
 from .pool import PROBE_GROUP, KvPool, Need
 from ..sampling import Sampling
@@ -61,6 +61,8 @@ class LlamaEngine:
         self._unclaimed = None    # the prompt's sequence, before the first candidate takes it
         self.prompt_tokens = 0
         self.cached_tokens = 0    # prompt tokens copied from a kept prompt instead of decoded
+        self.read = 0             # prompt tokens in its sequence so far
+        self._leader = None       # a prompt being read that this one waits for (see open)
         self.decode_s = self.sample_s = self.prompt_s = 0.0
 
     @property
@@ -137,7 +139,11 @@ class LlamaEngine:
         self.decode_s = self.sample_s = self.prompt_s = 0.0
         waves = self.slots < n  # then a keeper holds the prompt for the candidates that start later
         head = self.prompt_ids[:-1]  # the last prompt token is fed by each candidate (see module doc)
-        self.home, self.cached_tokens = self.pool.take_prompt(head, high=waves)
+        self.read = 0
+        # a prompt opened before this one and still being read shares more of its beginning than
+        # any kept prompt: wait for it to be kept, then copy it (`read_prompt`)
+        self._leader = self.pool.reader_ahead(self, head)
+        self.home, self.cached_tokens = self.pool.take_prompt(head if self._leader is None else [], high=waves)
         self.keeper = self.home if waves else None
         self._unclaimed = None if waves else self.home  # the first candidate's own slot
         self.read = self.cached_tokens  # prompt tokens in the home sequence
@@ -151,6 +157,13 @@ class LlamaEngine:
         """Decode the next chunk (n_batch tokens) of the prompt; True while more is left to read.
         Once it is all read, the pool keeps a copy for later prompts that begin alike."""
         head = self.prompt_ids[:-1]
+        if self._leader is not None:
+            if self._should_stop is not None and self._should_stop():
+                raise Cancelled("stopped before the prompt was read")
+            if self.pool.reading(self._leader):
+                return True
+            self._leader = None
+            self.cached_tokens = self.read = self.pool.copy_prefix(self.home, head)
         if self.read >= len(head):
             return False
         batch = self.ctx.n_batch  # chunks end where a fresh read's do (see prefix_cache.SAME_ROWS)

@@ -23,7 +23,7 @@ from typing import Optional
 from ..engine import MAX_SEQUENCES
 from ..errors import ResourceError
 from .context import Context, allocated_cells, memory_problem, split_fits
-from .prefix_cache import PrefixCache, usable
+from .prefix_cache import PrefixCache, common_prefix, usable
 
 PROBE_GROUP = 16  # sequences probed per decode on a unified cache (bounds the room a probe borrows)
 
@@ -191,23 +191,57 @@ class KvPool:
     def take_prompt(self, tokens, high: bool = False):
         """A slot for a prompt that joined, holding the longest prefix of `tokens` a kept prompt
         shares with it: (slot, tokens already in it). The rest is the caller's to decode."""
-        k, n = self.cache.longest(tokens) if self.cache else (None, 0)
-        if k is not None:
-            n = usable(n, len(self.cache.kept[k]), len(tokens), self.ctx.n_batch)
-            k = k if n > 0 else None
+        k, n = self._match(tokens)
         self._fit_cache(spare=k)  # the room this prompt reserved, taken back from kept prompts
         if k is None:
             return self.take(high), 0
-        self.cache.use(k)
         if self.free:
             slot = self.take(high)
-            self.ctx.copy_seq(k, slot)  # unified: shares the cells; split: copies the stream
+            self._copy(k, n, slot)
         else:  # the kept prompt's own sequence is the only room left: this prompt takes it over
             self.cache.drop(k)
             slot = k
-        self.ctx.remove(slot, n, -1)  # past the common prefix
+            self.ctx.remove(slot, n, -1)  # past the common prefix
         self._fit_cache()
         return slot, n
+
+    def copy_prefix(self, slot: int, tokens) -> int:
+        """Into an empty slot a prompt holds, the longest prefix of `tokens` kept now; its length."""
+        k, n = self._match(tokens)
+        if k is not None:
+            self._copy(k, n, slot)
+        return n
+
+    def reader_ahead(self, engine, tokens):
+        """A prompt opened before `engine` and still being read whose beginning `tokens` share
+        beyond what is kept now, or None: `engine` had better wait and copy it once it is kept
+        than read the same tokens beside it."""
+        if self.cache is None:
+            return None
+        _, kept = self._match(tokens)
+        for e in self.engines:
+            if e is engine:
+                return None
+            head = e.prompt_ids[:-1]
+            if e.read < len(head) and usable(common_prefix(head, tokens), len(head), len(tokens),
+                                             self.ctx.n_batch) > kept:
+                return e
+        return None
+
+    def reading(self, engine) -> bool:
+        return engine in self.engines and engine.read < len(engine.prompt_ids) - 1
+
+    def _match(self, tokens):
+        """(kept sequence, tokens of it to reuse) for a prompt of `tokens`, or (None, 0)."""
+        k, n = self.cache.longest(tokens) if self.cache else (None, 0)
+        if k is not None:
+            n = usable(n, len(self.cache.kept[k]), len(tokens), self.ctx.n_batch)
+        return (k, n) if n > 0 else (None, 0)
+
+    def _copy(self, k: int, n: int, slot: int):
+        self.cache.use(k)
+        self.ctx.copy_seq(k, slot)    # unified: shares the cells; split: copies the stream
+        self.ctx.remove(slot, n, -1)  # past the common prefix
 
     def keep_prompt(self, slot: int, tokens):
         """The prompt in `slot` (exactly `tokens`, at positions 0...) has been read: keep a copy
