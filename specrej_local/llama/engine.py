@@ -1,6 +1,8 @@
 """`LlamaEngine`: the candidates of one prompt in one llama.cpp context.
 
-The prompt is decoded once and every candidate's sequence starts from it (`llama_memory_seq_cp`);
+The prompt is decoded once, a chunk per call of `read_prompt` (a pool's other prompts step between
+chunks), starting from the longest beginning a prompt read before shares with it (the pool's
+prefix cache); every candidate's sequence starts from it (`llama_memory_seq_cp`);
 each step feeds one token per live candidate in a single `llama_decode`; a finished candidate
 keeps its KV until the decoder has scored it and calls `release`, a rejected one is freed at once,
 and freed room is reused. Each candidate samples with its own llama.cpp sampler chain.
