@@ -102,6 +102,7 @@ class LlamaEngine:
         self.prompt_text = self.chat.prompt(prompt, system)
         self.prompt_ids = self.tokenize(self.prompt_text)
         self.prompt_tokens = len(self.prompt_ids)
+        self.cached_tokens, self.prompt_s = 0, 0.0  # this prompt's, once `open` finds them
         if self.prompt_tokens >= self.model.n_ctx_train:
             raise PromptTooLong(f"the prompt is {self.prompt_tokens} tokens long; this model's context holds "
                                 f"{self.model.n_ctx_train}")
