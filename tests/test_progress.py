@@ -6,6 +6,7 @@ import os
 import pty
 import re
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -139,9 +140,10 @@ def test_a_kept_specrej_reports_each_prompt_from_its_own_start(default_model):
 
 
 # --- `run` in a terminal -----------------------------------------------------------------------
-def run_in_terminal(args, stdout_on_terminal=True, columns=200, rows=24, timeout=120):
+def run_in_terminal(args, stdout_on_terminal=True, columns=200, rows=24, timeout=120, interrupt_at=None, status=0):
     """`specrej-local ARGS` with stderr (and stdout, unless told otherwise) on a pseudo-terminal of
-    this size: (everything the terminal received, as text; what stdout's pipe got, if any)."""
+    this size: (everything the terminal received, as text; what stdout's pipe got, if any). With
+    `interrupt_at`, Ctrl-C (SIGINT) is sent once the terminal has shown that text."""
     master, terminal = pty.openpty()
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
     proc = subprocess.Popen([SCRIPT, *map(str, args)], stdin=subprocess.DEVNULL,
@@ -158,8 +160,11 @@ def run_in_terminal(args, stdout_on_terminal=True, columns=200, rows=24, timeout
                 if not chunk:
                     break
                 shown += chunk
+                if interrupt_at and interrupt_at.encode() in shown:
+                    proc.send_signal(signal.SIGINT)
+                    interrupt_at = None
         piped = b"" if stdout_on_terminal else proc.stdout.read()
-        assert proc.wait(timeout=60) == 0, shown
+        assert proc.wait(timeout=60) == status, shown
     finally:
         os.close(master)
         if proc.poll() is None:
@@ -220,3 +225,9 @@ def test_nothing_is_drawn_when_stderr_is_not_a_terminal(default_model):
                           timeout=120)
     assert (proc.returncode, proc.stderr) == (0, "")
     assert json.loads(proc.stdout)["stats"]["n"] == 4 and proc.stdout.count("\n") == 1
+
+
+def test_ctrl_c_wipes_the_line_before_saying_interrupted(default_model):
+    shown, _ = run_in_terminal(["-g", default_model, "-t", "1", "-n", "16", "--max-tokens", "4000", "--alpha", "0.1",
+                                PROMPT], interrupt_at="generating [", status=130)
+    assert re.search(r"\rgenerating \[[^\r]*\r +\rInterrupted\.\r\n$", shown), shown[-300:]

@@ -92,7 +92,10 @@ class StatusLine:
         text = describe(self._last, time.perf_counter() - self._t0)
         if text != self._shown:
             self._shown = text
-            self._bar.set_description_str(text)
+            # under this object's lock alone: tqdm's own is not released if Ctrl-C lands while it
+            # draws, and the ticker would then wait for it forever
+            self._bar.set_description_str(text, refresh=False)
+            self._bar.refresh(nolock=True)
 
     def _tick(self):
         while not self._stop.wait(TICK):
