@@ -6,10 +6,12 @@ tell such a request apart, and each check answers in OpenAI's error shape:
 
 - `Host`: with DNS rebinding a page's own name (attacker.example) comes to point at this machine,
   so the browser treats the server as the page's own origin and lets it read the answers. The
-  Host header still carries that name. Accepted are loopback names and addresses, an address
-  this connection arrived at (a page cannot choose an IP literal as its own name and make it
-  point elsewhere), the `--host` served, and the names given with `--allow-host` ("*": any).
-  Anything else gets 403.
+  Host header still carries that name. Accepted are `localhost` and its subdomains, IP
+  addresses, the `--host` served, and the names given with `--allow-host` ("*": any); anything
+  else gets 403. An address is safe to accept: no DNS answer can change what it names, so a page
+  whose origin it is was served by whatever listens there, this server, which serves no pages (a
+  page elsewhere that calls it by address sends its Origin, checked next). That keeps a server on
+  0.0.0.0 reachable by any of its addresses, behind NAT or a container's port mapping too.
 - `Origin`: browsers send it with every cross-origin request (and with a same-origin POST). The
   server serves no pages, so no origin is its own: only those given with `--cors-origin` pass;
   a request without one (curl, the SDKs, scripts) is not from a page. Anything else gets 403.
@@ -29,7 +31,7 @@ from starlette.responses import JSONResponse
 
 from .openai_schema import RequestError
 
-LOOPBACK_NAMES = frozenset({"localhost"})  # loopback addresses (127.0.0.0/8, ::1) are recognised as such
+LOOPBACK = "localhost"  # and its subdomains, which browsers resolve to loopback themselves
 ANY = "*"
 WILDCARD_ADDRESSES = frozenset({"", "0.0.0.0", "::"})  # a listening address that is every address
 
@@ -56,13 +58,12 @@ def host_name(value: str) -> Optional[str]:
     return name
 
 
-def _address(text):
-    """The IP address `text` names, or None."""
+def _is_address(name: str) -> bool:
     try:
-        ip = ipaddress.ip_address(str(text).split("%")[0])
+        ipaddress.ip_address(name.split("%")[0])  # an IPv6 address may carry a zone (%eth0)
     except ValueError:
-        return None
-    return getattr(ip, "ipv4_mapped", None) or ip  # ::ffff:a.b.c.d is the IPv4 address a.b.c.d
+        return False
+    return True
 
 
 def _refuse(status: int, message: str, code: str):
@@ -77,7 +78,7 @@ class HostAndOrigin:
         self.app = app
         hosts = {h if h == ANY else host_name(h) for h in hosts} - {None}
         self.any_host = ANY in hosts
-        self.hosts = LOOPBACK_NAMES | hosts
+        self.hosts = frozenset(hosts)
         self.origins = frozenset(origins)
         self.any_origin = ANY in self.origins
 
@@ -85,31 +86,25 @@ class HostAndOrigin:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = Headers(scope=scope)
-        refusal = self.host_refusal(headers.getlist("host"), scope.get("server")) or \
-            self.origin_refusal(headers.getlist("origin"))
+        refusal = self.host_refusal(headers.getlist("host")) or self.origin_refusal(headers.getlist("origin"))
         if refusal is not None:
             return await refusal(scope, receive, send)
         await self.app(scope, receive, send)
 
-    def host_refusal(self, given: list, server) -> Optional[JSONResponse]:
+    def host_refusal(self, given: list) -> Optional[JSONResponse]:
         if self.any_host:
             return None
         if len(given) != 1:
             return _refuse(403, "a request must have one Host header", "host_not_allowed")
         name = host_name(given[0])
-        if name is not None and self.allowed_host(name, server):
+        if name is not None and self.allowed_host(name):
             return None
         shown = given[0][:100]
-        return _refuse(403, f"Host {shown!r} is not a name of this server (it answers to loopback names, its "
-                            f"address, and names allowed with --allow-host)", "host_not_allowed")
+        return _refuse(403, f"Host {shown!r} is not a name of this server (it answers to localhost, IP "
+                            "addresses, and names allowed with --allow-host)", "host_not_allowed")
 
-    def allowed_host(self, name: str, server) -> bool:
-        if name in self.hosts:
-            return True
-        ip = _address(name)
-        if ip is None:
-            return False
-        return ip.is_loopback or (server is not None and ip == _address(server[0]))
+    def allowed_host(self, name: str) -> bool:
+        return name in self.hosts or name == LOOPBACK or name.endswith("." + LOOPBACK) or _is_address(name)
 
     def origin_refusal(self, given: list) -> Optional[JSONResponse]:
         for origin in given:
@@ -142,8 +137,8 @@ class JsonBody:
 
 
 def allowed_hosts(host: str, allow: Iterable[str]) -> tuple:
-    """The names a server listening on `host` answers to beyond loopback: `host` itself unless it
-    is every address, and the --allow-host values (checked here: a bad one raises ValueError)."""
+    """The names a server listening on `host` answers to beyond localhost and IP addresses: `host`
+    itself unless it is every address, and the --allow-host values (a bad one raises ValueError)."""
     names = []
     for value in allow:
         if value.strip() == ANY:

@@ -68,8 +68,8 @@ def check_kv_budget(specrej, settings):
 @click.option("-H", "--host", default="127.0.0.1", show_default=True, envvar="SPECREJ_HOST",
               help="Address to listen on; 0.0.0.0 opens it to the network.")
 @click.option("--allow-host", "allow_hosts", multiple=True, envvar="SPECREJ_ALLOW_HOSTS",
-              help="A name clients reach the server by (the Host header), beyond loopback names and its "
-                   "address; repeatable, '*' for any.")
+              help="A name clients reach the server by (the Host header), beyond localhost and IP addresses; "
+                   "repeatable, '*' for any.")
 @click.option("-p", "--port", type=click.IntRange(0, 65535), default=8080, show_default=True, envvar="SPECREJ_PORT",
               help="Port (0 = any free one; the address is printed).")
 @click.option("-k", "--api-key", default=None, envvar="SPECREJ_API_KEY",
