@@ -274,8 +274,10 @@ def test_hf_source_is_taken_from_the_hf_cache_without_asking_the_hub(fake_hub, t
     done = run_cli_process("models", "path", "hf:acme/tiny-GGUF/tiny.gguf", hub=fake_hub, hf_cache=hf_cache)
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"{cached}\n" and fake_hub.requests == []
+    # a run loads the cached file (which is no complete model, so llama.cpp refuses it, in one line)
     done = run_cli_process("-g", "hf:acme/tiny-GGUF/tiny.gguf", "-q", "hi", hub=fake_hub, hf_cache=hf_cache)
-    assert "Fetching" not in done.stderr and fake_hub.requests == []  # (tiny.gguf itself is no runnable model)
+    assert done.stderr.startswith(f"Error: llama.cpp could not load {cached} ") and done.returncode == 2
+    assert "Fetching" not in done.stderr and fake_hub.requests == []
 
 
 # --- models: what is found, listed cheaply ---------------------------------------------------------
