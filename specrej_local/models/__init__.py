@@ -1,6 +1,7 @@
 """Model files: where they come from and what is in them. No llama.cpp here.
 
     registry.py     models.txt aliases, downloads, checksums, the cache
+    stores.py       GGUF files Ollama, LM Studio and the Hugging Face cache already hold
     convert.py      Hugging Face reward-model checkpoints -> one GGUF file
     score_head.py   the score head a converted reward model carries as metadata
     gguf_file.py    a GGUF header reader that skips the big arrays
