@@ -52,7 +52,7 @@ class ServerConfig:
     concurrent: int = 1           # requests decoded at once
     max_request_bytes: int = 1_000_000
     cors_origins: tuple = ()      # web pages (origins) whose scripts may call the API from a browser
-    hosts: tuple = ()             # names in Host that are this server's, beyond loopback ("*": any)
+    hosts: tuple = ()             # names in Host that are this server's beyond localhost and IPs ("*": any)
 
 
 class Job:
@@ -315,7 +315,7 @@ def create_app(specrej, config: ServerConfig) -> Starlette:
                 body = await _read_json(request, config.max_request_bytes)
                 try:
                     req = parse(body, config.defaults, config.limits)
-                except RecursionError:  # a value nested just under json's limit, shown in an error message
+                except RecursionError:  # nested just under json's limit, then shown in a message (not seen on 3.11)
                     raise too_deep() from None
                 return await answer(request, req)
             except RequestError as e:
