@@ -30,7 +30,7 @@ def _kind(mode: int) -> str:
 def _refuse_special(out: Path):
     try:
         mode = os.lstat(out).st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # missing (a folder on the way may be a file: said later)
         return
     except OSError as exc:
         raise OutputFileError(f"cannot write {out}: {exc.strerror or exc}") from None
@@ -42,6 +42,8 @@ def check_output_path(path, inputs=()) -> Path:
     """`path` as a Path, once it is known to be a usable output: missing or a regular file (not a
     symlink), not one of `inputs` under any name (a hard link included), in a folder that exists or
     can be made. Raises OutputFileError otherwise."""
+    if not str(path):
+        raise OutputFileError("the output file's name is empty")
     out = Path(path)
     _refuse_special(out)
     for source in inputs:
@@ -62,7 +64,7 @@ def _new_file(out: Path) -> Path:
     """An empty file beside `out` under a fresh name, with the mode the umask gives any new file
     (mkstemp would make it 0600, and the rename would keep that)."""
     while True:
-        tmp = out.parent / f".{out.name}.{secrets.token_hex(6)}.part"
+        tmp = out.parent / f".{out.name[:40]}.{secrets.token_hex(6)}.part"  # within 255 bytes, even in UTF-8
         try:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
             return tmp

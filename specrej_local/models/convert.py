@@ -9,8 +9,9 @@ one self-contained reward model:
 
 Names and constants come from the `gguf` package (tensor name maps, metadata keys, token types,
 and `SpecialVocab` for merges, special token ids, add-BOS and the chat template). Weights are read
-from safetensors files with numpy alone (bf16 is widened to float32 by a bit shift), one tensor at
-a time, so converting needs about one tensor's worth of memory beyond the page cache.
+from safetensors files with numpy alone (safetensors_file.py), one tensor at a time, so converting
+needs about one tensor's worth of memory beyond the page cache. The config and the stored shapes
+are checked first (hf_config.py), and the output is written through files.atomic_output.
 """
 import fnmatch
 import json
@@ -57,7 +58,10 @@ _F16_MAX = float(np.finfo(np.float16).max)
 # --- the pieces of the GGUF -------------------------------------------------------------------
 def _inputs(src: Path) -> list:
     """The files of checkpoint folder `src` that conversion reads."""
-    return [p for p in src.iterdir() if any(fnmatch.fnmatch(p.name, pattern) for pattern in _READ_PATTERNS)]
+    try:
+        return [p for p in src.iterdir() if any(fnmatch.fnmatch(p.name, pattern) for pattern in _READ_PATTERNS)]
+    except OSError as exc:
+        raise BadInput(f"cannot read {src}: {exc.strerror or exc}") from None
 
 
 def _read_json(path: Path):
