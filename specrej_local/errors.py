@@ -25,6 +25,10 @@ class UnknownModelError(BadInput):
     """A model alias that is neither in the registry nor a path nor an hf: source."""
 
 
+class AmbiguousModelError(BadInput):
+    """A model name that fits more than one file (in Ollama's store or LM Studio's folder)."""
+
+
 class ModelFileError(SpecRejError):
     """A model file is missing, not GGUF, truncated, or cannot be loaded by llama.cpp."""
 
