@@ -929,3 +929,15 @@ def test_a_damaged_tokenizer_or_an_input_that_is_not_a_file_is_one_line(tiny, tm
     damage(folder)
     assert_one_line_error(cli_convert(folder, tmp_path / "rm.gguf"), named)
     assert not (tmp_path / "rm.gguf").exists()
+
+
+@pytest.mark.parametrize("tensor, shape", [("model.embed_tokens.weight", ()), ("score.weight", ()),
+                                           ("score.weight", (64,)), ("score.weight", (0, 64)),
+                                           ("model.norm.weight", (64, 1))])
+def test_a_weight_of_the_wrong_rank_or_empty_is_refused(tiny, tmp_path, tensor, shape):
+    folder = tmp_path / "ck"
+    shutil.copytree(tiny["qwen2"][0], folder)
+    w = dict(tiny["qwen2"][1], **{tensor: np.zeros(shape, np.float32)})
+    save_file(w, str(folder / "model.safetensors"))
+    assert_one_line_error(cli_convert(folder, tmp_path / "rm.gguf"), tensor)
+    assert not (tmp_path / "rm.gguf").exists()

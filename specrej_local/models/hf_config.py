@@ -196,18 +196,17 @@ def check_shapes(hp: Hyper, shapes: dict, src: Path):
     where = f"{src / 'config.json'}"
     layers = {int(m.group(1)) for m in map(_LAYER.match, shapes) if m}
     if len(layers) != hp.n_layer or layers != set(range(hp.n_layer)):  # the length first: never a huge range
-        held = f"layers 0 to {max(layers)}" if layers == set(range(len(layers))) and layers \
-            else f"{len(layers)} layers numbered {sorted(layers)[:4]}..." if layers else "no layers"
+        numbers = sorted(layers)
+        held = (f"{len(numbers)} layers, numbered {', '.join(map(str, numbers[:6]))}{', ...' if len(numbers) > 6 else ''}"
+                if numbers else "no layers")
         raise BadInput(f"{where}: num_hidden_layers is {hp.n_layer}, but the checkpoint holds {held}")
 
-    e, f, d = f"hidden_size {hp.n_embd}", f"intermediate_size {hp.n_ff}", \
-        f"head_dim {hp.head_dim}" if hp.head_dim_given else f"head_dim {hp.head_dim} (hidden_size / num_attention_heads)"
-    q = f"num_attention_heads {hp.n_head} x {d}"
-    kv = f"num_key_value_heads {hp.n_head_kv} x {d}"
-    E, F, Q, KV, D = ((hp.n_embd, e), (hp.n_ff, f), (hp.n_head * hp.head_dim, q), (hp.n_head_kv * hp.head_dim, kv),
-                      (hp.head_dim, d))
-    rows = shapes.get("model.embed_tokens.weight", (0,))[0]
-    V = (rows, "the embedding's rows")
+    # each dimension: (size, the config fields it comes from)
+    d = f"head_dim {hp.head_dim}" + ("" if hp.head_dim_given else " (hidden_size / num_attention_heads)")
+    E, F, D = (hp.n_embd, f"hidden_size {hp.n_embd}"), (hp.n_ff, f"intermediate_size {hp.n_ff}"), (hp.head_dim, d)
+    Q = (hp.n_head * hp.head_dim, f"num_attention_heads {hp.n_head} x {d}")
+    KV = (hp.n_head_kv * hp.head_dim, f"num_key_value_heads {hp.n_head_kv} x {d}")
+    V = ((shapes.get("model.embed_tokens.weight") or (0,))[0], "the embedding's rows")
     want, optional = {"model.embed_tokens.weight": (V, E), "model.norm.weight": (E,)}, {"lm_head.weight": (V, E)}
     for i in range(hp.n_layer):
         p = f"model.layers.{i}."
@@ -222,7 +221,7 @@ def check_shapes(hp: Hyper, shapes: dict, src: Path):
                          p + "self_attn.q_norm.weight": (D,), p + "self_attn.k_norm.weight": (D,)})
         if hp.architecture.startswith("Qwen3"):  # llama.cpp's qwen3 needs both norms
             want.update({p + "self_attn.q_norm.weight": (D,), p + "self_attn.k_norm.weight": (D,)})
-    labels = shapes.get("score.weight", (0,))[0]
+    labels = (shapes.get("score.weight") or (0,))[0]
     want["score.weight"] = ((labels, "the score head's rows"), E)
     optional["score.bias"] = ((labels, "the score head's rows"),)
 
@@ -233,8 +232,7 @@ def check_shapes(hp: Hyper, shapes: dict, src: Path):
         got = shapes.get(name)
         if got is None:
             continue
-        if len(got) != len(dims) or any(g != n for g, (n, _) in zip(got, dims)) \
-                or 0 in got:
+        if len(got) != len(dims) or any(g != n for g, (n, _) in zip(got, dims)) or 0 in got:
             expected = " x ".join(f"{n} ({why})" for n, why in dims)
             raise BadInput(f"{src}: tensor {name} is {' x '.join(map(str, got)) or 'a scalar'}, but config.json "
                            f"makes it {expected}")
