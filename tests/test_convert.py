@@ -895,7 +895,7 @@ def fifo_instead_of(name):
 
 
 # (damage of a qwen2 checkpoint folder, what the one-line error names)
-DAMAGED_TOKENIZERS = {
+DAMAGED_FOLDERS = {
     "vocab-a-list": (set_model("vocab", [1, 2]), "model.vocab"),
     "id-a-string": (set_model("vocab", {"a": "1"}), "'a'"),
     "id-negative": (set_model("vocab", {"a": -5}), "'a'"),
@@ -913,17 +913,19 @@ DAMAGED_TOKENIZERS = {
                              "config.json"),
     "weights-a-fifo": (fifo_instead_of("model.safetensors"), "not a regular file"),
     "tokenizer-a-fifo": (fifo_instead_of("tokenizer.json"), "not a regular file"),
+    "tensor-stored-twice": (lambda folder: shutil.copy(folder / "model.safetensors", folder / "more.safetensors"),
+                            "stored twice"),
     "weights-from-dev-zero": (lambda folder: ((folder / "model.safetensors").unlink(),
                                               (folder / "model.safetensors").symlink_to("/dev/zero")),
                               "not a regular file"),
 }
 
 
-@pytest.mark.parametrize("case", list(DAMAGED_TOKENIZERS))
+@pytest.mark.parametrize("case", list(DAMAGED_FOLDERS))
 def test_a_damaged_tokenizer_or_an_input_that_is_not_a_file_is_one_line(tiny, tmp_path, case):
     """Each of these was a traceback (or, for a FIFO, a wait forever) before the tokenizer's parts
     and the input files were checked."""
-    damage, named = DAMAGED_TOKENIZERS[case]
+    damage, named = DAMAGED_FOLDERS[case]
     folder = tmp_path / "ck"
     shutil.copytree(tiny["qwen2"][0], folder)
     damage(folder)
