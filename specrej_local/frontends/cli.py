@@ -155,8 +155,8 @@ def run(prompt, as_json, quiet, **decoding):
 # --- convert-reward ---
 @cli.command("convert-reward")
 @click.argument("src")
-@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False),
-              help="Where to write the GGUF file.")
+@click.option("-o", "--output", "out", required=True, type=click.Path(),
+              help="Where to write the GGUF file (a new or a regular file, never one of SRC's).")
 @click.option("-t", "--type", "out_type", type=click.Choice(["f16", "q8_0", "f32"]), default="f16",
               show_default=True, help="Storage type of the weight matrices (norms and the head stay f32).")
 @friendly_errors()
