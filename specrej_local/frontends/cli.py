@@ -49,21 +49,33 @@ def cli():
 # --- models: registry commands (see registry.py) -------------------------------------------
 @cli.group("models", cls=DefaultGroup, default="list", default_if_no_args=True)
 def models():
-    """List, download and locate the models named in models.txt."""
+    """List, download and locate the models named in models.txt, and list those Ollama, LM Studio
+    and the Hugging Face cache already hold."""
+
+
+def echo_table(rows):
+    """Rows of text cells as aligned columns on stdout."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
 
 
 @models.command("list")
 @friendly_errors()
 def models_list():
-    """Show every registry model and whether it is on this machine."""
+    """Show every registry model and whether it is on this machine, then the GGUF models found in
+    Ollama's store, LM Studio's folder and the Hugging Face cache (NAME works with -g and -r)."""
     rows = [("ALIAS", "ROLE", "SIZE_MB", "DOWNLOADED", "LICENSE")]
     rows += [(r["alias"], r["role"], "?" if r["size_mb"] is None else f"{r['size_mb']:.1f}",
               r["status"], r["license"]) for r in registry.describe()]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    echo_table(rows)
     for problem in registry.load_registry().refused.values():  # bad models.txt lines, skipped
         click.echo(f"Warning: {problem}", err=True)
+    found = registry.found_elsewhere()
+    if found:
+        click.echo()
+        echo_table([("SOURCE", "NAME", "SIZE_MB", "PATH")] +
+                   [(f.source, f.name, f"{f.size / 1e6:.1f}", str(f.path)) for f in found])
 
 
 @models.command("pull")
@@ -134,8 +146,8 @@ def run(prompt, as_json, quiet, **decoding):
 # --- convert-reward ---
 @cli.command("convert-reward")
 @click.argument("src")
-@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False),
-              help="Where to write the GGUF file.")
+@click.option("-o", "--output", "out", required=True, type=click.Path(),
+              help="Where to write the GGUF file (a new or a regular file, never one of SRC's).")
 @click.option("-t", "--type", "out_type", type=click.Choice(["f16", "q8_0", "f32"]), default="f16",
               show_default=True, help="Storage type of the weight matrices (norms and the head stay f32).")
 @friendly_errors()

@@ -102,7 +102,8 @@ def model_options(f):
     """Options that choose and load the models (shared by run, batch and bench)."""
     for opt in reversed([
         click.option("-g", "--generator", default=DEFAULT_GENERATOR, show_default=True, envvar="SPECREJ_GENERATOR",
-                     help="Generator: alias from models.txt, .gguf path or hf:owner/repo/file.gguf."),
+                     help="Generator: alias from models.txt, .gguf path, hf:owner/repo/file.gguf, ollama:NAME[:TAG] or "
+                          "lmstudio:publisher/repo[/file.gguf]."),
         click.option("-r", "--reward", default=DEFAULT_REWARD, show_default=True, envvar="SPECREJ_REWARD",
                      help="Reward: logprob, self, judge, judge:MODEL, or a reward-model alias/.gguf with a score head."),
         click.option("--n-gpu-layers", "-ngl", type=int, callback=check_int, default=0, show_default=True,
@@ -155,7 +156,7 @@ def announce_downloads(*specs):
     """Say on stderr when a model is about to be fetched, so a first run's wait is explained."""
     for spec in specs:
         entry = registry.entry_for(spec)
-        if entry.kind != "path" and not registry.is_downloaded(entry):
+        if entry.kind not in registry.IN_PLACE and not registry.is_downloaded(entry):
             registry.check_can_download(entry)
             size = f" ({entry.size / 1e6:.0f} MB)" if entry.size else ""
             click.echo(f"Fetching {entry.alias}{size} once; later runs use the cached copy.", err=True)
