@@ -4,8 +4,9 @@ work ends, and drawn only for a person: never with -q, never when stderr is not 
 what a pipe or a script reads is the same with or without them.
 
 tqdm (already needed for the bars) does the terminal work: redrawing in place, trimming the line
-to the terminal's width as it is now, wiping it at the end, one lock for every writer. It is
-imported when something is drawn, so `--help` and commands that draw nothing never load it.
+to the terminal's width as it is now, wiping it at the end. rich would draw the same line, but as
+a new dependency (with its own) for one line of text. tqdm is imported when something is drawn,
+so `--help` and commands that draw nothing never load it.
 """
 import os
 import sys
