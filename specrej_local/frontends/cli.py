@@ -15,6 +15,7 @@ from ..bench import bench_command
 from .options import (CliError, announce_downloads, decoding_options, friendly_errors, load, make_settings,
                          model_options, require_text, result_record, take_model_options)
 from ..decoder import Interrupted
+from .progress import StatusLine, on_terminal
 from .serve import serve_command
 
 
@@ -95,17 +96,6 @@ def models_path(alias):
     click.echo(registry.resolve(alias))
 
 # --- run: one prompt (the default command) ------------------------------------------------
-def progress_printer(quiet: bool):
-    """Round events on stderr, only for a person watching a terminal."""
-    if quiet or not sys.stderr.isatty():
-        return None
-
-    def show(e):
-        click.echo(f"round {e.round}: {e.survivors} live, {e.finished} finished, {e.tokens} tokens, "
-                   f"best reward {e.best_reward:.3f}", err=True)
-    return show
-
-
 def read_prompt(prompt) -> str:
     if prompt in (None, "-"):
         data = sys.stdin.buffer.read()
@@ -121,7 +111,7 @@ def read_prompt(prompt) -> str:
 @model_options
 @decoding_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: answer, candidates and stats.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
+@click.option("-q", "--quiet", is_flag=True, help="No status line on stderr (it is only drawn on a terminal).")
 def run(prompt, as_json, quiet, **decoding):
     """Answer PROMPT with the best of N sampled answers (PROMPT '-' or absent: read stdin).
 
@@ -137,10 +127,11 @@ def run(prompt, as_json, quiet, **decoding):
         make_settings(**decoding)  # bad settings fail before a model is fetched or loaded
         text = read_prompt(prompt)
         require_text(decoding, text)
-        with load(**model) as s:
+        with StatusLine(on_terminal(quiet)) as status, load(**model, on_progress=status.on_progress) as s:
             try:
-                result = s.generate(text, on_round=progress_printer(quiet), **decoding)
+                result = s.generate(text, on_progress=status.on_progress, **decoding)
             except Interrupted as e:
+                status.close()  # the line is wiped before anything else is written
                 if as_json:
                     click.echo(json.dumps(result_record(e.partial, model["generator"], model["reward"],
                                                         decoding["seed"])))
