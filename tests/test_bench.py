@@ -156,7 +156,7 @@ def test_bad_bench_settings_are_one_line_errors(tmp_path, args, words):
 
 def test_bench_refuses_prompts_from_a_device(tmp_path):
     res = CliRunner().invoke(cli, ["bench", "-P", "/dev/zero", "-o", str(tmp_path)])
-    assert res.exit_code == 2 and "/dev/zero is not a regular file" in res.output
+    assert res.exit_code == 2 and "/dev/zero is a device, not a regular file" in res.output
 
 
 # --- compute equivalence ------------------------------------------------------------------------------
@@ -429,7 +429,7 @@ def test_compute_from_never_writes_over_a_recording_it_reads(tmp_path, given):
     before = {name: path.read_bytes() for name, path in files.items()}
     args = [a for name in given for a in ("--compute-from", files[name])]
     for _ in range(2):  # it grew by a recording each time, and took in the test prompts
-        _one_line_error(_bench(*args, "-o", out), "which this run reads")
+        _one_line_error(_bench(*args, "-o", out), "; choose another output file")
         assert {name: path.read_bytes() for name, path in files.items()} == before
     assert sorted(p.name for p in out.iterdir()) == ["compute.json"]  # no temporary file left either
 
@@ -437,7 +437,7 @@ def test_compute_from_never_writes_over_a_recording_it_reads(tmp_path, given):
 def test_compute_from_reads_only_regular_files(tmp_path):
     fifo = tmp_path / "pipe.json"
     os.mkfifo(fifo)
-    _one_line_error(_bench("--compute-from", fifo, "-o", tmp_path / "out"), "is not a regular file (a device or a pipe)")
+    _one_line_error(_bench("--compute-from", fifo, "-o", tmp_path / "out"), "is a FIFO, not a regular file")
     assert not (tmp_path / "out").exists()
 
 
@@ -450,8 +450,8 @@ def test_compute_from_a_device_is_refused_without_reading_it(tmp_path):
         resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
     p = subprocess.run([sys.executable, "-m", "specrej_local", "bench", "--compute-from", "/dev/zero",
                         "-o", str(tmp_path / "out")], capture_output=True, text=True, timeout=300, preexec_fn=cap)
-    assert p.returncode == 2 and p.stderr.strip() == ("Error: the recording /dev/zero is not a regular file "
-                                                      "(a device or a pipe): give a file"), p.stderr
+    assert p.returncode == 2 and p.stderr.strip() == ("Error: the recording /dev/zero is a device, not a regular "
+                                                      "file: give a file"), p.stderr
 
 
 def test_a_recording_larger_than_the_bound_is_refused_before_it_is_read(tmp_path, monkeypatch):

@@ -239,8 +239,8 @@ def test_an_output_file_that_is_a_fifo_is_refused_before_any_work(tmp_path, name
     mode = "--continuous" if name.startswith("continuous") else "--serve-load"
     res = CliRunner().invoke(cli, ["bench", mode, "-g", str(tmp_path / "missing.gguf"), "-o", str(out)])
     lines = res.output.strip().splitlines()
-    assert res.exit_code == 2 and lines == [f"Error: {out / name} exists and is not a regular file: it is not written "
-                                            "over"], res.output
+    assert res.exit_code == 2 and lines == [f"Error: {out / name} is a FIFO, not a regular file; choose another "
+                                            "output file"], res.output
 
 
 @pytest.mark.slow

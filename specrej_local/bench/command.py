@@ -10,10 +10,11 @@ import click
 from ..api import MAX_CONCURRENT
 from ..engine import MAX_SEQUENCES
 from ..frontends.options import friendly_errors, load, model_options
+from ..frontends.progress import bar, on_terminal
 from ..data import ALPACA_FARM_100
 from ..decoder import Interrupted
 from ..errors import BadInput
-from ..files import MB, atomic_write_text, check_output_dir, check_output_file, read_regular_text
+from ..files import MB, atomic_write_text, check_output_dir, check_output_path, read_regular_text
 from ..models.random_model import LAYOUTS, QTYPES, write_random_gguf
 from ..sampling import Sampling
 from .metrics import summarize
@@ -84,14 +85,12 @@ def write_json(path: Path, data: dict):
 
 
 def progress(total: int):
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, desc="bench", unit="step", disable=None, leave=False)
+    shown = bar(total, "step", "bench", on_terminal())
 
     def tick(label):
-        bar.set_postfix_str(label)
-        bar.update(1)
-    return bar, tick
+        shown.set_postfix_str(label)
+        shown.update(1)
+    return shown, tick
 
 
 @click.command("bench")
@@ -322,7 +321,7 @@ def check_outputs(out: Path, names, inputs=()):
     for an hour to fail at its end."""
     check_output_dir(out)
     for name in names:
-        check_output_file(out / name, [p for p in inputs if p])
+        check_output_path(out / name, [p for p in inputs if p])
 
 
 def check_modes(compute: bool, continuous: bool, serve_load: bool, **mode_options):
