@@ -475,7 +475,8 @@ def _seq(d, k=1, i=3):
 
 
 @pytest.mark.parametrize("change, words", [
-    (lambda d: _seq(d).update(rewards=[]), "pools[1].sequences[3].rewards must be a list of 1 or more values, got list"),
+    (lambda d: _seq(d).update(rewards=[]),
+     "pools[1].sequences[3].rewards must be a list of 1 or more values, got list"),
     (lambda d: _seq(d).update(rewards="abc"), "pools[1].sequences[3].rewards must be a list of 1 or more values, "
                                               "got 'abc'"),
     (lambda d: _seq(d)["rewards"].__setitem__(2, "x"), "pools[1].sequences[3].rewards[2] must be a finite number, "
@@ -549,3 +550,26 @@ def test_an_empty_list_option_is_an_error_not_the_default(tmp_path, option):
 def test_prompts_file_that_does_not_exist_says_so(tmp_path):
     _one_line_error(_bench("-P", tmp_path / "missing.json", "-o", tmp_path / "out"),
                     f"the prompts file {tmp_path / 'missing.json'} does not exist")
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_the_bench_keeps_the_prompts_finished(default_model, tmp_path, monkeypatch):
+    from specrej_local.bench import runners
+
+    runs = []
+
+    def ctrl_c_in_the_second_prompt(result):  # four runs per prompt: the fifth is the second prompt's
+        runs.append(result)
+        if len(runs) == 5:
+            raise KeyboardInterrupt
+        return figures(result)
+
+    figures = runners.run_figures
+    monkeypatch.setattr(runners, "run_figures", ctrl_c_in_the_second_prompt)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["bench", "--preset", "smoke", "-g", str(default_model), "-t", "1", "-k", "2",
+                                   "--max-tokens", "4", "-o", str(out)])
+    assert res.exit_code == 130 and "Kept the 1 prompt run finished before the interrupt" in res.output, res.output
+    data = json.loads((out / "bench.json").read_text())
+    assert data["interrupted"] and [p["index"] for p in data["prompts"]] == [0] and data["engine"] is None
+    assert {r["method"] for r in data["summary"]} == {"bon", "bon-waves", "specrej", "specrej-auto"}

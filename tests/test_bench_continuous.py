@@ -210,7 +210,7 @@ def test_a_killed_bench_takes_its_server_with_it(default_model, tmp_path):
         bench, pid = _start_serve_load(default_model, tmp_path / "out")
         bench.kill()
         bench.wait()
-        assert _wait_gone(pid, timeout=60), (open(f"/proc/{pid}/stat").read(), (tmp_path / "out" / "serve_load.log").read_text()[-2000:])
+        assert _wait_gone(pid, timeout=120), (tmp_path / "out" / "serve_load.log").read_text()[-2000:]
     finally:
         if bench is not None and bench.poll() is None:
             bench.kill()

@@ -217,14 +217,26 @@ def bench_command(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_
                     ns=list(parse_list(ns, int, "--ns") if ns is not None else p["ns"]), flash_attn=flash_attn,
                     chat_template=not no_chat_template, kv_layout=kv_layout, kv_memory=kv_memory,
                     sampling=dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed),
-                    engine_ns=list(parse_list(engine_ns, int, "--engine-ns") if engine_ns is not None else p["engine_ns"]),
+                    engine_ns=list(parse_list(engine_ns, int, "--engine-ns") if engine_ns is not None
+                                   else p["engine_ns"]),
                     engine_max_tokens=max_tokens or p["engine_max_tokens"], seq_calls=seq_calls or p["seq_calls"])
     prompts = [] if engine_only else read_prompts(prompts_file or ALPACA_FARM_100, limit or p["limit"])
     settings.update(prompts=len(prompts), prompts_file=prompts_file or "the paper's 100 AlpacaFarm prompts")
     check_outputs(out, ("bench.json", "reward_vs_compute.png"), (prompts_file, generator, *reward_list))
     if random_model:
         opts["generator"] = settings["generator"] = str(random_model_file(random_model, generator, out))
-    data = run(opts, settings, prompts, Sampling(**settings["sampling"]), engine=not no_engine or engine_only)
+    records = []
+    try:
+        data = run(opts, settings, prompts, Sampling(**settings["sampling"]), engine=not no_engine or engine_only,
+                   records=records)
+    except (KeyboardInterrupt, Interrupted):
+        if records:  # every prompt finished, without the engine table
+            write_json(out / "bench.json", dict(schema=SCHEMA, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                                interrupted=True, settings=settings, honesty_note=HONESTY,
+                                                summary=summarize(records), engine=None, prompts=records))
+            click.echo(f"Kept the {len(records)} prompt run{'s' if len(records) > 1 else ''} finished before the "
+                       f"interrupt in {out / 'bench.json'}.", err=True)
+        raise
     msg = None
     if data["summary"]:
         msg = plot(data["summary"], out / "reward_vs_compute.png",
@@ -347,7 +359,8 @@ def mode_ns(ns, continuous: bool) -> tuple:
 
 
 def mode_methods(methods, continuous: bool) -> tuple:
-    values = parse_list(methods, str, "--methods") if methods is not None else ("specrej", "bon") if continuous else ("specrej",)
+    default = ("specrej", "bon") if continuous else ("specrej",)
+    values = parse_list(methods, str, "--methods") if methods is not None else default
     bad = [m for m in values if m not in ("specrej", "bon")]
     if bad:
         raise BadInput(f"--methods takes specrej and bon, got {bad[0]!r}")
@@ -450,20 +463,22 @@ def random_model_file(spec: str, generator: str, out: Path) -> Path:
     return path
 
 
-def run(opts: dict, settings: dict, prompts: list, sampling: Sampling, engine: bool) -> dict:
-    """Every quality run, then the engine table; returns the JSON document."""
+def run(opts: dict, settings: dict, prompts: list, sampling: Sampling, engine: bool, records=None) -> dict:
+    """Every quality run, then the engine table; returns the JSON document. Each prompt's record is
+    appended to `records` as it is done (kept by the caller on an interrupt)."""
     t0 = time.perf_counter()
     gen = dict(max_tokens=settings["max_tokens"], temperature=sampling.temperature, top_k=sampling.top_k,
                top_p=sampling.top_p, min_p=sampling.min_p, seed=sampling.seed)
     steps = len(prompts) * len(settings["ns"]) * len(settings["rewards"])
     steps += 2 * len(settings["engine_ns"]) if engine else 0  # two layouts
-    records, engine_data, model_path, hw = [], None, None, None
+    records = [] if records is None else records
+    engine_data, model_path, hw = None, None, None
     bar, tick = progress(steps)
     with bar:
         for reward in settings["rewards"] if prompts else ():
             with load(reward=reward, **opts) as s:
                 for n in settings["ns"]:
-                    records += quality_runs(s, reward, prompts, n, settings["alpha"], settings["cut"], gen, tick)
+                    quality_runs(s, reward, prompts, n, settings["alpha"], settings["cut"], gen, tick, records)
         if engine:
             from ..models import registry
             from ..llama.context import Model

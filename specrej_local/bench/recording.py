@@ -12,7 +12,7 @@ from ..errors import BadInput
 from ..files import MB, read_regular_text
 
 MAX_BYTES = 1024 * MB  # 100 prompts at N = 256 and 512 tokens a reward each step is about 1.3 GB of JSON
-LARGEST = 2**31 - 1    # token counts, steps and cells are llama.cpp int32s
+LARGEST = 1 << 24       # token counts, steps and cells: beyond any context llama.cpp runs
 
 
 class Damaged(BadInput):
