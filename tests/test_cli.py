@@ -183,6 +183,15 @@ def test_an_unknown_model_alias_lists_the_known_ones():
     assert "smollm2-135m" in result.stderr and result.stderr.count("\n") == 1
 
 
+@pytest.mark.parametrize("option", ["-g", "-r"])
+def test_a_model_that_is_a_directory_says_so(tmp_path, monkeypatch, option):
+    (tmp_path / "checkpoints").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert_one_line_error(specrej(option, "checkpoints", "hi"),
+                          "model 'checkpoints' is a directory, not a GGUF file; give a .gguf file, an alias from "
+                          "models.txt or hf:owner/repo/file.gguf")
+
+
 def test_model_files_that_are_missing_not_gguf_truncated_or_unloadable(tmp_path, tiny_gguf):
     missing = tmp_path / "missing.gguf"
     assert_one_line_error(specrej("-g", missing, "hi"), f"model file {missing} does not exist")
