@@ -137,6 +137,42 @@ def test_stdin_that_is_not_utf8(model):
     assert_one_line_error(result, "the prompt on stdin is not UTF-8 text (byte 3)")
 
 
+def test_a_byte_order_mark_on_stdin_is_not_part_of_the_prompt(model):
+    # Windows editors and PowerShell pipes start UTF-8 text with EF BB BF; it reached the model.
+    plain = specrej("-g", model, *FAST, "--json", input=b"What is 2+2?")
+    marked = specrej("-g", model, *FAST, "--json", input=b"\xef\xbb\xbfWhat is 2+2?")
+    assert marked.exit_code == 0, marked.output
+    plain, marked = json.loads(plain.stdout), json.loads(marked.stdout)
+    assert marked["stats"]["prompt_tokens"] == plain["stats"]["prompt_tokens"]
+    assert [c["text"] for c in marked["candidates"]] == [c["text"] for c in plain["candidates"]]
+    # a mark alone is an empty prompt; bytes after it that are not UTF-8 are counted from the start
+    assert_one_line_error(specrej("-g", model, input=b"\xef\xbb\xbf \n"), "the prompt is empty")
+    assert_one_line_error(specrej("-g", model, input=b"\xef\xbb\xbfcaf\xe9"),
+                          "the prompt on stdin is not UTF-8 text (byte 6)")
+
+
+def test_an_endless_stdin_is_refused_in_one_line_without_filling_memory():
+    # `specrej-local < /dev/zero` read until a MemoryError traceback. Under a 2 GiB address-space
+    # limit the read has to stop at its cap (no model is loaded before the prompt is read).
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    with open("/dev/zero", "rb") as zero:
+        p = specrej_process("-g", "not-even-loaded", stdin=zero, preexec_fn=limit, timeout=120)
+    assert_one_line_error(p, "the prompt on stdin is over 16 MiB, more than any model's context holds; "
+                             "give a shorter prompt")
+
+
+def test_the_stdin_cap_is_16_mib_exactly():
+    # the whole cap is read (and then found not to be UTF-8 at its last byte); one byte more is not
+    cap = 16 * 2**20
+    assert_one_line_error(specrej("-g", "not-even-loaded", input=b"a" * (cap - 1) + b"\xff"),
+                          f"the prompt on stdin is not UTF-8 text (byte {cap - 1})")
+    assert_one_line_error(specrej("-g", "not-even-loaded", input=b"a" * (cap + 1)),
+                          "the prompt on stdin is over 16 MiB, more than any model's context holds; give a "
+                          "shorter prompt")
+
+
 # Python turns a byte of argv that is not UTF-8 into a lone surrogate ("\udcff" for b"\xff"): text
 # no model can read. In-process, the surrogates stand for the bytes; the real process gets bytes.
 @pytest.mark.parametrize("args, message", [
