@@ -76,6 +76,66 @@ def test_each_prompt_gets_one_line_with_the_run_json_fields_plus_its_id(tmp_path
     assert not (tmp_path / "out.jsonl.lock").exists()
 
 
+# A line's own sampling, stop and budget settings, and what the command line says for the same.
+LINE_SETTINGS = {"temperature": 1.5, "top_k": 7, "top_p": 0.5, "min_p": 0.2, "stop": ["!", "."], "kv_budget": 10,
+                 "method": "specrej"}
+SAME_OPTIONS = ["--temperature", "1.5", "--top-k", "7", "--top-p", "0.5", "--min-p", "0.2", "--stop", "!",
+                "--stop", ".", "--kv-budget", "10"]
+
+
+@pytest.mark.parametrize("concurrent", ["1", "2"])
+def test_a_line_s_sampling_stop_and_budget_settings_are_used(tmp_path, tiny, concurrent):
+    # They were silently dropped: the line ran with the command's options instead.
+    src = write_lines(tmp_path / "in.jsonl", {"id": 1, "prompt": "Name a color.", **LINE_SETTINGS},
+                      {"id": 2, "prompt": "Name a color."})
+    out, alone = tmp_path / "out.jsonl", tmp_path / "alone.jsonl"
+    result = batch(src, "-o", out, *tiny, "-c", concurrent)
+    assert result.exit_code == 0, result.output
+    by_id = {r["id"]: r for r in read_lines(out)}
+    expected = batch(write_lines(tmp_path / "one.txt", "Name a color."), "-o", alone, *tiny, *SAME_OPTIONS)
+    assert expected.exit_code == 0, expected.output
+    [same] = read_lines(alone)
+    assert by_id[1]["stats"]["kv_budget"] == same["stats"]["kv_budget"] == 10  # not the default, 8 here
+    assert by_id[1]["candidates"] == same["candidates"]
+    assert by_id[2]["stats"]["kv_budget"] != 10  # the other line keeps the command's options
+
+
+def test_the_settings_a_line_may_give_are_every_setting_of_the_api():
+    import inspect
+
+    from specrej_local.api import make_settings
+    from specrej_local.frontends.batch_io import OVERRIDES
+
+    assert set(OVERRIDES) == set(inspect.signature(make_settings).parameters)
+
+
+def test_a_line_s_stop_strings_are_checked(tmp_path):
+    src = write_lines(tmp_path / "in.jsonl", {"id": 1, "prompt": "hi", "stop": "!"},
+                      {"id": 2, "prompt": "hi", "stop": ["!", 3]}, {"id": 3, "prompt": "hi", "stop": 5},
+                      '{"id": 4, "prompt": "hi", "stop": ["\\udc80"]}', {"id": 5, "prompt": "hi", "temperature": "hot"},
+                      {"id": 6, "prompt": "hi", "method": 1})
+    items = read_items(src)
+    assert items[0].error is None and items[0].settings == {"stop": "!"}
+    assert [it.error for it in items[1:]] == [
+        'line 2: "stop" must be a string or a list of strings, got ["!", 3]',
+        'line 3: "stop" must be a string or a list of strings, got 5',
+        'line 4: "stop" is not valid UTF-8 text (character 1)',
+        'line 5: "temperature" must be a number, got "hot"',
+        'line 6: "method" must be a string, got 1']
+
+
+@pytest.mark.parametrize("name, data", [
+    ("in.jsonl", b'{"id": 1, "prompt": "Say hi."}\n'),
+    ("in.txt", b"Say hi.\n"),
+    ("in.json", b'["Say hi."]'),
+])
+def test_a_byte_order_mark_at_the_start_of_in_is_not_part_of_the_first_prompt(tmp_path, name, data):
+    src = tmp_path / name
+    src.write_bytes(b"\xef\xbb\xbf" + data)
+    [it] = read_items(src)
+    assert (it.id, it.prompt, it.error) == (1, "Say hi.", None)
+
+
 def test_a_plain_text_file_is_one_prompt_a_line_with_line_numbers_as_ids(tmp_path, tiny):
     src = write_lines(tmp_path / "prompts.txt", "Name a color.", "", "Say hi.")
     out = tmp_path / "out.jsonl"
