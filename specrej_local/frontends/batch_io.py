@@ -37,15 +37,14 @@ import codecs
 import contextlib
 import json
 import os
-import signal
 import stat
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
 
 from ..decoder import Interrupted
 from ..errors import BadInput, SpecRejError
+from ..interrupts import held_back
 from ..messages import check_messages
 from ..text import not_text
 from .options import out_of_range, result_record
@@ -227,7 +226,7 @@ class ResultsFile:
         self.answered = self.failed = 0
         try:
             refuse_special_file(self.path)
-            with _sigint_deferred():  # a lock file created is a lock file recorded, for close() to remove
+            with held_back():  # a lock file created is a lock file recorded, for close() to remove (Ctrl-C, SIGTERM)
                 self._lock()
                 self.created = not self.file.exists()
                 self._lock_file()
@@ -345,7 +344,7 @@ class ResultsFile:
         """Write one result line and make sure it is on disk before going on."""
         data = (json.dumps(record) + "\n").encode()
         try:
-            with _sigint_deferred():  # the line and its count, or neither
+            with held_back():  # the line and its count, or neither
                 self.f.write(data)
                 self.f.flush()
                 os.fsync(self.f.fileno())
@@ -412,24 +411,6 @@ def _fsync_dir(path: Path):
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-@contextlib.contextmanager
-def _sigint_deferred():
-    """Hold Ctrl-C back through a short step that must finish: writing a result line (OUT never
-    ends in half a line) or taking the lock (a lock file is never left behind)."""
-    if threading.current_thread() is not threading.main_thread() \
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield
-        return
-    caught = []
-    signal.signal(signal.SIGINT, lambda *_: caught.append(True))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    if caught:
-        raise KeyboardInterrupt
 
 
 # --- the loop ------------------------------------------------------------------------------
