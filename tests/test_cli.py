@@ -158,7 +158,7 @@ def test_an_endless_stdin_is_refused_in_one_line_without_filling_memory():
         resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
 
     with open("/dev/zero", "rb") as zero:
-        p = specrej_process("-g", "not-even-loaded", stdin=zero, preexec_fn=limit, timeout=120)
+        p = specrej_process("-g", "not-even-loaded", stdin=zero, preexec_fn=limit)
     assert_one_line_error(p, "the prompt on stdin is over 16 MiB, more than any model's context holds; "
                              "give a shorter prompt")
 
@@ -423,13 +423,13 @@ def test_ctrl_c_while_the_command_is_still_importing_exits_130():
         "sys.meta_path.insert(0, CtrlC())\n"
         "from specrej_local.entry import main\n"
         "main()\n")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_S)
     assert (p.returncode, p.stderr) == (130, "Interrupted.\n")
 
 
 def test_the_package_imports_its_api_on_first_use():
     code = "import sys, specrej_local; print('numpy' in sys.modules, specrej_local.SpecRej.__name__)"
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_S, check=True)
     assert p.stdout.split() == ["False", "SpecRej"]
 
 
@@ -449,6 +449,6 @@ def test_ctrl_c_after_the_command_finished_neither_kills_it_nor_prints_a_traceba
             "from specrej_local.entry import main\n"
             "sys.argv = ['specrej-local', '--version']\n"
             "main()\n")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_S)
     assert (p.returncode, p.stderr) == (0, "")
     assert "version" in p.stdout
