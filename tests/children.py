@@ -28,6 +28,11 @@ def child(args, **popen):
         stop(proc)
 
 
+def ignore_ctrl_c():
+    """For preexec_fn: start as a shell script's background job (`cmd &`) starts, with SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def stop(proc: subprocess.Popen):
     """Kill `proc` if it still runs, then whatever it started that is still in its session, and reap it."""
     with contextlib.suppress(ProcessLookupError):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from children import HANG_S, child, lines_in, wait_for
+from children import HANG_S, child, ignore_ctrl_c, lines_in, wait_for
 
 from specrej_local import SpecRej
 from specrej_local.frontends.batch_io import BatchFileError, ResultsFile, answer_all, pending, read_items
@@ -430,11 +430,6 @@ def test_kill_9_mid_batch_then_resume_completes_with_each_id_once(tmp_path, tiny
     assert 1 <= before < 8  # killed mid-batch; what is there is valid JSONL
 
     assert_the_same_command_finishes_the_rest(src, out, tiny, before)
-
-
-def ignore_ctrl_c():
-    """As a shell script's background job (`specrej-local batch ... &`) starts: with SIGINT ignored."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 # SIGTERM (kill, systemd, Docker, CI runners) takes Ctrl-C's path, with status 143 instead of 130;

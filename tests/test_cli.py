@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from children import HANG_S, child, read_until, wait_for
+from children import HANG_S, child, ignore_ctrl_c, read_until, wait_for
 
 from specrej_local.frontends.cli import cli
 
@@ -306,11 +306,6 @@ STOPS = pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SI
                                 ids=["ctrl-c", "sigterm"])
 
 
-def ignore_ctrl_c():
-    """As a shell script's background job (`specrej-local ... &`) starts: with SIGINT ignored."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 @pytest.mark.parametrize("sig, status, start", [(signal.SIGINT, 130, None), (signal.SIGTERM, 143, None),
                                                 (signal.SIGTERM, 143, ignore_ctrl_c)],
                          ids=["ctrl-c", "sigterm", "sigterm with ctrl-c ignored"])
@@ -433,17 +428,18 @@ def test_the_package_imports_its_api_on_first_use():
     assert p.stdout.split() == ["False", "SpecRej"]
 
 
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"], ids=["ctrl-c", "sigterm"])
 @pytest.mark.parametrize("when", ["atexit", "finalization"])
-def test_ctrl_c_after_the_command_finished_neither_kills_it_nor_prints_a_traceback(when):
+def test_a_stop_after_the_command_finished_neither_kills_it_nor_prints_a_traceback(when, sig):
     # After the answer is out, the interpreter still runs atexit callbacks and then frees what is
     # left (llama.cpp's models among it) with Python's SIGINT handler reset to the default. A
     # Ctrl-C there printed "Exception ignored in atexit callback" or killed the process (-2).
     # Builtins are among the last things finalization clears: an object there is freed after it.
-    hook = ("import atexit; atexit.register(lambda: os.kill(os.getpid(), signal.SIGINT))\n" if when == "atexit" else
+    hook = (f"import atexit; atexit.register(lambda: os.kill(os.getpid(), signal.{sig}))\n" if when == "atexit" else
             "import builtins\n"
             "class Late:\n"
             "    def __del__(self):\n"
-            "        os.kill(os.getpid(), signal.SIGINT)\n"
+            f"        os.kill(os.getpid(), signal.{sig})\n"
             "builtins._ctrl_c_late = Late()\n")
     code = ("import os, signal, sys\n" + hook +
             "from specrej_local.entry import main\n"

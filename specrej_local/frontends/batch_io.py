@@ -185,8 +185,10 @@ def _from_object(obj, number: int, where: str) -> Item:
         if not _is_a(kind, value):
             noun = {int: "an integer", float: "a number", str: "a string", STRINGS: "a string or a list of strings"}
             return bad(f"\"{key}\" must be {noun[kind]}, got {json.dumps(value)[:40]}", id)
-        problem = kind in (int, float) and out_of_range(int(value) if kind is int else value)
-        problem = problem or kind is STRINGS and next(filter(None, map(not_text, _strings(value))), None)
+        if kind in (int, float):
+            problem = out_of_range(int(value) if kind is int else value)
+        else:  # strings reaching the model ("system" is checked above with the prompt)
+            problem = kind is STRINGS and next((p for p in map(not_text, _strings(value)) if p), None)
         if problem:
             return bad(f"\"{key}\" {problem}", id)
         settings[key] = kind(value) if kind in (int, float) else value
