@@ -313,8 +313,8 @@ def test_stopped_mid_run_exits_with_its_status_and_json_shows_the_best_answer_fi
                                                                                                start):
     # 64 candidates on a question most answer in a few tokens while some ramble: the first cut
     # (when 600 cells are in use) leaves dozens live and several finished, and a small alpha keeps
-    # the run going for many rounds. Progress, shown on a terminal, says when a cut has left both
-    # live and finished candidates: the signal comes then. A SIGTERM that landed in llama.cpp's log
+    # the run going for many rounds. The status line, drawn on a terminal, says when a cut has left
+    # both live and finished candidates: the signal comes then. A SIGTERM that landed in llama.cpp's log
     # callback was lost where nothing held it back (SIGINT ignored, as `kill %1` of a script's job).
     master, terminal = pty.openpty()
     try:
@@ -322,7 +322,8 @@ def test_stopped_mid_run_exits_with_its_status_and_json_shows_the_best_answer_fi
                     "--kv-budget", "600", "--json", "What is the capital of France?"],
                    stdout=subprocess.PIPE, stderr=terminal, text=True, preexec_fn=start) as proc:
             os.close(terminal)
-            progress = read_until(master, r"round \d+: [1-9]\d* live, [1-9]\d* finished", proc)
+            after_a_cut = r"\| [1-9]\d* live, [1-9]\d* finished, \d+ rejected, [1-9]\d* cuts?"
+            progress = read_until(master, after_a_cut, proc)
             proc.send_signal(sig)
             stdout, _ = proc.communicate(timeout=HANG_S)
     finally:
