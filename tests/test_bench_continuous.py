@@ -15,6 +15,8 @@ from specrej_local.bench.serve_load import row_line as serve_line
 from specrej_local.errors import SpecRejError
 from specrej_local.frontends.cli import cli
 
+from children import HANG_S, child
+
 
 def test_requests_per_row_default_to_two_per_client_and_at_least_four():
     assert [requests_for(c, None) for c in (1, 2, 4, 8)] == [4, 4, 8, 16]
@@ -152,27 +154,21 @@ def _wait_gone(pid: int, timeout: float) -> bool:
     return _gone(pid)
 
 
-def _kill_server(pid):
-    """Whatever the test found: a `serve` child still running is killed (checked by its command
-    line, so a reused pid is left alone)."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            if b"serve" in f.read() and not _gone(pid):
-                os.kill(pid, signal.SIGKILL)
-    except (FileNotFoundError, ProcessLookupError, TypeError):
-        pass
-
-
-def _start_serve_load(model, out, *more):
-    """bench --serve-load as a child with a load that cannot end on its own, and the server's pid
-    read from the line bench prints once the server answers."""
-    bench = subprocess.Popen([sys.executable, "-m", "specrej_local", "bench", "--serve-load", "-g", str(model),
-                              "-t", "1", "-N", "2", "--clients", "1", "--requests", "1000", "--max-tokens", "64",
-                              "-o", str(out), *more], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    for line in bench.stderr:  # the server is up: the load is under way or about to be
+def _server_of(bench) -> int:
+    """The pid of the server bench --serve-load started, from the line it prints once the server
+    answers (the load is then under way or about to be)."""
+    for line in bench.stderr:
         if line.startswith("Server ready at"):
-            return bench, int(line.split("(pid ", 1)[1].split(")", 1)[0])
+            return int(line.split("(pid ", 1)[1].split(")", 1)[0])
     raise AssertionError(f"the bench ended first, with status {bench.wait()}")
+
+
+def _serve_load(model, out):
+    """bench --serve-load as a child (in a session of its own, killed with its server whatever the
+    test finds), with a load that cannot end on its own."""
+    return child([sys.executable, "-m", "specrej_local", "bench", "--serve-load", "-g", model, "-t", "1", "-N", "2",
+                  "--clients", "1", "--requests", "1000", "--max-tokens", "64", "-o", out],
+                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and pidfd")
@@ -180,21 +176,17 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/p
 
 @pytest.mark.slow
 @linux_only
-def test_ctrl_c_during_the_load_stops_the_server(default_model, tmp_path):
+@pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_sigterm_during_the_load_stops_the_server(default_model, tmp_path, sig, status):
     pytest.importorskip("starlette")
     pytest.importorskip("uvicorn")
-    out, bench, pid = tmp_path / "out", None, None
-    try:
-        bench, pid = _start_serve_load(default_model, out)
-        bench.send_signal(signal.SIGINT)
-        assert bench.wait(timeout=300) == 130
+    out = tmp_path / "out"
+    with _serve_load(default_model, out) as bench:
+        pid = _server_of(bench)
+        bench.send_signal(sig)
+        assert bench.wait(timeout=HANG_S) == status
         assert "Interrupted." in bench.stderr.read()
         assert _gone(pid)  # the bench stopped and reaped its server before it exited
-    finally:
-        if bench is not None and bench.poll() is None:
-            bench.kill()
-            bench.wait()
-        _kill_server(pid)
     assert not (out / "serve_load.json").exists()  # no row was finished
 
 
@@ -205,17 +197,11 @@ def test_a_killed_bench_takes_its_server_with_it(default_model, tmp_path):
     Before, the server went on under PID 1 (one answered 30 minutes later)."""
     pytest.importorskip("starlette")
     pytest.importorskip("uvicorn")
-    bench, pid = None, None
-    try:
-        bench, pid = _start_serve_load(default_model, tmp_path / "out")
+    with _serve_load(default_model, tmp_path / "out") as bench:
+        pid = _server_of(bench)
         bench.kill()
         bench.wait()
-        assert _wait_gone(pid, timeout=120), (tmp_path / "out" / "serve_load.log").read_text()[-2000:]
-    finally:
-        if bench is not None and bench.poll() is None:
-            bench.kill()
-            bench.wait()
-        _kill_server(pid)
+        assert _wait_gone(pid, timeout=HANG_S), (tmp_path / "out" / "serve_load.log").read_text()[-2000:]
 
 
 @pytest.mark.parametrize("mode", [["--preset", "smoke", "-k", "1", "--no-engine"],
@@ -283,14 +269,11 @@ def test_ctrl_c_after_a_row_of_the_load_keeps_that_row_and_stops_the_server(defa
 
     drive = serve_load.drive
     monkeypatch.setattr(serve_load, "drive", ctrl_c_in_the_second_row)
-    out, pid = tmp_path / "out", None
-    try:
-        res = CliRunner().invoke(cli, ["bench", "--serve-load", "-g", str(default_model), "-t", "1", "-N", "2",
-                                       "--clients", "1,2", "--requests", "1", "--max-tokens", "2", "-o", str(out)])
-        pid = int(res.output.split("(pid ", 1)[1].split(")", 1)[0])
-        assert res.exit_code == 130 and "Kept the 1 row measured before the interrupt." in res.output, res.output
-        assert _gone(pid)  # stopped before the rows were written
-    finally:
-        _kill_server(pid)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["bench", "--serve-load", "-g", str(default_model), "-t", "1", "-N", "2",
+                                   "--clients", "1,2", "--requests", "1", "--max-tokens", "2", "-o", str(out)])
+    pid = int(res.output.split("(pid ", 1)[1].split(")", 1)[0])
+    assert res.exit_code == 130 and "Kept the 1 row measured before the interrupt." in res.output, res.output
+    assert _gone(pid)  # stopped (and reaped) before the rows were written
     data = json.loads((out / "serve_load.json").read_text())
     assert data["interrupted"] and [r["clients"] for r in data["rows"]] == [1]
