@@ -553,19 +553,10 @@ def test_prompts_file_that_does_not_exist_says_so(tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_in_the_bench_keeps_the_prompts_finished(default_model, tmp_path, monkeypatch):
+def test_ctrl_c_in_the_bench_keeps_the_prompts_finished(default_model, tmp_path, ctrl_c_at):
     from specrej_local.bench import runners
 
-    runs = []
-
-    def ctrl_c_in_the_second_prompt(result):  # four runs per prompt: the fifth is the second prompt's
-        runs.append(result)
-        if len(runs) == 5:
-            raise KeyboardInterrupt
-        return figures(result)
-
-    figures = runners.run_figures
-    monkeypatch.setattr(runners, "run_figures", ctrl_c_in_the_second_prompt)
+    ctrl_c_at(runners, "run_figures", 5)  # four runs per prompt: the fifth is the second prompt's
     out = tmp_path / "out"
     res = CliRunner().invoke(cli, ["bench", "--preset", "smoke", "-g", str(default_model), "-t", "1", "-k", "2",
                                    "--max-tokens", "4", "-o", str(out)])

@@ -230,19 +230,10 @@ def test_an_output_file_that_is_a_fifo_is_refused_before_any_work(tmp_path, name
 
 
 @pytest.mark.slow
-def test_ctrl_c_after_a_row_of_the_continuous_study_keeps_that_row(default_model, tmp_path, monkeypatch):
+def test_ctrl_c_after_a_row_of_the_continuous_study_keeps_that_row(default_model, tmp_path, ctrl_c_at):
     from specrej_local.bench import continuous
 
-    halves = []
-
-    def ctrl_c_in_the_second_row(fn):  # each row times two halves: the third is the second row's first
-        halves.append(fn)
-        if len(halves) == 3:
-            raise KeyboardInterrupt
-        return timed(fn)
-
-    timed = continuous.timed
-    monkeypatch.setattr(continuous, "timed", ctrl_c_in_the_second_row)
+    ctrl_c_at(continuous, "timed", 3)  # each row times two halves: the third is the second row's first
     out = tmp_path / "out"
     res = CliRunner().invoke(cli, ["bench", "--continuous", "-g", str(default_model), "-t", "1", "-k", "1",
                                    "-N", "2,3", "--methods", "specrej", "--max-tokens", "2", "-c", "1", "-o", str(out)])
@@ -254,21 +245,12 @@ def test_ctrl_c_after_a_row_of_the_continuous_study_keeps_that_row(default_model
 
 @pytest.mark.slow
 @linux_only
-def test_ctrl_c_after_a_row_of_the_load_keeps_that_row_and_stops_the_server(default_model, tmp_path, monkeypatch):
+def test_ctrl_c_after_a_row_of_the_load_keeps_that_row_and_stops_the_server(default_model, tmp_path, ctrl_c_at):
     pytest.importorskip("starlette")
     pytest.importorskip("uvicorn")
     from specrej_local.bench import serve_load
 
-    rows = []
-
-    def ctrl_c_in_the_second_row(url, bodies, clients):
-        rows.append(clients)
-        if len(rows) == 2:
-            raise KeyboardInterrupt
-        return drive(url, bodies, clients)
-
-    drive = serve_load.drive
-    monkeypatch.setattr(serve_load, "drive", ctrl_c_in_the_second_row)
+    ctrl_c_at(serve_load, "drive", 2)  # one call per row
     out = tmp_path / "out"
     res = CliRunner().invoke(cli, ["bench", "--serve-load", "-g", str(default_model), "-t", "1", "-N", "2",
                                    "--clients", "1,2", "--requests", "1", "--max-tokens", "2", "-o", str(out)])
