@@ -32,6 +32,8 @@ def test_the_gpu_step_model_fits_the_published_figures_it_was_fitted_to():
         assert k["model_s"] == pytest.approx(k["published_s"], rel=0.06), k
     deep = [k for k in model.checks() if k["depth"]]
     assert deep and all(k["model_s"] == pytest.approx(k["published_s"], rel=0.25) for k in deep)
+    with_host = GpuCostModel(RTX_4090, host=1e-3)  # the host's work adds per sequence, the checks stay the GPU's
+    assert with_host.coef[1] == pytest.approx(b + 1e-3) and with_host.checks() == model.checks()
 
 
 def test_the_card_holds_answers_of_full_length_by_its_memory_less_the_model():
@@ -83,7 +85,8 @@ def test_the_projection_command_prints_its_assumptions_and_writes_every_figure(t
     assert p.stdout.startswith("A PROJECTION, not a measurement")
     assert "RTX 4090" in p.stdout and "Continuous batching" in p.stdout
     r = json.loads(out.read_text())
-    assert set(r["scenarios"]) == {"cpu", "gpu", "gpu_memory_bound"}
+    assert set(r["scenarios"]) == {"cpu", "gpu", "gpu_memory_bound", "gpu_host", "gpu_host_memory_bound"}
+    assert r["cost_model"]["gpu_host"][1] == pytest.approx(r["cost_model"]["gpu"][1] + r["cost_model"]["host_s_per_sequence"])
     assert r["gpu"]["answers_at_once_long"] == RTX_4090.answers_at_once(20, 600)
     # the pools hold 8 answers: the rows at N 16 are left out, not made up
     assert {(g["method"], g["n"], g["concurrent"]) for g in r["concurrent"]} == {("specrej", 8, 8), ("bon", 8, 8),

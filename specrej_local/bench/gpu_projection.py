@@ -12,9 +12,11 @@ them; only the machine changes:
   length at once. Best-of-N runs in waves of that many; Speculative Rejection's first phase is
   capped at the same cells (its budget fills sooner and the first cut comes earlier).
 
-The projection assumes that a model of that size ranks its partial answers as the 135M model of the
-pools did (the reward curves are the pools'), and that the host work per step (sampling,
-bookkeeping) hides behind the GPU's work. Both are for a GPU run to confirm or refute.
+Each GPU scenario comes twice: with the host's work per step (sampling, the logprob reward) hidden
+behind the GPU's, as sampling on the GPU would make it, and with this engine's host work, measured
+on this project's CPU, added per live sequence. The projection assumes that a model of that size
+ranks its partial answers as the 135M model of the pools did (the reward curves are the pools').
+Both are for a GPU run to confirm or refute.
 """
 from dataclasses import dataclass, replace
 from typing import Optional
@@ -82,21 +84,30 @@ RTX_4090 = Gpu(
 GPUS = {"rtx4090": RTX_4090}
 
 
-class GpuCostModel(CostModel):
-    """`CostModel`'s form with its coefficients from a GPU's published figures."""
+# The engine's host work per sequence and step (its sampler chain, and the logprob reward's
+# full-vocabulary log-softmax), measured on this project's 2-core CPU: about 1 ms per token with a
+# 152k-token vocabulary, a quarter of that with 49k; Llama 3's 128k vocabulary, interpolated.
+HOST_S_PER_SEQUENCE = 0.83e-3
 
-    def __init__(self, gpu: Gpu):
+
+class GpuCostModel(CostModel):
+    """`CostModel`'s form with its coefficients from a GPU's published figures; `host` seconds per
+    live sequence are added to b when the host's work does not overlap the GPU's (this engine
+    samples between steps, one sequence after another)."""
+
+    def __init__(self, gpu: Gpu, host: float = 0.0):
         rows = [f for f in gpu.figures if f.depth == 0 and f.u <= gpu.fit_up_to]
         X = np.column_stack([np.ones(len(rows)), [f.u for f in rows]])
         (a, b), *_ = np.linalg.lstsq(X, np.array([f.step_s for f in rows]), rcond=None)
         c = gpu.kv_bytes_per_cell / (gpu.bandwidth_gbs * 1e9)
-        self.coef = np.array([a, b, c])
-        self.gpu = gpu
+        self.coef = np.array([a, b + host, c])
+        self.gpu, self.host = gpu, host
 
     def checks(self) -> list:
         """Each published figure against the model's step time for it (the deep one reads `depth`
         cells for each of its u tokens' one shared sequence)."""
         a, b, c = self.coef
+        b -= self.host  # the published figures time the GPU alone
         return [dict(u=f.u, depth=f.depth, source=f.source, published_s=f.step_s,
                      model_s=float(a + b * f.u + c * f.depth), fitted=f.depth == 0 and f.u <= self.gpu.fit_up_to)
                 for f in self.gpu.figures]
@@ -186,7 +197,7 @@ def project(data: dict, gpu: Gpu, long_answer: int = 2048, samples: int = 2000) 
     that answers of `long_answer` tokens would take (Best-of-N in waves); continuous batching's and
     serve's gains under both cost models."""
     pools = [pool_from_dict(d) for d in data["pools"]]
-    gpu_cost = GpuCostModel(gpu)
+    gpu_cost, host_cost = GpuCostModel(gpu), GpuCostModel(gpu, host=HOST_S_PER_SEQUENCE)
     prompt = int(np.median([p.prompt_tokens for p in pools]))
     at_once = gpu.answers_at_once(prompt, long_answer)
     cpu = scenario(data, samples=samples)
@@ -195,17 +206,25 @@ def project(data: dict, gpu: Gpu, long_answer: int = 2048, samples: int = 2000) 
         "cpu": cpu,
         "gpu": scenario(data, gpu_cost, Memory(), samples),
         "gpu_memory_bound": scenario(data, gpu_cost, Memory(at_once), samples),
+        "gpu_host": scenario(data, host_cost, Memory(), samples),
+        "gpu_host_memory_bound": scenario(data, host_cost, Memory(at_once), samples),
     }
     gains = []
     for method, n, k in (("specrej", 8, 8), ("specrej", 16, 4), ("bon", 8, 8), ("bon", 16, 4), ("specrej", 8, 4)):
         if n > min(len(p.sequences) for p in pools):
             continue
         gains.append(dict(method=method, n=n, concurrent=k, cpu=concurrent_gain(pools, cpu_cost, n, k, method),
-                          gpu=concurrent_gain(pools, gpu_cost, n, k, method)))
+                          gpu=concurrent_gain(pools, gpu_cost, n, k, method),
+                          gpu_host=concurrent_gain(pools, host_cost, n, k, method)))
+    sweep = [dict(answers_at_once=m, answer_tokens=gpu.kv_cells // m - prompt, host=host,
+                  rows=same_n(data, cost, Memory(m).wave, Memory(m).cap))
+             for m in (32, 16, 8) for host, cost in ((False, gpu_cost), (True, host_cost))]
     return dict(gpu=dict(name=gpu.name, model=gpu.model, memory_gib=gpu.memory_gib, bandwidth_gbs=gpu.bandwidth_gbs,
                          model_gib=gpu.model_gib, buffers_gib=gpu.buffers_gib, kv_bytes_per_cell=gpu.kv_bytes_per_cell,
                          kv_cells=gpu.kv_cells, median_prompt=prompt, long_answer=long_answer,
                          answers_at_once_long=at_once,
                          answers_at_once_pool=gpu.answers_at_once(prompt, max(p.max_tokens for p in pools))),
-                cost_model=dict(gpu=gpu_cost.coef.tolist(), cpu=cpu["cost_model"], checks=gpu_cost.checks()),
-                scenarios=scenarios, concurrent=gains)
+                cost_model=dict(gpu=gpu_cost.coef.tolist(), gpu_host=host_cost.coef.tolist(),
+                                host_s_per_sequence=HOST_S_PER_SEQUENCE, cpu=cpu["cost_model"],
+                                checks=gpu_cost.checks()),
+                scenarios=scenarios, memory_sweep=sweep, concurrent=gains)
