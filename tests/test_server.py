@@ -541,3 +541,36 @@ def test_stats_and_health_say_which_kv_layout_served_a_request(tmp_path, default
     finally:
         s.stop()
 
+
+
+def test_the_shutdown_handler_takes_no_lock_the_interrupted_thread_may_hold():
+    """A signal handler runs between two bytecodes of the main thread, which may hold the job
+    queue's lock then (queueing a request). Cancelling from the handler waited for that lock for
+    good: a killed `bench --serve-load` left its server hung, about once in ten tries."""
+    import asyncio
+    import queue
+    import signal
+
+    from specrej_local.frontends.serve import shutdown_handler
+
+    class Jobs:  # the lock Worker.cancel_all takes, with a bound so the bug fails instead of hanging
+        def __init__(self):
+            self.jobs, self.cancelled, self.stuck = queue.Queue(), False, False
+
+        def cancel_all(self):
+            if not self.jobs.mutex.acquire(timeout=5):
+                self.stuck = True
+                return
+            self.cancelled = True
+            self.jobs.mutex.release()
+
+    async def signal_while_queueing():
+        worker, stopped = Jobs(), []
+        handler = shutdown_handler(worker, lambda sig, frame: stopped.append(sig))
+        with worker.jobs.mutex:  # the main thread is putting a job in the queue
+            handler(signal.SIGTERM, None)
+        await asyncio.sleep(0)  # the loop's next turn
+        return worker, stopped
+
+    worker, stopped = asyncio.run(signal_while_queueing())
+    assert not worker.stuck and worker.cancelled and stopped == [signal.SIGTERM]
