@@ -44,10 +44,10 @@ class Engine(Protocol):
         """Format and tokenize the prompt; return its length in tokens."""
 
     def open(self, n: int, concurrent: int, kv_budget: int, max_tokens: int, sampling: Sampling, stop=(),
-             should_stop=None):
+             should_stop=None, on_prefill=None):
         """Make room for `concurrent` of the n candidates at a time and start reading the prompt
         (`read_prompt` reads it); `should_stop()` is asked before each chunk read, and True raises
-        `errors.Cancelled`."""
+        `errors.Cancelled`; `on_prefill(tokens)` hears the prompt tokens read after each chunk."""
 
     def read_prompt(self) -> bool:
         """Decode the next chunk of the prompt (read once, shared by every candidate); True while

@@ -57,10 +57,14 @@ def default_model(real_cache_home) -> Path:
 
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path, monkeypatch) -> Path:
-    """A fresh, empty SPECREJ_HOME per test, and the project's own models.txt."""
+    """A fresh, empty SPECREJ_HOME per test, and the project's own models.txt. Ollama's store and LM
+    Studio's folder are empty folders of the test's own (tmp_path/ollama, tmp_path/lmstudio), so no
+    test sees the models this machine's user has."""
     home = tmp_path / "specrej-home"
     monkeypatch.setenv("SPECREJ_HOME", str(home))
     monkeypatch.delenv("SPECREJ_MODELS", raising=False)
+    monkeypatch.setenv("OLLAMA_MODELS", str(tmp_path / "ollama"))
+    monkeypatch.setenv("SPECREJ_LMSTUDIO_MODELS", str(tmp_path / "lmstudio"))
     return home
 
 
@@ -81,3 +85,19 @@ def tiny_gguf(tmp_path) -> Path:
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+@pytest.fixture
+def ctrl_c_at(monkeypatch):
+    """`ctrl_c_at(owner, "name", k)`: the k-th call of owner.name raises KeyboardInterrupt, as a
+    Ctrl-C landing there would; the calls before it run the real function."""
+    def patch(owner, name: str, k: int):
+        real, calls = getattr(owner, name), []
+
+        def interrupted_on_call_k(*args, **kwargs):
+            calls.append(args)
+            if len(calls) == k:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+        monkeypatch.setattr(owner, name, interrupted_on_call_k)
+    return patch

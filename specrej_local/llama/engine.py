@@ -122,10 +122,11 @@ class LlamaEngine:
         return self.own_pool or self.pool.fits(self.need(n, concurrent, kv_budget, max_tokens))
 
     def open(self, n: int, concurrent: int, kv_budget: int, max_tokens: int, sampling: Sampling, stop=(),
-             should_stop=None):
+             should_stop=None, on_prefill=None):
         """Make room for `concurrent` candidates at a time (of n) and start the prompt's sequence
         from the longest beginning a kept prompt shares with it (see prefix_cache.py); `read_prompt`
-        decodes the rest. `should_stop()` is asked before each chunk (True raises `Cancelled`)."""
+        decodes the rest. `should_stop()` is asked before each chunk (True raises `Cancelled`), and
+        `on_prefill(prompt tokens read)` is told after each chunk."""
         P = self.prompt_tokens
         check_start(n, kv_budget, P, max_tokens)
         self.finish()  # the room of this engine's previous prompt goes back first
@@ -150,7 +151,9 @@ class LlamaEngine:
         self.keeper = self.home if waves else None
         self._unclaimed = None if waves else self.home  # the first candidate's own slot
         self.read = self.cached_tokens  # prompt tokens in the home sequence
-        self._should_stop = should_stop
+        self._should_stop, self._on_prefill = should_stop, on_prefill
+        if on_prefill is not None and self.cached_tokens:
+            on_prefill(self.cached_tokens)
         self._close_samplers()
         self._samplers = Samplers(sampling, range(n))
         self._text = {}
@@ -179,6 +182,8 @@ class LlamaEngine:
             self.decode_s += self.ctx.decode_s - t0
             self.prompt_s += self.ctx.decode_s - t0
         self.read += len(chunk)
+        if self._on_prefill is not None:
+            self._on_prefill(self.read)
         if self.read < len(head):
             return True
         self.pool.keep_prompt(self.home, head)
