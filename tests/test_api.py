@@ -414,3 +414,20 @@ print("closed", first[0])
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert (done.returncode, done.stdout, done.stderr) == (0, "closed 0\n", "")
+
+
+@pytest.mark.parametrize("reward", ["logprob", "self", "judge"])
+def test_a_chat_template_that_renders_nothing_is_a_template_error_naming_it(with_chat_template, reward):
+    # It gave an IndexError from inside the engine (no prompt token to start the answers from).
+    path = with_chat_template("{{- '' -}}", "silent-template.gguf")
+    with SpecRej(str(path), reward=reward, n_threads=1) as s:
+        for _ in range(2):
+            with pytest.raises(TemplateError) as e:
+                s.generate("Say hi.", **TINY)
+            assert str(e.value) == ("the chat template of silent-template.gguf renders the conversation as empty "
+                                    "text; fix the template, or go without it (--no-chat-template, or "
+                                    "chat_template=False)")
+        [(key, failed)] = s.generate_many(["Say hi."], **TINY)
+        assert key == 0 and str(failed) == str(e.value)
+    with SpecRej(str(path), reward=reward, n_threads=1, chat_template=False) as s:
+        assert s.generate("Say hi.", **TINY).text

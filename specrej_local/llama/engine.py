@@ -49,10 +49,8 @@ class LlamaEngine:
         self.own_pool = pool is None  # alone: the pool is sized for each prompt this engine opens
         self.pool = pool or KvPool(model, type(self), n_threads=n_threads, flash_attn=flash_attn, n_batch=n_batch,
                                    kv_layout=kv_layout, kv_memory=kv_memory, raw=raw)
-        bos = model.special_text("bos")
-        self.chat = ChatFormat(model.meta("tokenizer.chat_template"), bos_token=bos,
-                               eos_token=model.special_text("eos"), raw=raw)
-        self._bos_text = bos
+        self.chat = ChatFormat.of(model, raw=raw)
+        self._bos_text = self.chat.bos_token
         self.probe_cells = 0      # room per sequence a scorer's probe borrows (the self-judge)
         self.track_logprob = False  # keep each answer's log-probability (the logprob reward)
         self.sequences: dict = {}
