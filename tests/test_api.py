@@ -431,3 +431,49 @@ def test_a_chat_template_that_renders_nothing_is_a_template_error_naming_it(with
         assert key == 0 and str(failed) == str(e.value)
     with SpecRej(str(path), reward=reward, n_threads=1, chat_template=False) as s:
         assert s.generate("Say hi.", **TINY).text
+
+
+# --- generate_many: a bad item, and the state any interrupt leaves ------------------------------
+def test_a_bad_item_of_generate_many_fails_alone_and_an_id_is_its_key(spec):
+    items = ["Say hi.", {"prompt": "Say bye.", "id": 7}, {"prompt": "Say yes.", "colour": "red"},
+             {"prompt": 5}, {"messages": "Hi"}, {"prompt": "Say no.", "id": [1]}, 3.5,
+             {"prompt": "Say maybe.", "id": "q1", "n": 3}, {"prompt": "Say when.", "id": 7}]
+    got = list(spec.generate_many(items, concurrent=2, **TINY))
+    errors = {k: str(r) for k, r in got if isinstance(r, Exception)}
+    answers = {k: r for k, r in got if not isinstance(r, Exception)}
+    assert all(isinstance(r, BadInput) for _, r in got if isinstance(r, Exception))
+    assert sorted(answers, key=str) == [0, 7, "q1"]  # an item's "id" stands for its index
+    assert answers[0].text and len(answers[7].candidates) == 2 and len(answers["q1"].candidates) == 3
+    assert errors == {
+        2: "unknown setting 'colour' (a prompt's dict takes \"prompt\" or \"messages\", \"id\" and the settings "
+           "of make_settings: n, alpha, method, max_tokens, temperature, top_k, top_p, min_p, seed, stop, system, "
+           "kv_budget, keep_at_least)",
+        3: "the prompt must be a string (or a message list), got int",
+        4: "messages must be a non-empty list of {\"role\", \"content\"} objects",
+        5: "\"id\" must be a string or an integer, got [1]",
+        6: "each prompt must be a string, a message list or a dict, got float",
+        7: "7 already names an earlier prompt (an \"id\" must differ from the other prompts' ids and indexes)",
+    }
+    assert len(got) == len(items)
+
+
+@pytest.mark.parametrize("prompts", ["Say hi.", 5, None])
+def test_prompts_that_are_not_a_list_of_prompts_are_bad_input(spec, prompts):
+    with pytest.raises(BadInput, match="prompts must be a list"):
+        list(spec.generate_many(prompts, **TINY))
+
+
+@pytest.mark.parametrize("prompt", [5, 2.5, {"text": "hi"}, b"hi"])
+def test_a_prompt_that_is_not_text_is_blamed_on_the_prompt(spec, prompt):
+    with pytest.raises(BadInput, match=r"^the prompt must be a string \(or a message list\), got "):
+        spec.generate(prompt, **TINY)
+
+
+def test_generate_while_a_generate_many_is_paused_says_so(default_model):
+    with SpecRej(str(default_model), n_threads=1) as s:
+        answers = s.generate_many(["Say hi.", "Say yes."], concurrent=1, **TINY)
+        next(answers)
+        with pytest.raises(SpecRejError, match=r"^a generate_many of this SpecRej is not finished"):
+            s.generate("Say no.", **TINY)
+        answers.close()  # then it answers
+        assert s.generate("Say no.", **TINY).text
