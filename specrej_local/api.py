@@ -129,9 +129,18 @@ class SpecRej:
                                   "models); make a new one")
             self._owner = threading.get_ident()
             try:
+                self._reclaim()
                 yield
             finally:
                 self._owner = None
+
+    def _reclaim(self):
+        """A turn begins with no other prompt in the pool: room that a run could not give back
+        (a second Ctrl-C while the first one's cleanup ran) goes back now."""
+        pool = self.engine.pool
+        for engine in list(pool.engines):
+            if engine is not self.engine:
+                pool.leave(engine)
 
     def generate_many(self, prompts, concurrent: Optional[int] = None, **settings) -> Iterator[tuple]:
         """Decode several prompts at once (continuous batching, see `schedule`): every step feeds

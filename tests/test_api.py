@@ -477,3 +477,166 @@ def test_generate_while_a_generate_many_is_paused_says_so(default_model):
             s.generate("Say no.", **TINY)
         answers.close()  # then it answers
         assert s.generate("Say no.", **TINY).text
+
+
+@pytest.fixture
+def chunked(default_model):
+    """A SpecRej that reads prompts in chunks of 16 tokens: a prompt of a few sentences takes
+    several llama.cpp decodes, so a Ctrl-C can land in the middle of one."""
+    with SpecRej(str(default_model), n_threads=1) as s:
+        s.engine.pool.n_batch = 16
+        yield s
+
+
+LONG = "Summarise: " + "The quick brown fox jumps over the lazy dog. " * 4  # 4 chunks of 16 tokens
+
+
+class CtrlC:
+    """Ctrl-C as the k-th call to llama.cpp's `name` returns (where a real Ctrl-C is raised: see
+    context.interruptible), counting every call. Raised directly, not sent as SIGINT: a test
+    must not depend on how the process handles signals (a background job ignores SIGINT)."""
+
+    def __init__(self, monkeypatch, name="llama_decode"):
+        import llama_cpp
+
+        self.at, self.calls, real = None, 0, getattr(llama_cpp, name)
+
+        def call(*args):
+            out = real(*args)
+            self.calls += 1
+            if self.calls == self.at:
+                raise KeyboardInterrupt
+            return out
+
+        monkeypatch.setattr(llama_cpp, name, call)
+
+    def arm(self, k):
+        self.at, self.calls = k, 0
+
+
+def answers(s) -> bool:
+    """Whether `s` answers a plain prompt whole after whatever happened to it before."""
+    r = s.generate("Name a colour.", n=2, max_tokens=2)
+    return bool(r.text) and r.finish_reason in ("stop", "length") and len(r.candidates) == 2
+
+
+def test_ctrl_c_at_any_decode_of_generate_many_leaves_the_specrej_answering(chunked, monkeypatch):
+    # Ctrl-C while generate_many read a long prompt left its room held: every later generate()
+    # failed an assertion. Here Ctrl-C lands at each decode in turn: the prompts' chunks, the
+    # shared steps, while one prompt is still being read beside another already answering.
+    ctrl_c = CtrlC(monkeypatch)
+    items = ["Say hi.", LONG, "Say yes."]
+    ctrl_c.arm(None)
+    assert len(dict(chunked.generate_many(items, concurrent=2, **TINY))) == 3
+    total = ctrl_c.calls
+    assert total > 4 + 4  # the prompts' chunks, then the steps
+    pool = chunked.engine.pool
+    for k in range(1, total + 1):
+        ctrl_c.arm(k)
+        with pytest.raises(KeyboardInterrupt):
+            list(chunked.generate_many(items, concurrent=2, **TINY))
+        assert pool.idle(), f"Ctrl-C at decode {k} of {total} left room held"
+        ctrl_c.arm(None)
+        assert answers(chunked), k
+
+
+def test_ctrl_c_at_any_decode_of_generate_leaves_the_specrej_answering(default_model, monkeypatch):
+    # The self-judge: the prompt's chunks, the steps, and the probes that score at each cut.
+    with SpecRej(str(default_model), reward="self", n_threads=1) as s:
+        s.engine.pool.n_batch = 16
+        ctrl_c = CtrlC(monkeypatch)
+        ctrl_c.arm(None)
+        opts = dict(n=3, max_tokens=4, kv_budget=s.engine.load_prompt(LONG) + 6)  # a cut after two steps
+        assert s.generate(LONG, **opts).stats["rounds"] >= 1
+        total = ctrl_c.calls
+        for k in range(1, total + 1):
+            ctrl_c.arm(k)
+            with pytest.raises(Interrupted):
+                s.generate(LONG, **opts)
+            ctrl_c.arm(None)
+            assert answers(s), k
+
+
+def interrupt_in(where, s, monkeypatch):
+    """Arrange for Ctrl-C to land at `where` in the next generate_many of `s`."""
+    from specrej_local.llama.engine import LlamaEngine
+
+    if where == "reading a prompt":
+        load = LlamaEngine.load_prompt
+        monkeypatch.setattr(LlamaEngine, "load_prompt",
+                            lambda e, prompt, system=None: (_ for _ in ()).throw(KeyboardInterrupt)
+                            if prompt == "Say yes." else load(e, prompt, system))
+    elif where == "making the context":
+        CtrlC(monkeypatch, "llama_init_from_model").arm(1)
+    elif where == "the cleanup after a first Ctrl-C":  # a second one as the first one's cleanup runs
+        first = CtrlC(monkeypatch)
+        first.arm(4)  # the first shared step, after the three prompts were read
+        finish, second = LlamaEngine.finish, []
+
+        def finish_then_ctrl_c(engine):
+            finish(engine)
+            if first.calls >= 4 and not second:
+                second.append(True)
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(LlamaEngine, "finish", finish_then_ctrl_c)
+
+
+@pytest.mark.parametrize("where", ["reading a prompt", "making the context", "the cleanup after a first Ctrl-C"])
+def test_ctrl_c_anywhere_in_generate_many_leaves_the_specrej_answering(default_model, monkeypatch, where):
+    with SpecRej(str(default_model), n_threads=1) as s:
+        s.generate("Say hi.", **TINY)  # a context exists, and the single-prompt engine holds its room
+        interrupt_in(where, s, monkeypatch)
+        with pytest.raises(KeyboardInterrupt):
+            list(s.generate_many(["Say hi.", "Say yes.", "Say no."], concurrent=3, **TINY))
+        monkeypatch.undo()
+        assert answers(s)
+
+
+def test_ctrl_c_in_a_reward_between_results_or_a_generator_closed_early_leaves_the_specrej_answering(
+        default_model):
+    calls, at = [], []
+
+    @batched_reward
+    def reward(prompt, responses):
+        calls.append(prompt)
+        if len(calls) == (at[0] if at else None):
+            raise KeyboardInterrupt
+        return [float(len(r)) for r in responses]
+
+    items = ["Say hi.", "Say yes.", "Say no."]
+    with SpecRej(str(default_model), reward=reward, n_threads=1) as s:
+        at.append(2)  # while a prompt's answers are scored
+        with pytest.raises(KeyboardInterrupt):
+            list(s.generate_many(items, concurrent=3, **TINY))
+        at.clear()
+        assert answers(s)
+        with pytest.raises(KeyboardInterrupt):  # in the caller's loop, between two results
+            for _ in s.generate_many(items, concurrent=2, **TINY):
+                raise KeyboardInterrupt
+        assert answers(s)
+        results = s.generate_many(items, concurrent=2, **TINY)  # a caller that stops reading
+        next(results)
+        results.close()
+        assert answers(s)
+        assert s.engine.pool.idle() is False  # the single-prompt engine keeps its last prompt's room ...
+        assert len(dict(s.generate_many(items, concurrent=3, **TINY))) == 3  # ... until generate_many starts
+
+
+def test_ctrl_c_as_generate_reads_its_prompt_is_interrupted_and_the_next_call_answers(spec, monkeypatch):
+    # It escaped as a bare KeyboardInterrupt, unlike a Ctrl-C anywhere later in the run.
+    from specrej_local.llama.context import Model
+
+    tokenize, calls = Model.tokenize, []
+
+    def ctrl_c_once(model, *args, **kwargs):
+        calls.append(True)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return tokenize(model, *args, **kwargs)
+
+    monkeypatch.setattr(Model, "tokenize", ctrl_c_once)
+    with pytest.raises(Interrupted) as e:
+        spec.generate("Say hi.", **TINY)
+    assert (e.value.partial.text, e.value.partial.finish_reason, e.value.partial.candidates) == ("", "interrupted", [])
+    assert answers(spec)
