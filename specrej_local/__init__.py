@@ -10,8 +10,9 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "api": ("generate", "SpecRej", "batched_reward"),
     "decoder": ("Result", "Candidate", "RoundEvent", "Interrupted"),
+    "progress": ("Progress",),
     "errors": ("SpecRejError", "ClosedError", "BadInput", "PromptTooLong", "ContextTooSmall", "UnknownModelError",
-               "ModelFileError", "ChecksumMismatch", "DownloadError", "CacheDirError", "ResourceError",
+               "AmbiguousModelError", "ModelFileError", "ChecksumMismatch", "DownloadError", "CacheDirError", "ResourceError",
                "RewardError", "TemplateError"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

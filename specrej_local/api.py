@@ -18,6 +18,7 @@ from typing import Callable, Iterator, Optional, Union
 
 from .models import registry
 from .decoder import Result, Settings, decode
+from .progress import Progress
 from .engine import MAX_SEQUENCES, check_kv_layout, check_kv_memory
 from .errors import BadInput, ClosedError, SpecRejError
 from .machine import usable_cpus
@@ -105,13 +106,15 @@ class SpecRej:
         return model
 
     def generate(self, prompt: Optional[str] = None, on_round: Optional[Callable] = None,
-                 messages: Optional[list] = None, should_stop: Optional[Callable] = None, **settings) -> Result:
-        """Decode one prompt; `on_round(event)` is called after every cut (see decoder.RoundEvent).
-        Settings: see `make_settings`. `messages` and `should_stop`: see `prompt_or_messages` and
-        `decoder.Run`; True from `should_stop()` raises `Interrupted`."""
+                 messages: Optional[list] = None, should_stop: Optional[Callable] = None,
+                 on_progress: Optional[Callable] = None, **settings) -> Result:
+        """Decode one prompt; `on_round(event)` is called after every cut (see decoder.RoundEvent),
+        `on_progress(p)` at each phase, cut and otherwise at most ~10 times a second (see
+        progress.Progress). Settings: see `make_settings`. `messages` and `should_stop`: see
+        `prompt_or_messages` and `decoder.Run`; True from `should_stop()` raises `Interrupted`."""
         checked, what = make_settings(**settings), prompt_or_messages(prompt, messages)
         with self._turn():
-            return decode(self.engine, self.scorer, what, checked, on_round, should_stop)
+            return decode(self.engine, self.scorer, what, checked, on_round, should_stop, on_progress)
 
     @contextlib.contextmanager
     def _turn(self):
@@ -309,11 +312,14 @@ def generate(prompt: Optional[str] = None, generator: str = DEFAULT_GENERATOR,
              reward: Union[str, Callable] = DEFAULT_REWARD, n_gpu_layers: int = 0, n_threads: Optional[int] = None,
              flash_attn: bool = True, chat_template: bool = True, kv_layout: str = "auto",
              kv_memory: Optional[int] = None, on_round: Optional[Callable] = None, messages: Optional[list] = None,
-             **settings) -> Result:
-    """Load the models, decode one prompt, free everything. See `make_settings` for settings."""
+             on_progress: Optional[Callable] = None, **settings) -> Result:
+    """Load the models, decode one prompt, free everything. See `make_settings` for settings, and
+    `SpecRej.generate` for the callbacks (`on_progress` hears of the loading too)."""
     checked = make_settings(**settings)  # before the slow part
     what = prompt_or_messages(prompt, messages)
+    if on_progress is not None:
+        on_progress(Progress("loading"))
     with SpecRej(generator, reward, n_gpu_layers=n_gpu_layers, n_threads=n_threads, flash_attn=flash_attn,
                  chat_template=chat_template, kv_layout=kv_layout, kv_memory=kv_memory) as s:
         with s._turn():
-            return decode(s.engine, s.scorer, what, checked, on_round)
+            return decode(s.engine, s.scorer, what, checked, on_round, on_progress=on_progress)

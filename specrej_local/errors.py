@@ -25,6 +25,10 @@ class UnknownModelError(BadInput):
     """A model alias that is neither in the registry nor a path nor an hf: source."""
 
 
+class AmbiguousModelError(BadInput):
+    """A model name that fits more than one file (in Ollama's store or LM Studio's folder)."""
+
+
 class ModelFileError(SpecRejError):
     """A model file is missing, not GGUF, truncated, or cannot be loaded by llama.cpp."""
 
@@ -56,3 +60,8 @@ class RewardError(SpecRejError):
 
 class TemplateError(SpecRejError):
     """A chat template could not be rendered."""
+
+
+class OutputFileError(SpecRejError):
+    """An output cannot be written where asked: the path is a folder, a device, a FIFO, a symlink
+    or one of the inputs, or the disk refused the write. Nothing was written there."""

@@ -75,10 +75,14 @@ def with_chat_template(default_model, tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path, monkeypatch) -> Path:
-    """A fresh, empty SPECREJ_HOME per test, and the project's own models.txt."""
+    """A fresh, empty SPECREJ_HOME per test, and the project's own models.txt. Ollama's store and LM
+    Studio's folder are empty folders of the test's own (tmp_path/ollama, tmp_path/lmstudio), so no
+    test sees the models this machine's user has."""
     home = tmp_path / "specrej-home"
     monkeypatch.setenv("SPECREJ_HOME", str(home))
     monkeypatch.delenv("SPECREJ_MODELS", raising=False)
+    monkeypatch.setenv("OLLAMA_MODELS", str(tmp_path / "ollama"))
+    monkeypatch.setenv("SPECREJ_LMSTUDIO_MODELS", str(tmp_path / "lmstudio"))
     return home
 
 

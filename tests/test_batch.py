@@ -342,7 +342,7 @@ def test_a_terminal_gets_a_progress_bar_over_prompts_with_an_eta(tmp_path, tiny)
     os.close(master)
     assert proc.wait() == 0
     bar = shown.decode().replace("\r\n", "\n").replace("\r", "\n")  # CR LF on a terminal
-    assert re.search(r"^ 50%\|.*\| 1/2 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+prompt/s\]", bar, re.M), bar  # elapsed<ETA
+    assert re.search(r"^batch: +50%\|.*\| 1/2 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+prompt/s\]", bar, re.M), bar  # elapsed<ETA
     assert bar.endswith(f"Done: 2 answered, 0 failed, 0 already in {tmp_path / 'out.jsonl'}.\n")
 
 

@@ -251,8 +251,8 @@ def test_a_context_that_cannot_be_allocated_names_the_settings_to_change(model):
 def test_ctrl_c_exits_130_and_json_shows_the_best_answer_finished_so_far(model):
     # 64 candidates on a question most answer in a few tokens while some ramble: the first cut
     # (when 600 cells are in use) leaves dozens live and several finished, and a small alpha keeps
-    # the run going for many rounds. Progress, shown on a terminal, says when a cut has left both
-    # live and finished candidates: Ctrl-C then.
+    # the run going for many rounds. The status line, drawn on a terminal, says when a cut has left
+    # both live and finished candidates: Ctrl-C then.
     master, terminal = pty.openpty()
     proc = subprocess.Popen([SCRIPT, "-g", model, "-r", "self", "-t", "1", "-n", "64", "--alpha", "0.1",
                              "--max-tokens", "2000", "--kv-budget", "600", "--json", "What is the capital of France?"],
@@ -260,7 +260,8 @@ def test_ctrl_c_exits_130_and_json_shows_the_best_answer_finished_so_far(model):
     os.close(terminal)
     progress = ""
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not re.search(r"round \d+: [1-9]\d* live, [1-9]\d* finished", progress):
+    after_a_cut = r"\| [1-9]\d* live, [1-9]\d* finished, \d+ rejected, [1-9]\d* cuts?"
+    while time.monotonic() < deadline and not re.search(after_a_cut, progress):
         if select.select([master], [], [], 0.5)[0]:
             try:
                 progress += os.read(master, 4096).decode()

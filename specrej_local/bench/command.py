@@ -9,6 +9,7 @@ import click
 from ..api import MAX_CONCURRENT
 from ..engine import MAX_SEQUENCES
 from ..frontends.options import friendly_errors, load, model_options
+from ..frontends.progress import bar, on_terminal
 from ..data import ALPACA_FARM_100
 from ..decoder import Interrupted
 from ..errors import BadInput
@@ -87,14 +88,12 @@ def write_json(path: Path, data: dict):
 
 
 def progress(total: int):
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, desc="bench", unit="step", disable=None, leave=False)
+    shown = bar(total, "step", "bench", on_terminal())
 
     def tick(label):
-        bar.set_postfix_str(label)
-        bar.update(1)
-    return bar, tick
+        shown.set_postfix_str(label)
+        shown.update(1)
+    return shown, tick
 
 
 @click.command("bench")

@@ -61,7 +61,7 @@ class ReplayEngine:
     def load_prompt(self, prompt, system=None):
         return self.prompt_tokens
 
-    def open(self, n, concurrent, kv_budget, max_tokens, sampling, stop=(), should_stop=None):
+    def open(self, n, concurrent, kv_budget, max_tokens, sampling, stop=(), should_stop=None, on_prefill=None):
         check_start(n, kv_budget, self.prompt_tokens, max_tokens)
         if max_tokens != self.pool.max_tokens or n > len(self.members):
             raise ValueError("a replay needs the pool's max-tokens and no more candidates than its members")

@@ -15,6 +15,7 @@ from ..bench import bench_command
 from .options import (CliError, announce_downloads, decoding_options, friendly_errors, load, make_settings,
                          model_options, require_text, result_record, take_model_options)
 from ..decoder import Interrupted
+from .progress import StatusLine, on_terminal
 from .serve import serve_command
 
 
@@ -48,21 +49,33 @@ def cli():
 # --- models: registry commands (see registry.py) -------------------------------------------
 @cli.group("models", cls=DefaultGroup, default="list", default_if_no_args=True)
 def models():
-    """List, download and locate the models named in models.txt."""
+    """List, download and locate the models named in models.txt, and list those Ollama, LM Studio
+    and the Hugging Face cache already hold."""
+
+
+def echo_table(rows):
+    """Rows of text cells as aligned columns on stdout."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
 
 
 @models.command("list")
 @friendly_errors()
 def models_list():
-    """Show every registry model and whether it is on this machine."""
+    """Show every registry model and whether it is on this machine, then the GGUF models found in
+    Ollama's store, LM Studio's folder and the Hugging Face cache (NAME works with -g and -r)."""
     rows = [("ALIAS", "ROLE", "SIZE_MB", "DOWNLOADED", "LICENSE")]
     rows += [(r["alias"], r["role"], "?" if r["size_mb"] is None else f"{r['size_mb']:.1f}",
               r["status"], r["license"]) for r in registry.describe()]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    echo_table(rows)
     for problem in registry.load_registry().refused.values():  # bad models.txt lines, skipped
         click.echo(f"Warning: {problem}", err=True)
+    found = registry.found_elsewhere()
+    if found:
+        click.echo()
+        echo_table([("SOURCE", "NAME", "SIZE_MB", "PATH")] +
+                   [(f.source, f.name, f"{f.size / 1e6:.1f}", str(f.path)) for f in found])
 
 
 @models.command("pull")
@@ -83,17 +96,6 @@ def models_path(alias):
     click.echo(registry.resolve(alias))
 
 # --- run: one prompt (the default command) ------------------------------------------------
-def progress_printer(quiet: bool):
-    """Round events on stderr, only for a person watching a terminal."""
-    if quiet or not sys.stderr.isatty():
-        return None
-
-    def show(e):
-        click.echo(f"round {e.round}: {e.survivors} live, {e.finished} finished, {e.tokens} tokens, "
-                   f"best reward {e.best_reward:.3f}", err=True)
-    return show
-
-
 def read_prompt(prompt) -> str:
     if prompt in (None, "-"):
         data = sys.stdin.buffer.read()
@@ -109,7 +111,7 @@ def read_prompt(prompt) -> str:
 @model_options
 @decoding_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: answer, candidates and stats.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
+@click.option("-q", "--quiet", is_flag=True, help="No status line on stderr (it is only drawn on a terminal).")
 def run(prompt, as_json, quiet, **decoding):
     """Answer PROMPT with the best of N sampled answers (PROMPT '-' or absent: read stdin).
 
@@ -125,10 +127,11 @@ def run(prompt, as_json, quiet, **decoding):
         make_settings(**decoding)  # bad settings fail before a model is fetched or loaded
         text = read_prompt(prompt)
         require_text(decoding, text)
-        with load(**model) as s:
+        with StatusLine(on_terminal(quiet)) as status, load(**model, on_progress=status.on_progress) as s:
             try:
-                result = s.generate(text, on_round=progress_printer(quiet), **decoding)
+                result = s.generate(text, on_progress=status.on_progress, **decoding)
             except Interrupted as e:
+                status.close()  # the line is wiped before anything else is written
                 if as_json:
                     click.echo(json.dumps(result_record(e.partial, model["generator"], model["reward"],
                                                         decoding["seed"])))
@@ -143,8 +146,8 @@ def run(prompt, as_json, quiet, **decoding):
 # --- convert-reward ---
 @cli.command("convert-reward")
 @click.argument("src")
-@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False),
-              help="Where to write the GGUF file.")
+@click.option("-o", "--output", "out", required=True, type=click.Path(),
+              help="Where to write the GGUF file (a new or a regular file, never one of SRC's).")
 @click.option("-t", "--type", "out_type", type=click.Choice(["f16", "q8_0", "f32"]), default="f16",
               show_default=True, help="Storage type of the weight matrices (norms and the head stay f32).")
 @friendly_errors()

@@ -9,11 +9,13 @@ from typing import Optional
 import click
 
 from ..models import registry
-from ..api import DEFAULT_GENERATOR, DEFAULT_REWARD, SpecRej, make_settings, check_threads as check_threads_setting
+from ..api import (DEFAULT_GENERATOR, DEFAULT_REWARD, SpecRej, check_gpu_layers, make_settings,
+                   check_threads as check_threads_setting)
 from ..engine import KV_LAYOUTS
 from ..rewards import parse_reward
 from ..decoder import Interrupted
 from ..errors import BadInput, SpecRejError
+from ..progress import Progress
 from ..text import not_text
 from ..machine import usable_cpus
 
@@ -100,7 +102,8 @@ def model_options(f):
     """Options that choose and load the models (shared by run, batch and bench)."""
     for opt in reversed([
         click.option("-g", "--generator", default=DEFAULT_GENERATOR, show_default=True, envvar="SPECREJ_GENERATOR",
-                     help="Generator: alias from models.txt, .gguf path or hf:owner/repo/file.gguf."),
+                     help="Generator: alias from models.txt, .gguf path, hf:owner/repo/file.gguf, ollama:NAME[:TAG] or "
+                          "lmstudio:publisher/repo[/file.gguf]."),
         click.option("-r", "--reward", default=DEFAULT_REWARD, show_default=True, envvar="SPECREJ_REWARD",
                      help="Reward: logprob, self, judge, judge:MODEL, or a reward-model alias/.gguf with a score head."),
         click.option("--n-gpu-layers", "-ngl", type=int, callback=check_int, default=0, show_default=True,
@@ -153,7 +156,7 @@ def announce_downloads(*specs):
     """Say on stderr when a model is about to be fetched, so a first run's wait is explained."""
     for spec in specs:
         entry = registry.entry_for(spec)
-        if entry.kind != "path" and not registry.is_downloaded(entry):
+        if entry.kind not in registry.IN_PLACE and not registry.is_downloaded(entry):
             registry.check_can_download(entry)
             size = f" ({entry.size / 1e6:.0f} MB)" if entry.size else ""
             click.echo(f"Fetching {entry.alias}{size} once; later runs use the cached copy.", err=True)
@@ -170,9 +173,17 @@ def take_model_options(options: dict) -> dict:
 
 
 def load(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_template, kv_layout="auto",
-         kv_memory=None) -> SpecRej:
+         kv_memory=None, on_progress=None) -> SpecRej:
+    """The models, fetched first if needed; `on_progress` (a status line) hears when the loading
+    itself begins, after any download has said what it does."""
     reward_model = parse_reward(reward).model  # None: the generator serves, or no model does
-    announce_downloads(generator, *([reward_model] if reward_model else []))
+    specs = [generator, *([reward_model] if reward_model else [])]
+    announce_downloads(*specs)
+    if on_progress is not None:
+        check_gpu_layers(n_gpu_layers)  # as SpecRej would, before anything is fetched
+        for spec in specs:
+            registry.resolve(spec)  # a download shows its own progress: never under the status line
+        on_progress(Progress("loading"))
     return SpecRej(generator, reward, n_gpu_layers=n_gpu_layers, n_threads=threads, flash_attn=flash_attn,
                    chat_template=not no_chat_template, kv_layout=kv_layout, kv_memory=kv_memory)
 

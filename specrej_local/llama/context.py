@@ -329,11 +329,13 @@ class Context:
         self.decode_s = 0.0
         self.tokens_decoded = 0
 
-    def decode(self, tokens, positions, seqs, outputs, chunk=None, read: bool = True, should_stop=None):
+    def decode(self, tokens, positions, seqs, outputs, chunk=None, read: bool = True, should_stop=None,
+               on_chunk=None):
         """Feed rows, at most `chunk` (default n_batch) per llama_decode call; return a float32
         array with one row per True in `outputs` (with `read=False` they stay in llama.cpp,
         where `Samplers` reads the last call's rows in place). `should_stop()` is asked before
-        each call: True raises `Cancelled`, so a long prompt can be abandoned between chunks."""
+        each call: True raises `Cancelled`, so a long prompt can be abandoned between chunks.
+        `on_chunk(rows fed so far)` is called after each call (a long prompt's progress)."""
         self._check_open()
         tokens = np.asarray(tokens, dtype=np.int32)
         positions = np.asarray(positions, dtype=np.int32)
@@ -362,6 +364,8 @@ class Context:
             if rc != 0:
                 raise SpecRejError(f"llama_decode failed with status {rc}{said()}")
             self.tokens_decoded += n
+            if on_chunk is not None:
+                on_chunk(z)
             k = int(outputs[a:z].sum())
             if k and read and self.embeddings:
                 # In embeddings mode llama.cpp outputs every token of a batch whatever the flags

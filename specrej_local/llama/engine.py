@@ -113,9 +113,10 @@ class LlamaEngine:
         return self.own_pool or self.pool.fits(self.need(n, concurrent, kv_budget, max_tokens))
 
     def open(self, n: int, concurrent: int, kv_budget: int, max_tokens: int, sampling: Sampling, stop=(),
-             should_stop=None):
+             should_stop=None, on_prefill=None):
         """Make room for `concurrent` candidates at a time (of n) and decode the prompt once;
-        `should_stop()` is asked between the prompt's chunks (True raises `Cancelled`)."""
+        `should_stop()` is asked between the prompt's chunks (True raises `Cancelled`), and
+        `on_prefill(tokens decoded)` is told after each chunk."""
         P = self.prompt_tokens
         check_start(n, kv_budget, P, max_tokens)
         self.finish()  # the room of this engine's previous prompt goes back first
@@ -137,7 +138,7 @@ class LlamaEngine:
         t0 = self.ctx.decode_s
         try:
             self.ctx.decode(head, range(len(head)), [self.home] * len(head), [False] * len(head), read=False,
-                            should_stop=should_stop)
+                            should_stop=should_stop, on_chunk=on_prefill)
         finally:
             self.decode_s += self.ctx.decode_s - t0
         self._close_samplers()

