@@ -18,7 +18,7 @@ import secrets
 import stat
 from pathlib import Path
 
-from .errors import OutputFileError
+from .errors import BadInput, OutputFileError
 
 
 def _kind(mode: int) -> str:
@@ -110,3 +110,60 @@ def atomic_output(path):
 def _remove(tmp: Path):
     with contextlib.suppress(OSError):
         tmp.unlink()
+
+
+def atomic_write_text(path, text: str):
+    """Write UTF-8 text to `path` through `atomic_output`: whole or not at all."""
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(text.encode("utf-8"))
+
+
+def check_output_dir(path) -> Path:
+    """An output folder, made if missing and proved writable (a file made and removed in it), before
+    any work whose results would go there. Raises OutputFileError saying why not."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        _remove(_new_file(path / "write-test"))
+    except OSError as exc:
+        raise OutputFileError(f"cannot write to the output folder {path}: {exc.strerror or exc}") from None
+    return path
+
+
+# --- inputs -------------------------------------------------------------------------------------
+MB = 1 << 20
+
+
+def read_regular_file(path, what: str, max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most max_bytes; `what` names it in errors ("the prompts
+    file"). A FIFO, a device or a folder is refused without reading from it (a FIFO is opened
+    without waiting for a writer), and so is a file that is, or grows, larger than the bound.
+    Raises BadInput."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise BadInput(f"{what} {path} does not exist") from None
+    except OSError as exc:
+        raise BadInput(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as f:
+        mode, size = os.fstat(fd).st_mode, os.fstat(fd).st_size
+        if not stat.S_ISREG(mode):
+            raise BadInput(f"{what} {path} is {_kind(mode)}, not a regular file: give a file")
+        too_big = BadInput(f"{what} {path} is larger than {max_bytes / MB:g} MB, more than it can sensibly hold")
+        if size > max_bytes:
+            raise too_big
+        try:
+            data = f.read(max_bytes + 1)
+        except OSError as exc:
+            raise BadInput(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if len(data) > max_bytes:
+        raise too_big
+    return data
+
+
+def read_regular_text(path, what: str, max_bytes: int) -> str:
+    """read_regular_file, as UTF-8 text."""
+    try:
+        return read_regular_file(path, what, max_bytes).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"{what} {path} is not UTF-8 text (byte {exc.start})") from None

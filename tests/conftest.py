@@ -103,3 +103,19 @@ def tiny_gguf(tmp_path) -> Path:
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+@pytest.fixture
+def ctrl_c_at(monkeypatch):
+    """`ctrl_c_at(owner, "name", k)`: the k-th call of owner.name raises KeyboardInterrupt, as a
+    Ctrl-C landing there would; the calls before it run the real function."""
+    def patch(owner, name: str, k: int):
+        real, calls = getattr(owner, name), []
+
+        def interrupted_on_call_k(*args, **kwargs):
+            calls.append(args)
+            if len(calls) == k:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+        monkeypatch.setattr(owner, name, interrupted_on_call_k)
+    return patch

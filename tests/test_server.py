@@ -253,9 +253,8 @@ def test_a_client_that_leaves_while_sending_its_body_is_not_an_error(server):
 @pytest.mark.parametrize("sig, statuses", [
     (signal.SIGINT, (130,)),  # the documented exit status of Ctrl-C
     # what kill, systemd and Docker send. uvicorn shuts down the same way, then raises the signal
-    # again under the process's own handler: 143 from a handler, or the signal itself (a shell
-    # shows 143 for both)
-    (signal.SIGTERM, (143, -signal.SIGTERM)),
+    # again under the process's own handler, which entry.py sets: SIGTERM's own exit status
+    (signal.SIGTERM, (143,)),
 ], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_during_a_long_prompt_answers_503_to_everyone_and_exits(tmp_path, default_model, real_cache_home,
                                                                          sig, statuses):
@@ -542,3 +541,36 @@ def test_stats_and_health_say_which_kv_layout_served_a_request(tmp_path, default
     finally:
         s.stop()
 
+
+
+def test_the_shutdown_handler_takes_no_lock_the_interrupted_thread_may_hold():
+    """A signal handler runs between two bytecodes of the main thread, which may hold the job
+    queue's lock then (queueing a request). Cancelling from the handler waited for that lock for
+    good: a killed `bench --serve-load` left its server hung, about once in ten tries."""
+    import asyncio
+    import queue
+    import signal
+
+    from specrej_local.frontends.serve import shutdown_handler
+
+    class Jobs:  # the lock Worker.cancel_all takes, with a bound so the bug fails instead of hanging
+        def __init__(self):
+            self.jobs, self.cancelled, self.stuck = queue.Queue(), False, False
+
+        def cancel_all(self):
+            if not self.jobs.mutex.acquire(timeout=5):
+                self.stuck = True
+                return
+            self.cancelled = True
+            self.jobs.mutex.release()
+
+    async def signal_while_queueing():
+        worker, stopped = Jobs(), []
+        handler = shutdown_handler(worker, lambda sig, frame: stopped.append(sig))
+        with worker.jobs.mutex:  # the main thread is putting a job in the queue
+            handler(signal.SIGTERM, None)
+        await asyncio.sleep(0)  # the loop's next turn
+        return worker, stopped
+
+    worker, stopped = asyncio.run(signal_while_queueing())
+    assert not worker.stuck and worker.cancelled and stopped == [signal.SIGTERM]

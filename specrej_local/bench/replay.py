@@ -125,10 +125,11 @@ class Schedule:
     first_cut: float = 0.25       # budget: every answer writes this share of max-tokens before a first cut
     keep_rule: Optional[object] = None
     name: str = ""
+    budget: Optional[int] = None  # KV cells of the first phase, when memory caps it below first_cut's
 
     def settings(self, pool: Pool) -> Settings:
         T = pool.max_tokens
-        budget = first_cut_budget(pool.prompt_tokens, self.n, T, self.first_cut)
+        budget = self.budget or first_cut_budget(pool.prompt_tokens, self.n, T, self.first_cut)
         return Settings(n=self.n, alpha=self.alpha, max_tokens=T, kv_budget=budget, keep_rule=self.keep_rule)
 
     def settings_bon(self, pool: Pool) -> Settings:

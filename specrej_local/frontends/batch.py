@@ -39,7 +39,8 @@ def batch_command(source, out_path, quiet, concurrent, ray_address, workers, gpu
 
     Models load once. Each line is on disk as soon as its prompt is done; run the same command
     again to resume (answered ids are skipped, failed ones retried). Exit status: 0 all
-    answered, 1 some prompts failed (see their "error" lines), 2 could not start, 130 Ctrl-C.
+    answered, 1 some prompts failed (see their "error" lines), 2 could not start, 130 Ctrl-C,
+    143 SIGTERM.
 
     \b
     Examples:

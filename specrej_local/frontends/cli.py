@@ -2,6 +2,7 @@
 
 Only this module turns the library's typed errors into one-line messages and exit codes.
 """
+import codecs
 import json
 import sys
 
@@ -96,14 +97,25 @@ def models_path(alias):
     click.echo(registry.resolve(alias))
 
 # --- run: one prompt (the default command) ------------------------------------------------
+# Most bytes of a prompt on stdin: millions of tokens, more than any model's context holds. The
+# read stops there, so `< /dev/zero` or a runaway pipe is an error, never a full memory.
+MAX_STDIN = 16 << 20
+
+
 def read_prompt(prompt) -> str:
-    if prompt in (None, "-"):
-        data = sys.stdin.buffer.read()
-        try:
-            return data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise CliError(f"the prompt on stdin is not UTF-8 text (byte {e.start})") from None
-    return prompt
+    """PROMPT, or for '-' or none the text on stdin, without the byte-order mark some editors and
+    Windows pipes put before UTF-8 text."""
+    if prompt not in (None, "-"):
+        return prompt
+    data = sys.stdin.buffer.read(MAX_STDIN + 1)
+    if len(data) > MAX_STDIN:
+        raise CliError(f"the prompt on stdin is over {MAX_STDIN >> 20} MiB, more than any model's context holds; "
+                       "give a shorter prompt")
+    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return data[bom:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CliError(f"the prompt on stdin is not UTF-8 text (byte {bom + e.start})") from None
 
 
 @cli.command("run")

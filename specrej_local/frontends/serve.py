@@ -3,6 +3,7 @@
 The web stack (the `server` extra) is imported only here, when the command runs, so the rest of
 the CLI works without it.
 """
+import asyncio
 import os
 import socket
 
@@ -144,18 +145,26 @@ def serve_command(host, port, allow_hosts, api_key, cors_origins, model_name, qu
         shown = f"[{bound[0]}]" if sock.family == socket.AF_INET6 else bound[0]
         click.echo(f"Serving {config.model_name} at http://{shown}:{bound[1]}/v1", err=True)
         server = uvicorn.Server(uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=GRACEFUL_S))
-        stop_server = server.handle_exit
-
-        def shut_down(sig, frame):
-            """Ctrl-C or SIGTERM: every run stops at its next token or prompt chunk, so each client
-            gets a 503 and uvicorn does not wait for long runs (a second Ctrl-C stops waiting for
-            responses). Once shut down, uvicorn raises the signal again under the handler the
-            process had before, so the command ends as it would on that signal anywhere else."""
-            app.state.worker.cancel_all()
-            stop_server(sig, frame)
-
-        server.handle_exit = shut_down
+        server.handle_exit = shutdown_handler(app.state.worker, server.handle_exit)
         try:
             server.run(sockets=[sock])
         finally:  # after a second Ctrl-C uvicorn skips the app's shutdown: the models must not close under a run
             app.state.worker.stop()
+
+
+def shutdown_handler(worker, stop_server):
+    """uvicorn's handler for Ctrl-C and SIGTERM: every run stops at its next token or prompt chunk,
+    so each client gets a 503 and uvicorn does not wait for long runs (a second Ctrl-C stops waiting
+    for responses). Once shut down, uvicorn raises the signal again under the handler the process
+    had before, so the command ends as it would on that signal anywhere else.
+
+    The cancelling is handed to the event loop, not done in the handler: a handler runs between two
+    bytecodes of the main thread, which may be inside the job queue's lock at that moment (queueing
+    a request), and cancel_all takes that lock, so the server waited for itself for good."""
+    def shut_down(sig, frame):
+        try:
+            asyncio.get_running_loop().call_soon_threadsafe(worker.cancel_all)
+        except RuntimeError:  # no loop running, so no request being queued
+            worker.cancel_all()
+        stop_server(sig, frame)
+    return shut_down
