@@ -493,7 +493,8 @@ LONG = "Summarise: " + "The quick brown fox jumps over the lazy dog. " * 4  # 4 
 
 class CtrlC:
     """Ctrl-C as the k-th call to llama.cpp's `name` returns (where a real Ctrl-C is raised: see
-    context.interruptible), counting every call. Raised directly, not sent as SIGINT: a test
+    context.interruptible), counting every call, and armed again for each try (conftest's
+    `ctrl_c_at` raises before its k-th call, once). Raised directly, not sent as SIGINT: a test
     must not depend on how the process handles signals (a background job ignores SIGINT)."""
 
     def __init__(self, monkeypatch, name="llama_decode"):
@@ -557,15 +558,12 @@ def test_ctrl_c_at_any_decode_of_generate_leaves_the_specrej_answering(default_m
             assert answers(s), k
 
 
-def interrupt_in(where, s, monkeypatch):
-    """Arrange for Ctrl-C to land at `where` in the next generate_many of `s`."""
+def interrupt_in(where, monkeypatch, ctrl_c_at):
+    """Arrange for Ctrl-C to land at `where` in the next generate_many."""
     from specrej_local.llama.engine import LlamaEngine
 
     if where == "reading a prompt":
-        load = LlamaEngine.load_prompt
-        monkeypatch.setattr(LlamaEngine, "load_prompt",
-                            lambda e, prompt, system=None: (_ for _ in ()).throw(KeyboardInterrupt)
-                            if prompt == "Say yes." else load(e, prompt, system))
+        ctrl_c_at(LlamaEngine, "load_prompt", 2)  # the second prompt's
     elif where == "making the context":
         CtrlC(monkeypatch, "llama_init_from_model").arm(1)
     elif where == "the cleanup after a first Ctrl-C":  # a second one as the first one's cleanup runs
@@ -583,10 +581,11 @@ def interrupt_in(where, s, monkeypatch):
 
 
 @pytest.mark.parametrize("where", ["reading a prompt", "making the context", "the cleanup after a first Ctrl-C"])
-def test_ctrl_c_anywhere_in_generate_many_leaves_the_specrej_answering(default_model, monkeypatch, where):
+def test_ctrl_c_anywhere_in_generate_many_leaves_the_specrej_answering(default_model, monkeypatch, ctrl_c_at,
+                                                                        where):
     with SpecRej(str(default_model), n_threads=1) as s:
         s.generate("Say hi.", **TINY)  # a context exists, and the single-prompt engine holds its room
-        interrupt_in(where, s, monkeypatch)
+        interrupt_in(where, monkeypatch, ctrl_c_at)
         with pytest.raises(KeyboardInterrupt):
             list(s.generate_many(["Say hi.", "Say yes.", "Say no."], concurrent=3, **TINY))
         monkeypatch.undo()
@@ -623,19 +622,11 @@ def test_ctrl_c_in_a_reward_between_results_or_a_generator_closed_early_leaves_t
         assert len(dict(s.generate_many(items, concurrent=3, **TINY))) == 3  # ... until generate_many starts
 
 
-def test_ctrl_c_as_generate_reads_its_prompt_is_interrupted_and_the_next_call_answers(spec, monkeypatch):
+def test_ctrl_c_as_generate_reads_its_prompt_is_interrupted_and_the_next_call_answers(spec, ctrl_c_at):
     # It escaped as a bare KeyboardInterrupt, unlike a Ctrl-C anywhere later in the run.
     from specrej_local.llama.context import Model
 
-    tokenize, calls = Model.tokenize, []
-
-    def ctrl_c_once(model, *args, **kwargs):
-        calls.append(True)
-        if len(calls) == 1:
-            raise KeyboardInterrupt
-        return tokenize(model, *args, **kwargs)
-
-    monkeypatch.setattr(Model, "tokenize", ctrl_c_once)
+    ctrl_c_at(Model, "tokenize", 1)
     with pytest.raises(Interrupted) as e:
         spec.generate("Say hi.", **TINY)
     assert (e.value.partial.text, e.value.partial.finish_reason, e.value.partial.candidates) == ("", "interrupted", [])
