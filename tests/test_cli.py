@@ -255,18 +255,10 @@ def test_a_generator_given_as_the_reward_model_has_no_score_head(model):
 
 
 @pytest.fixture(scope="module")
-def refusing_template_model(tmp_path_factory, default_model) -> Path:
+def refusing_template_model(with_chat_template) -> Path:
     """A copy of the default model whose chat template calls raise_exception (as real templates
-    do for conversations they refuse). Same length as the original, so the GGUF stays valid."""
-    data = bytearray(default_model.read_bytes())
-    key = b"tokenizer.chat_template"
-    at = data.index(key) + len(key) + 4  # skip the value type
-    length = int.from_bytes(data[at:at + 8], "little")
-    template = b"{{ raise_exception('This model only answers in Klingon.') }}"
-    data[at + 8:at + 8 + length] = template.ljust(length)
-    path = tmp_path_factory.mktemp("models") / "refusing-template.gguf"
-    path.write_bytes(data)
-    return path
+    do for conversations they refuse)."""
+    return with_chat_template("{{ raise_exception('This model only answers in Klingon.') }}", "refusing-template.gguf")
 
 
 def test_a_chat_template_that_raises_is_a_one_line_error(refusing_template_model):
