@@ -50,6 +50,9 @@ class Settings:
         self.keep_at_least = checks.whole("keep-at-least", self.keep_at_least)
         if self.kv_budget is not None:
             self.kv_budget = checks.whole("kv-budget", self.kv_budget)
+            if self.kv_budget < self.n + 1:  # the prompt's last token and one per answer, at the very least
+                raise BadInput(f"--kv-budget {self.kv_budget} cannot hold the prompt plus one token for each of "
+                               f"{self.n} answers: use at least the prompt's tokens + {self.n}")
         if not isinstance(self.sampling, Sampling):
             raise BadInput(f"sampling must be a Sampling, got {self.sampling!r:.40}")
         self.stop = checks.strings("stop", self.stop)
