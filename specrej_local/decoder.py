@@ -50,6 +50,9 @@ class Settings:
         self.keep_at_least = checks.whole("keep-at-least", self.keep_at_least)
         if self.kv_budget is not None:
             self.kv_budget = checks.whole("kv-budget", self.kv_budget)
+            if self.kv_budget < self.n + 1:  # the prompt's last token and one per answer, at the very least
+                raise BadInput(f"--kv-budget {self.kv_budget} cannot hold the prompt plus one token for each of "
+                               f"{self.n} answers: use at least the prompt's tokens + {self.n}")
         if not isinstance(self.sampling, Sampling):
             raise BadInput(f"sampling must be a Sampling, got {self.sampling!r:.40}")
         self.stop = checks.strings("stop", self.stop)
@@ -187,16 +190,18 @@ class Run:
         e, s = self.engine, self.s
         self.t0 = self.began = time.perf_counter()  # t0 again when its steps begin (a scheduler may hold it back)
         self.fed0 = self.scorer.tokens_fed  # a scorer reused across prompts keeps counting
-        P = e.load_prompt(prompt, s.system)
-        self._phase("prompt")
-        self.T = min(s.max_tokens, e.context_length - P)  # never more than the model's context holds
-        if self.T < 1:
-            raise PromptTooLong(f"the prompt is {P} tokens long and leaves no room for an answer in this model's "
-                                f"context of {e.context_length}")
-        self.budget, self.at_once = s.plan(P, self.T)
-        try:  # before admission: the scorer tells the engine the room its probes borrow (the self-judge)
+        P = None
+        try:
+            P = e.load_prompt(prompt, s.system)
+            self._phase("prompt")
+            self.T = min(s.max_tokens, e.context_length - P)  # never more than the model's context holds
+            if self.T < 1:
+                raise PromptTooLong(f"the prompt is {P} tokens long and leaves no room for an answer in this "
+                                    f"model's context of {e.context_length}")
+            self.budget, self.at_once = s.plan(P, self.T)
+            # before admission: the scorer tells the engine the room its probes borrow (the self-judge)
             self.scorer.begin(prompt, s.system, s.n, should_stop=self.should_stop)
-        except (KeyboardInterrupt, Cancelled):
+        except (KeyboardInterrupt, Cancelled):  # no answer yet: an empty result
             raise Interrupted(Result("", None, "interrupted", [], dict(n=s.n, alpha=s.alpha, method=s.method,
                                                                         prompt_tokens=P))) from None
 

@@ -13,8 +13,10 @@ renaming over it would replace the link rather than write where it points, and w
 points could not be made atomic without guessing which of the two the user meant.
 """
 import contextlib
+import errno
 import os
 import secrets
+import shutil
 import stat
 from pathlib import Path
 
@@ -99,12 +101,21 @@ def atomic_output(path):
         os.replace(tmp, out)
     except OSError as exc:
         _remove(tmp)
-        raise OutputFileError(f"cannot write {out}: {exc.strerror or exc}") from None
+        raise OutputFileError(f"cannot write {out}: {_why(exc, out.parent)}") from None
     except BaseException:
         _remove(tmp)
         raise
     with contextlib.suppress(OSError, AttributeError):  # the rename made durable, where folders open
         _fsync(out.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+
+
+def _why(exc: OSError, folder: Path) -> str:
+    """An OSError in words; a full disk said plainly (numpy's writers report it as "N requested and
+    0 written", with no errno)."""
+    with contextlib.suppress(OSError):
+        if exc.errno == errno.ENOSPC or shutil.disk_usage(folder).free == 0:
+            return "no space left on the device"
+    return exc.strerror or str(exc)
 
 
 def _remove(tmp: Path):

@@ -55,6 +55,24 @@ def default_model(real_cache_home) -> Path:
         return registry.resolve("smollm2-135m")
 
 
+@pytest.fixture(scope="session")
+def with_chat_template(default_model, tmp_path_factory):
+    """make(template, name) -> a copy of the default model named `name` whose chat template is
+    `template`, padded with spaces to the original's length (the GGUF stays valid: no offset moves)."""
+    def make(template: str, name: str) -> Path:
+        data = bytearray(default_model.read_bytes())
+        key = b"tokenizer.chat_template"
+        at = data.index(key) + len(key) + 4  # skip the value type
+        length = int.from_bytes(data[at:at + 8], "little")
+        assert len(template) <= length
+        data[at + 8:at + 8 + length] = template.encode().ljust(length)
+        path = tmp_path_factory.mktemp("models") / name
+        path.write_bytes(data)
+        return path
+
+    return make
+
+
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path, monkeypatch) -> Path:
     """A fresh, empty SPECREJ_HOME per test, and the project's own models.txt. Ollama's store and LM

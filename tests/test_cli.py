@@ -122,6 +122,14 @@ def test_settings_out_of_range(model, args, message):
     assert_one_line_error(specrej("-g", model, "-t", "1", *args, "What is 2+2?"), message)
 
 
+@pytest.mark.parametrize("budget", ["-1", "0", "4"])
+def test_a_kv_budget_that_cannot_hold_one_token_per_answer_fails_before_any_model_loads(budget):
+    # the model named does not exist: an error about it would mean the budget was checked too late
+    assert_one_line_error(specrej("-g", "no-such-model.gguf", "-n", "4", "--kv-budget", budget, "hi"),
+                          f"--kv-budget {budget} cannot hold the prompt plus one token for each of 4 answers: use at "
+                          "least the prompt's tokens + 4")
+
+
 @pytest.mark.parametrize("prompt", ["", "   \n"], ids=["empty", "blank"])
 def test_an_empty_prompt(model, prompt):
     assert_one_line_error(specrej("-g", model, "-t", "1", input=prompt), "the prompt is empty")
@@ -255,18 +263,10 @@ def test_a_generator_given_as_the_reward_model_has_no_score_head(model):
 
 
 @pytest.fixture(scope="module")
-def refusing_template_model(tmp_path_factory, default_model) -> Path:
+def refusing_template_model(with_chat_template) -> Path:
     """A copy of the default model whose chat template calls raise_exception (as real templates
-    do for conversations they refuse). Same length as the original, so the GGUF stays valid."""
-    data = bytearray(default_model.read_bytes())
-    key = b"tokenizer.chat_template"
-    at = data.index(key) + len(key) + 4  # skip the value type
-    length = int.from_bytes(data[at:at + 8], "little")
-    template = b"{{ raise_exception('This model only answers in Klingon.') }}"
-    data[at + 8:at + 8 + length] = template.ljust(length)
-    path = tmp_path_factory.mktemp("models") / "refusing-template.gguf"
-    path.write_bytes(data)
-    return path
+    do for conversations they refuse)."""
+    return with_chat_template("{{ raise_exception('This model only answers in Klingon.') }}", "refusing-template.gguf")
 
 
 def test_a_chat_template_that_raises_is_a_one_line_error(refusing_template_model):
@@ -352,6 +352,20 @@ def test_stopped_while_waiting_on_stdin(model, sig, status):
         proc.send_signal(sig)
         stdout, stderr = proc.communicate(timeout=HANG_S)
     assert (proc.returncode, stdout, stderr) == (status, "", "Interrupted.\n")
+
+
+def test_with_no_prompt_on_a_terminal_it_says_what_it_waits_for(model):
+    master, terminal = pty.openpty()
+    try:
+        with child([SCRIPT, "-g", model, "-t", "1"], stdin=terminal, stdout=subprocess.PIPE, stderr=terminal,
+                   text=True) as proc:
+            os.close(terminal)
+            shown = read_until(master, r"Type the prompt, then Ctrl-D", proc)
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=HANG_S)
+    finally:
+        os.close(master)
+    assert proc.returncode == 130, shown
 
 
 @pytest.fixture

@@ -185,7 +185,7 @@ def test_copied_prefix_cells_sit_at_their_positions_and_the_rest_is_read(model, 
     base = model.tokenize("Summarise: " + "the cat sat on the mat and looked at the dog. " * 20, add_special=True)
     other = {"equal": base, "strict prefix": base[:150], "longer": base + base[5:90],
              "diverging at token 0": [base[1]] + base[1:]}[case]
-    pool = KvPool(model, n_threads=1, kv_layout=layout)
+    pool = KvPool(model, LlamaEngine, n_threads=1, kv_layout=layout)
     pool.prompts = 1
     e = pool.engine()
     greedy_run(e, base)

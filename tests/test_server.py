@@ -337,6 +337,7 @@ BAD = [  # (path, body: dict or raw bytes, status, words of the message)
     ("/v1/chat/completions", {"messages": [{"role": "assistant", "content": "Hi"}]}, 400, "last message"),
     ("/v1/chat/completions", {"messages": CHAT, "temperature": "hot"}, 400, "'temperature' must be a number"),
     ("/v1/chat/completions", {"messages": CHAT, "temperature": 10**400}, 400, "'temperature' must be a finite number"),
+    ("/v1/chat/completions", b'{"messages": [], "seed": ' + b"9" * 5000 + b"}", 400, "an integer of 5000 digits"),
     ("/v1/chat/completions", {"messages": CHAT, "n": True}, 400, "'n' must be a 32-bit integer"),
     ("/v1/chat/completions", {"messages": CHAT, "n": 5, "best_of": 4}, 400, "cannot exceed 'best_of'"),
     ("/v1/chat/completions", {"messages": CHAT, "best_of": 17}, 400, "between 1 and 16"),

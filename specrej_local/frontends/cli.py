@@ -107,6 +107,8 @@ def read_prompt(prompt) -> str:
     Windows pipes put before UTF-8 text."""
     if prompt not in (None, "-"):
         return prompt
+    if sys.stdin.isatty() and sys.stderr.isatty():  # someone typed just `specrej-local`: say what it waits for
+        click.echo("Type the prompt, then Ctrl-D on a line of its own (or give it as an argument).", err=True)
     data = sys.stdin.buffer.read(MAX_STDIN + 1)
     if len(data) > MAX_STDIN:
         raise CliError(f"the prompt on stdin is over {MAX_STDIN >> 20} MiB, more than any model's context holds; "

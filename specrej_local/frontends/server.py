@@ -214,11 +214,21 @@ async def _read_json(request, limit: int):
         if len(body) > limit:
             raise RequestError(413, f"the request body is over this server's limit of {limit} bytes")
     try:
-        return json.loads(body)
+        return json.loads(body, parse_int=_short_int)
     except (ValueError, UnicodeDecodeError) as e:
         raise RequestError(400, f"the request body is not valid JSON: {e}") from None
     except RecursionError:
         raise too_deep() from None
+
+
+def _short_int(digits: str) -> int:
+    """An integer of the request body, refused in words of the request past 4,000 digits (Python
+    refuses more than 4,300 itself, in words of its own internals); shorter ones reach the
+    settings' own range checks."""
+    if len(digits.lstrip("-")) > 4000:
+        raise RequestError(400, f"the request body holds an integer of {len(digits.lstrip('-'))} digits; "
+                                "no setting takes one that large")
+    return int(digits)
 
 
 def too_deep() -> RequestError:

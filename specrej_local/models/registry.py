@@ -208,6 +208,9 @@ def entry_for(spec: str) -> ModelEntry:
     registry = load_registry()
     if spec not in registry and os.path.isdir(spec):  # `-g models`: a folder, named without a slash
         raise a_directory(spec, spec)
+    if spec not in registry and os.path.lexists(spec):  # a FIFO, a device, a link to nothing
+        raise ModelFileError(f"model file {spec} is not a regular file; give a .gguf file, an alias from "
+                             "models.txt or hf:owner/repo/file.gguf")
     if spec not in registry and spec in registry.refused:
         raise BadInput(f"model {spec!r} cannot be used: {registry.refused[spec]}")
     if spec not in registry:
