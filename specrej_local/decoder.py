@@ -335,8 +335,8 @@ class Run:
                      generated_tokens=self._generated(), reward_tokens=self.scorer.tokens_fed - self.fed0,
                      peak_kv_cells=self.peak, kv_budget=self.budget, at_once=self.at_once,
                      waves=math.ceil(s.n / self.at_once), kv_layout=getattr(e, "layout", None),
-                     wall_s=time.perf_counter() - self.t0, prompt_s=e.prompt_s, decode_s=e.decode_s, sample_s=e.sample_s,
-                     reward_s=self.reward_s)
+                     wall_s=time.perf_counter() - self.t0, prompt_s=e.prompt_s, decode_s=e.decode_s,
+                     sample_s=e.sample_s, reward_s=self.reward_s)
         if best is None:
             return Result("", None, "interrupted" if interrupted else "none", cands, stats)
         q = e.sequences[best]

@@ -70,8 +70,8 @@ def test_each_prompt_gets_one_line_with_the_run_json_fields_plus_its_id(tmp_path
 
 def test_lines_that_begin_alike_reuse_the_beginning_unless_the_cache_is_off(tmp_path, tiny):
     block = "Answer in one word, and be careful with the spelling of every word you write. " * 6
-    src = write_lines(tmp_path / "in.jsonl", *[{"id": k, "prompt": block + q}
-                                                for k, q in enumerate(["Name a colour.", "Name a fruit.", "Name a tree."])])
+    asks = ["Name a colour.", "Name a fruit.", "Name a tree."]
+    src = write_lines(tmp_path / "in.jsonl", *[{"id": k, "prompt": block + q} for k, q in enumerate(asks)])
     for flags, reused in (([], True), (["--no-prefix-cache"], False)):
         out = tmp_path / f"out-{reused}.jsonl"
         result = batch(src, "-o", out, *tiny, "-c", "1", *flags)

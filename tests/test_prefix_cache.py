@@ -45,7 +45,8 @@ def test_the_reused_prefix_keeps_every_row_in_the_kind_of_chunk_a_fresh_read_use
     got = usable(common, kept, length, batch=512)
     assert got == want
     # the rows reused and the first chunk read after them fall where a fresh read puts them
-    assert got <= min(small_tail(length, 512), small_tail(kept, 512)) or small_tail(kept, 512) == small_tail(length, 512) or got == 0
+    tails = small_tail(length, 512), small_tail(kept, 512)
+    assert got <= min(tails) or tails[0] == tails[1]
     if got < length:
         start = got - got % 512
         end = min(length, start + 512)
@@ -238,3 +239,39 @@ def test_a_short_prompt_beside_a_long_one_generates_while_the_long_one_is_read(c
     assert len(chunks) >= 4
     for a, b in zip(chunks, chunks[1:]):  # a shared step between each two chunks of the long prompt
         assert any(events[k][0] == "step" for k in range(a + 1, b))
+
+
+def test_ctrl_c_at_any_decode_leaves_the_kept_prompts_whole_and_the_specrej_answering(default_model, monkeypatch):
+    import llama_cpp
+
+    calls, real = {"at": None, "n": 0}, llama_cpp.llama_decode
+
+    def decode(*args):  # Ctrl-C as the k-th decode returns (where context.interruptible raises it)
+        out = real(*args)
+        calls["n"] += 1
+        if calls["n"] == calls["at"]:
+            raise KeyboardInterrupt
+        return out
+
+    monkeypatch.setattr(llama_cpp, "llama_decode", decode)
+    items = [SYSTEM + " Say hi.", SYSTEM + " Say yes.", SYSTEM + " Say no."]
+    with SpecRej(str(default_model), n_threads=1, kv_layout="split") as s:
+        pool = s.engine.pool
+        pool.n_batch = 64
+        k, interrupted = 0, True
+        while interrupted:  # the decodes of each run differ (what is kept), so until a run ends first
+            k += 1
+            calls.update(at=k, n=0)
+            try:
+                got = dict(s.generate_many(items, concurrent=2, n=2, max_tokens=3))
+                interrupted = False
+            except KeyboardInterrupt:
+                pass
+            assert pool.idle(), f"Ctrl-C at decode {k} left room held"
+            assert sorted(pool.free + list(pool.cache.kept)) == list(range(pool.ctx.n_seq_max))
+            assert all(pool.ctx.pos_max(j) == -1 for j in pool.free)
+            assert all(pool.ctx.pos_max(j) == len(t) - 1 for j, t in pool.cache.kept.items())
+        assert k > 3 and len(got) == 3
+        calls["at"] = None
+        r = s.generate(SYSTEM + " Say maybe.", n=2, max_tokens=2)
+        assert r.stats["cached_tokens"] > 0 and len(r.candidates) == 2

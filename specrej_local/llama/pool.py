@@ -130,7 +130,8 @@ class KvPool:
     def _restore_kept(self, saved):
         """Put kept prompts saved from the last context into this one, as many as its room holds."""
         for tokens, data in saved:
-            if not self.free or self._over(1, len(tokens)) or (self.layout == "split" and len(tokens) > self.ctx.seq_cells):
+            too_long = self.layout == "split" and len(tokens) > self.ctx.seq_cells
+            if not self.free or too_long or self._over(1, len(tokens)):
                 continue
             k = self.free.pop()
             if self.ctx.load_seq(data, k):

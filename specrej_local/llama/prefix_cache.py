@@ -85,7 +85,8 @@ class PrefixCache:
 
     def extended_by(self, tokens) -> list:
         """Kept sequences whose whole prompt is a beginning of `tokens` (a longer one supersedes them)."""
-        return [k for k, kept in self.kept.items() if len(kept) <= len(tokens) and common_prefix(kept, tokens) == len(kept)]
+        return [k for k, kept in self.kept.items()
+                if len(kept) <= len(tokens) and common_prefix(kept, tokens) == len(kept)]
 
     def use(self, slot: int):
         self.kept.move_to_end(slot)
