@@ -12,8 +12,8 @@ GREEDY = Sampling(temperature=0.0)
 
 
 @pytest.fixture(scope="module")
-def model(default_model):
-    m = Model(default_model)
+def model(default_model, gpu_layers):
+    m = Model(default_model, n_gpu_layers=gpu_layers)
     yield m
     m.close()
 
@@ -38,7 +38,7 @@ def run_to_end(engine):
 
 
 @pytest.mark.parametrize("layout", ["unified", "split"])
-def test_greedy_sequences_equal_the_high_level_llama_greedy_text(default_model, model, layout):
+def test_greedy_sequences_equal_the_high_level_llama_greedy_text(default_model, gpu_layers, model, layout):
     # Both sides use flash attention: without it llama.cpp's CPU results depend on the batch
     # layout, and batched sequences drift from the one-sequence path after a few tokens.
     engine = LlamaEngine(model, kv_layout=layout)
@@ -46,7 +46,8 @@ def test_greedy_sequences_equal_the_high_level_llama_greedy_text(default_model, 
     start(engine, 4, P + 4 * 40, 40, GREEDY)
     texts = run_to_end(engine)
     assert engine.layout == layout
-    reference = high_level_llama(str(default_model), n_ctx=512, verbose=False, flash_attn=True)
+    reference = high_level_llama(str(default_model), n_ctx=512, verbose=False, flash_attn=True,
+                                 n_gpu_layers=gpu_layers)
     expected = reference.create_completion(engine.prompt_text, max_tokens=40, temperature=0.0)["choices"][0]["text"]
     reference.close()
     engine.close()
@@ -365,11 +366,11 @@ def test_ctrl_c_while_a_context_is_freed_never_frees_it_twice(model, monkeypatch
     assert len(given) == 1
 
 
-def test_a_model_closed_before_its_context_is_freed_after_it(default_model, monkeypatch):
+def test_a_model_closed_before_its_context_is_freed_after_it(default_model, gpu_layers, monkeypatch):
     # A context freed after its model aborts in llama.cpp; Python's cycle collector may finalize
     # a dropped model before its contexts, so the model waits for them.
     model_frees = record_frees(monkeypatch, "llama_model_free")
-    m = Model(default_model)
+    m = Model(default_model, n_gpu_layers=gpu_layers)
     ctx = Context(m, 256, 1)
     m.close()
     assert model_frees == [] and m.tokenize("still usable")
