@@ -376,3 +376,26 @@ def test_a_model_closed_before_its_context_is_freed_after_it(default_model, gpu_
     assert model_frees == [] and m.tokenize("still usable")
     ctx.close()
     assert len(model_frees) == 1 and m.ptr is None
+
+
+def test_ignore_eos_runs_every_candidate_to_its_length(model):
+    # Greedy on a yes/no question: the default model answers in a few tokens and ends. With
+    # ignore_eos no end-of-generation token can be drawn, so each runs to max_tokens (benchmarks
+    # on random-weight models, which would stop at random, rely on this).
+    prompt, T = "Is the sky blue? Answer yes or no.", 48
+    ended, full = [], []
+    for ignore, out in ((False, ended), (True, full)):
+        engine = LlamaEngine(model)
+        P = engine.load_prompt(prompt)
+        start(engine, 2, P + 2 * T, T, Sampling(temperature=0.0, ignore_eos=ignore))
+        run_to_end(engine)
+        out += [(s.finish_reason, len(s.tokens)) for s in engine.sequences.values()]
+        engine.close()
+    assert all(reason == "stop" and n < T for reason, n in ended), ended
+    assert full == [("length", T)] * 2
+    assert model.eog_tokens() and all(model.is_eog(t) for t in model.eog_tokens())
+
+
+def test_ignore_eos_must_be_a_bool():
+    with pytest.raises(BadInput, match="ignore-eos must be true or false"):
+        Sampling(ignore_eos="yes")
