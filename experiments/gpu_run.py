@@ -58,7 +58,7 @@ SIZES = {
         layout="tiny:q8_0", big="smollm2-135m:q8_0", tokens=8, engine_ns=[1, 4], seq_calls=2,
         specrej_ns=[4], specrej_prompts=1, continuous_ns=[2], continuous_prompts=2, serve_clients=[1, 2],
         serve_ns=[2], serve_requests=2, bb_npl=[1, 4], bb_pp=32, server_n=4, server_prompts=1,
-        test_files=["tests/test_rewards.py", "tests/test_decoder.py"]),
+        test_files=["tests/test_rewards.py", "tests/test_decoder.py", "tests/test_specrej_real.py"]),
 }
 # Seconds each phase may take at most on the GPU. These are estimates, not yet measurements (no
 # GPU has been lent): install 10, the CUDA build 180-330 on 16 cores, models 20, tests 60, engine
@@ -166,7 +166,9 @@ def cuda_arch():
 def cmake_args(arch):
     """One architecture only (the build's time grows with each); llama.cpp's own tests and
     examples left out."""
-    common = ["-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DGGML_NATIVE=ON"]
+    common = ["-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DGGML_NATIVE=ON",
+              # the package's own build: no tools yet (a build folder used before has them on)
+              "-DLLAVA_BUILD=ON", "-DLLAMA_BUILD_TOOLS=OFF", "-DLLAMA_BUILD_SERVER=OFF"]
     gpu = ["-DGGML_CUDA=on", f"-DCMAKE_CUDA_ARCHITECTURES={arch}"] if arch else ["-DGGML_CUDA=off"]
     return gpu + common
 
@@ -191,10 +193,14 @@ def phase_build(args, ctx, limit):
     py = must(run_child(nice + [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps",
                                 "--no-build-isolation", "--force-reinstall", "--disable-pip-version-check",
                                 "-C", f"build-dir={build}", str(src)], t_end - now(), log, env), "llama-cpp-python")
-    conf = must(run_child(["cmake", "-S", src, "-B", build, "-DLLAVA_BUILD=OFF", "-DLLAMA_BUILD_TOOLS=ON",
-                           "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF",
-                           "-DLLAMA_OPENSSL=OFF"], t_end - now(), log, env), "configure the tools")
-    tools = must(run_child(nice + ["cmake", "--build", build, "--target", "llama-server", "llama-batched-bench",
+    # llama.cpp's tools/ adds mtmd itself, which the package's own CMakeLists added beside it:
+    # LLAVA_BUILD=OFF leaves it to tools/ (same folder, so nothing is rebuilt). No web UI: its
+    # prebuilt assets would be downloaded.
+    cmake = shutil.which("cmake") or str(Path(sys.executable).parent / "cmake")
+    conf = must(run_child([cmake, "-S", src, "-B", build, "-DLLAVA_BUILD=OFF", "-DLLAMA_BUILD_TOOLS=ON",
+                           "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF"],
+                          t_end - now(), log, env), "configure the tools")
+    tools = must(run_child(nice + [cmake, "--build", build, "--target", "llama-server", "llama-batched-bench",
                                    "-j", str(args.jobs)], t_end - now(), log, env), "llama-server, llama-batched-bench")
     bins = {name: str(next(build.rglob(name))) for name in ("llama-server", "llama-batched-bench")}
     probe = subprocess.run([sys.executable, "-c", "import llama_cpp; print(llama_cpp.__version__, "
@@ -251,7 +257,7 @@ def phase_tests(args, ctx, limit):
     """The model tests with every layer on the GPU, on the tests' random-weight model."""
     import xml.etree.ElementTree as ET
 
-    junit = ctx["out"] / "tests.xml"
+    junit = ctx["log"].with_name("tests.xml")
     env = dict(os.environ, SPECREJ_TEST_NGL=str(ctx["ngl"]), SPECREJ_TEST_MODEL=models_of(ctx)["tests"],
                SPECREJ_HOME=str(ctx["work"] / "home"))
     step = run_child([sys.executable, "-m", "pytest", *ctx["size"]["test_files"], "-q", "-p", "no:cacheprovider",
@@ -460,6 +466,9 @@ def main(argv=None):
     if args.reuse and (work / "gpu_run.json").exists():
         earlier = json.loads((work / "gpu_run.json").read_text())
     run = Run(out / "gpu_run.json", plan)
+    logs = work / "logs"  # packed into OUT/logs.tar.gz after every phase: a device run returns 8 files at most
+    shutil.rmtree(logs, ignore_errors=True)
+    logs.mkdir()
     run.doc["machine"] = machine()
     if args.install_ms is not None:
         run.doc["phases"]["install"] = dict(status="ok", s=round(args.install_ms / 1000, 1))
@@ -470,6 +479,7 @@ def main(argv=None):
     ctx = dict(work=work, out=out, arch=arch, ngl=plan["ngl"], threads=plan["threads"], size=SIZES[args.size],
                results=run.doc["results"])
     signal.signal(signal.SIGTERM, interrupt)  # a phase's child is stopped, what is done is kept
+    name, t = None, now()
     try:
         for name in PHASES:
             if name not in args.phases:
@@ -487,7 +497,7 @@ def main(argv=None):
                 run.doc["phases"][name] = dict(status="no time left", s=0)
                 run.save()
                 continue
-            ctx["log"] = out / f"{name}.log"
+            ctx["log"] = logs / f"{name}.log"
             print(f"[{time.strftime('%H:%M:%S')}] {name} (at most {limit:.0f} s)", flush=True)
             t = now()
             try:
@@ -500,17 +510,30 @@ def main(argv=None):
                 run.doc["phases"][name] = dict(status="error", s=round(now() - t, 1), error=f"{type(e).__name__}: {e}")
             print(f"    {run.doc['phases'][name]['status']} in {run.doc['phases'][name]['s']} s", flush=True)
             run.save()
+            pack(logs, out / "logs.tar.gz")
             if name == "build" and run.doc["phases"][name]["status"] != "ok":
                 print("the build failed: nothing else can run", file=sys.stderr)
                 break
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the phase in progress is recorded as stopped
         run.doc["interrupted"] = True
+        if name in args.phases and name not in run.doc["phases"]:
+            run.doc["phases"][name] = dict(status="interrupted", s=round(now() - t, 1))
     run.save()
+    pack(logs, out / "logs.tar.gz")
     shutil.copyfile(out / "gpu_run.json", work / "gpu_run.json")
     print(table(run.doc))
     (out / "gpu_run.txt").write_text(table(run.doc) + "\n")
     print(f"Wrote {out / 'gpu_run.json'}")
     return 0 if all(p["status"] in ("ok", "skipped") for p in run.doc["phases"].values()) else 1
+
+
+def pack(folder: Path, target: Path):
+    """`folder`'s files as one .tar.gz (written aside, then renamed)."""
+    part = target.with_name(target.name + ".part")
+    with tarfile.open(part, "w:gz") as t:
+        for f in sorted(folder.iterdir()):
+            t.add(f, arcname=f"logs/{f.name}")
+    os.replace(part, target)
 
 
 def interrupt(*_):
