@@ -73,6 +73,14 @@ def gpu_layers() -> int:
         raise pytest.UsageError(f"SPECREJ_TEST_NGL must be a whole number, got {value!r}") from None
 
 
+@pytest.fixture
+def real_weights():
+    """For a test that needs the real default model's answers (a count that reaches 5, an answer
+    that ends): skipped where SPECREJ_TEST_MODEL puts a random-weight model in its place."""
+    if os.environ.get("SPECREJ_TEST_MODEL"):
+        pytest.skip("needs the real default model's answers (SPECREJ_TEST_MODEL is set)")
+
+
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path, monkeypatch) -> Path:
     """A fresh, empty SPECREJ_HOME per test, and the project's own models.txt. Ollama's store and LM

@@ -166,7 +166,7 @@ def test_same_seed_same_answers_and_different_seeds_differ(engine):
     assert len(set(first)) > 1, "each sequence samples from its own stream"
 
 
-def test_stop_strings_and_max_tokens_are_honoured(engine):
+def test_stop_strings_and_max_tokens_are_honoured(engine, real_weights):
     P = engine.load_prompt("Count from 1 to 20, separated by commas.")
     start(engine, 2, P + 2 * 60, 60, GREEDY, stop=["5"])
     run_to_end(engine)
@@ -379,7 +379,7 @@ def test_a_model_closed_before_its_context_is_freed_after_it(default_model, gpu_
     assert len(model_frees) == 1 and m.ptr is None
 
 
-def test_ignore_eos_runs_every_candidate_to_its_length(model):
+def test_ignore_eos_runs_every_candidate_to_its_length(model, real_weights):
     # Greedy on a yes/no question: the default model answers in a few tokens and ends. With
     # ignore_eos no end-of-generation token can be drawn, so each runs to max_tokens (benchmarks
     # on random-weight models, which would stop at random, rely on this).
