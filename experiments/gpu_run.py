@@ -167,8 +167,10 @@ def cmake_args(arch):
     """One architecture only (the build's time grows with each); llama.cpp's own tests and
     examples left out."""
     common = ["-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DGGML_NATIVE=ON",
-              # the package's own build: no tools yet (a build folder used before has them on)
-              "-DLLAVA_BUILD=ON", "-DLLAMA_BUILD_TOOLS=OFF", "-DLLAMA_BUILD_SERVER=OFF"]
+              # the package's own build: no tools yet (a build folder used before has them on), and
+              # not its multimodal library (mtmd), which this project never loads: llama.cpp's
+              # tools/ builds mtmd for the server, with other flags, so it would be compiled twice
+              "-DLLAVA_BUILD=OFF", "-DLLAMA_BUILD_TOOLS=OFF", "-DLLAMA_BUILD_SERVER=OFF"]
     gpu = ["-DGGML_CUDA=on", f"-DCMAKE_CUDA_ARCHITECTURES={arch}"] if arch else ["-DGGML_CUDA=off"]
     return gpu + common
 
@@ -193,9 +195,8 @@ def phase_build(args, ctx, limit):
     py = must(run_child(nice + [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps",
                                 "--no-build-isolation", "--force-reinstall", "--disable-pip-version-check",
                                 "-C", f"build-dir={build}", str(src)], t_end - now(), log, env), "llama-cpp-python")
-    # llama.cpp's tools/ adds mtmd itself, which the package's own CMakeLists added beside it:
-    # LLAVA_BUILD=OFF leaves it to tools/ (same folder, so nothing is rebuilt). No web UI: its
-    # prebuilt assets would be downloaded.
+    # llama.cpp's tools/ adds mtmd itself (the server links it); the package's CMakeLists would
+    # add it a second time with LLAVA_BUILD on. No web UI: its prebuilt assets would be downloaded.
     cmake = shutil.which("cmake") or str(Path(sys.executable).parent / "cmake")
     conf = must(run_child([cmake, "-S", src, "-B", build, "-DLLAVA_BUILD=OFF", "-DLLAMA_BUILD_TOOLS=ON",
                            "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF"],
