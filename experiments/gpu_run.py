@@ -97,12 +97,15 @@ class Run:
 
 def run_child(cmd, limit: float, log: Path, env=None, cwd=REPO) -> dict:
     """Run cmd (a list) in its own process group, output to `log`; kill the group at `limit` s.
+    Its Python imports this checkout's specrej_local, whatever the installed wheel holds.
     Returns rc (None on timeout), seconds, the output's tail, and where its output starts in `log`."""
     t = now()
     start = log.stat().st_size if log.exists() else 0
     with open(log, "ab") as f:
         f.write(f"\n$ {' '.join(shlex.quote(str(c)) for c in cmd)}\n".encode())
         f.flush()
+        env = dict(os.environ if env is None else env)
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
         p = subprocess.Popen([str(c) for c in cmd], stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                              cwd=cwd, env=env, start_new_session=True)
         try:
@@ -387,7 +390,7 @@ def phase_llama_server(args, ctx, limit):
               "--prompts", str(z["server_prompts"]), "-N", str(z["server_n"]), "--max-tokens", str(z["tokens"]),
               "--concurrent", "2", "--ignore-eos"]
     env = dict(tool_env(ctx), SPECREJ_HOME=str(ctx["work"] / "home"))
-    for label, extra in (("cpu_sampling", []), ("backend_sampling", ["--no-engine", "--server-args", "--backend-sampling"])):
+    for label, extra in (("cpu_sampling", []), ("backend_sampling", ["--no-engine", "--server-args=--backend-sampling"])):
         path = ctx["work"] / f"peer-{label}.json"
         path.unlink(missing_ok=True)
         step = run_child(common + extra + ["--json", path], t_end - now(), ctx["log"], env)
