@@ -571,6 +571,8 @@ def table(doc) -> str:
         status = p["status"] + (" (reused)" if p.get("reused") else "")
         lines.append(f"{name:14} {status:21} {p['s']:8.1f}")
     lines.append(f"{'total':14} {'':21} {doc['total_s']:8.1f}")
+    if any(p.get("reused") for p in doc["phases"].values()):
+        lines.append(f"{'every phase':14} {'(with reused ones)':21} {sum(p['s'] for p in doc['phases'].values()):8.1f}")
     b = res.get("build")
     if b:
         lines.append(f"\nbuild: llama-cpp-python {b['python_package_s']:.0f} s ({'CUDA sm_' + b['cuda_arch'] if b['cuda_arch'] else 'CPU'}"
