@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "api": ("generate", "SpecRej", "batched_reward"),
     "decoder": ("Result", "Candidate", "RoundEvent", "Interrupted"),
+    "progress": ("Progress",),
     "errors": ("SpecRejError", "ClosedError", "BadInput", "PromptTooLong", "ContextTooSmall", "UnknownModelError",
                "AmbiguousModelError", "ModelFileError", "ChecksumMismatch", "DownloadError", "CacheDirError", "ResourceError",
                "RewardError", "TemplateError"),

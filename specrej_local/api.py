@@ -11,14 +11,18 @@ judge), a reward-model alias or .gguf with a score head (see `convert-reward`), 
 callable `fn(prompt, response) -> float` (wrap it with `batched_reward` for the list form).
 """
 import contextlib
+import inspect
 import threading
+from collections.abc import Iterable
 from typing import Callable, Iterator, Optional, Union
 
 from .models import registry
 from .decoder import Result, Settings, decode
+from .progress import Progress
 from .engine import MAX_SEQUENCES, check_kv_layout, check_kv_memory
 from .errors import BadInput, ClosedError, SpecRejError
 from .machine import usable_cpus
+from .messages import check_messages
 from .sampling import Sampling
 from .rewards import parse_reward
 from .schedule import Job, decode_many
@@ -60,6 +64,7 @@ class SpecRej:
         # generate_many left suspended, or a Ctrl-C that landed as a turn began (then `with
         # SpecRej() as s` closes on the way out, in the same thread: it hung there).
         self._lock, self._owner, self._closed = threading.RLock(), None, False
+        self._paused = False  # a generate_many's generator is suspended between two results
         self.model, self.engine, self.scorer = None, None, None
         self._own = []  # models loaded for the reward, closed with this object
         check_threads(n_threads)
@@ -101,17 +106,23 @@ class SpecRej:
         return model
 
     def generate(self, prompt: Optional[str] = None, on_round: Optional[Callable] = None,
-                 messages: Optional[list] = None, should_stop: Optional[Callable] = None, **settings) -> Result:
-        """Decode one prompt; `on_round(event)` is called after every cut (see decoder.RoundEvent).
-        Settings: see `make_settings`. `messages` and `should_stop`: see `prompt_or_messages` and
-        `decoder.Run`; True from `should_stop()` raises `Interrupted`."""
+                 messages: Optional[list] = None, should_stop: Optional[Callable] = None,
+                 on_progress: Optional[Callable] = None, **settings) -> Result:
+        """Decode one prompt; `on_round(event)` is called after every cut (see decoder.RoundEvent),
+        `on_progress(p)` at each phase, cut and otherwise at most ~10 times a second (see
+        progress.Progress). Settings: see `make_settings`. `messages` and `should_stop`: see
+        `prompt_or_messages` and `decoder.Run`; True from `should_stop()` raises `Interrupted`."""
         checked, what = make_settings(**settings), prompt_or_messages(prompt, messages)
         with self._turn():
-            return decode(self.engine, self.scorer, what, checked, on_round, should_stop)
+            return decode(self.engine, self.scorer, what, checked, on_round, should_stop, on_progress)
 
     @contextlib.contextmanager
     def _turn(self):
         """This thread's turn with the models: other threads wait for it to end."""
+        if self._owner == threading.get_ident() and self._paused:
+            raise SpecRejError("a generate_many of this SpecRej is not finished: its generator holds the models "
+                               "until it is read to the end or closed (its close()); use a second SpecRej "
+                               "to answer other prompts meanwhile")
         if self._owner == threading.get_ident():  # a callback of this run (on_round, a reward)
             raise SpecRejError("SpecRej.generate was called from inside its own run (a callback); "
                                "use a second SpecRej for that")
@@ -121,9 +132,18 @@ class SpecRej:
                                   "models); make a new one")
             self._owner = threading.get_ident()
             try:
+                self._reclaim()
                 yield
             finally:
                 self._owner = None
+
+    def _reclaim(self):
+        """A turn begins with no other prompt in the pool: room that a run could not give back
+        (a second Ctrl-C while the first one's cleanup ran) goes back now."""
+        pool = self.engine.pool
+        for engine in list(pool.engines):
+            if engine is not self.engine:
+                pool.leave(engine)
 
     def generate_many(self, prompts, concurrent: Optional[int] = None, **settings) -> Iterator[tuple]:
         """Decode several prompts at once (continuous batching, see `schedule`): every step feeds
@@ -131,21 +151,31 @@ class SpecRej:
         as the room freed holds it. Yields (index, Result) as each prompt finishes; a prompt that
         fails yields (index, its SpecRejError) and the others go on.
 
-        `prompts`: strings, message lists, or dicts with "prompt" or "messages" and any settings
-        of `make_settings` for that prompt alone. `settings`: the defaults. `concurrent`: prompts
+        `prompts`: a list (or another iterable) of strings, message lists, or dicts with "prompt"
+        or "messages", an "id" (a string or an integer: yielded instead of the index, so it must
+        differ from every other key) and any settings of `make_settings` for that prompt alone; a
+        bad item yields its error at once. `settings`: the defaults. `concurrent`: prompts
         at once (default: as many as make a step of about 64 candidates, 256 on a GPU); 1 is one
         prompt after another. Each prompt draws from its own seed streams, as alone."""
         defaults = dict(settings)
         base = make_settings(**defaults)  # a bad default fails at once, before anything runs
         concurrent = check_concurrent(concurrent if concurrent is not None
                                       else default_concurrency(base.n, self.model.on_gpu))
-        jobs, failed = [], []
+        if isinstance(prompts, (str, bytes, dict)) or not isinstance(prompts, Iterable):
+            raise BadInput(f"prompts must be a list of prompts, got {type(prompts).__name__} "
+                           "(for one prompt, use generate())")
+        jobs, failed, keys = [], [], set()
         for k, item in enumerate(prompts):
+            key = k
             try:
-                what, own = request_of(item)
-                jobs.append(Job(k, what, make_settings(**{**defaults, **own})))
+                key, what, own = request_of(k, item)
+                if key in keys:
+                    raise BadInput(f"{key!r:.40} already names an earlier prompt (an \"id\" must differ from the "
+                                   "other prompts' ids and indexes)")
+                keys.add(key)
+                jobs.append(Job(key, what, make_settings(**{**defaults, **own})))
             except SpecRejError as e:
-                failed.append((k, e))
+                failed.append((key, e))
         yield from failed
         yield from self.decode_jobs(jobs, concurrent)
 
@@ -156,10 +186,15 @@ class SpecRej:
         check_concurrent(concurrent)
         with self._turn():  # other threads wait until every job has finished (or the caller stops)
             pool = self.engine.pool
-            self.engine.finish()  # the single-prompt engine's room (its last prompt) goes back first
-            pool.prompts = concurrent
             try:
-                yield from decode_many(pool, self._scorer_for, jobs, concurrent)
+                self.engine.finish()  # the single-prompt engine's room (its last prompt) goes back first
+                pool.prompts = concurrent
+                for outcome in decode_many(pool, self._scorer_for, jobs, concurrent):
+                    self._paused = True  # until the caller asks for the next one
+                    try:
+                        yield outcome
+                    finally:
+                        self._paused = False
             finally:
                 pool.prompts = 1
 
@@ -216,17 +251,34 @@ def prompt_or_messages(prompt: Optional[str], messages: Optional[list]):
     if (prompt is None) == (messages is None):
         raise BadInput("give either a prompt or messages, not both" if prompt is not None
                        else "give a prompt or messages")
-    return prompt if messages is None else messages
+    if messages is not None:
+        check_messages(messages)  # a string there is not a conversation
+        return messages
+    if not isinstance(prompt, (str, list, tuple)):  # a list: a conversation as well
+        raise BadInput(f"the prompt must be a string (or a message list), got {type(prompt).__name__}")
+    return prompt
 
 
-def request_of(item):
-    """(prompt or messages, own settings) of one item of generate_many's prompts."""
-    if isinstance(item, dict):
-        own = dict(item)
-        return prompt_or_messages(own.pop("prompt", None), own.pop("messages", None)), own
+SETTINGS = tuple(inspect.signature(make_settings).parameters)  # what a prompt's dict may set
+
+
+def request_of(index: int, item):
+    """(key, prompt or messages, own settings) of one item of generate_many's prompts: the key
+    is the item's "id" when it gives one, else its index."""
     if isinstance(item, (str, list)):
-        return item, {}
-    raise BadInput(f"each prompt must be a string, a message list or a dict, got {type(item).__name__}")
+        return index, item, {}
+    if not isinstance(item, dict):
+        raise BadInput(f"each prompt must be a string, a message list or a dict, got {type(item).__name__}")
+    own = dict(item)
+    key = own.pop("id", index)
+    if isinstance(key, bool) or not isinstance(key, (int, str)):
+        raise BadInput(f"\"id\" must be a string or an integer, got {key!r:.40}")
+    what = prompt_or_messages(own.pop("prompt", None), own.pop("messages", None))
+    for name in own:
+        if name not in SETTINGS:
+            raise BadInput(f"unknown setting {name!r:.40} (a prompt's dict takes \"prompt\" or \"messages\", "
+                           f"\"id\" and the settings of make_settings: {', '.join(SETTINGS)})")
+    return key, what, own
 
 
 def default_concurrency(n: int, on_gpu: bool = False) -> int:
@@ -262,11 +314,14 @@ def generate(prompt: Optional[str] = None, generator: str = DEFAULT_GENERATOR,
              reward: Union[str, Callable] = DEFAULT_REWARD, n_gpu_layers: int = 0, n_threads: Optional[int] = None,
              flash_attn: bool = True, chat_template: bool = True, kv_layout: str = "auto",
              kv_memory: Optional[int] = None, on_round: Optional[Callable] = None, messages: Optional[list] = None,
-             **settings) -> Result:
-    """Load the models, decode one prompt, free everything. See `make_settings` for settings."""
+             on_progress: Optional[Callable] = None, **settings) -> Result:
+    """Load the models, decode one prompt, free everything. See `make_settings` for settings, and
+    `SpecRej.generate` for the callbacks (`on_progress` hears of the loading too)."""
     checked = make_settings(**settings)  # before the slow part
     what = prompt_or_messages(prompt, messages)
+    if on_progress is not None:
+        on_progress(Progress("loading"))
     with SpecRej(generator, reward, n_gpu_layers=n_gpu_layers, n_threads=n_threads, flash_attn=flash_attn,
                  chat_template=chat_template, kv_layout=kv_layout, kv_memory=kv_memory) as s:
         with s._turn():
-            return decode(s.engine, s.scorer, what, checked, on_round)
+            return decode(s.engine, s.scorer, what, checked, on_round, on_progress=on_progress)

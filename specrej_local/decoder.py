@@ -14,7 +14,7 @@ and frees sequences, the scorer (`scoring.Scorer`) rewards them.
 """
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Optional
 
 import numpy as np
@@ -22,6 +22,7 @@ import numpy as np
 from . import checks
 from .engine import check_counts, check_start
 from .errors import BadInput, Cancelled, ContextTooSmall, PromptTooLong, SpecRejError
+from .progress import Progress, Reporter
 from .sampling import Sampling
 
 METHODS = ("specrej", "bon")
@@ -49,6 +50,9 @@ class Settings:
         self.keep_at_least = checks.whole("keep-at-least", self.keep_at_least)
         if self.kv_budget is not None:
             self.kv_budget = checks.whole("kv-budget", self.kv_budget)
+            if self.kv_budget < self.n + 1:  # the prompt's last token and one per answer, at the very least
+                raise BadInput(f"--kv-budget {self.kv_budget} cannot hold the prompt plus one token for each of "
+                               f"{self.n} answers: use at least the prompt's tokens + {self.n}")
         if not isinstance(self.sampling, Sampling):
             raise BadInput(f"sampling must be a Sampling, got {self.sampling!r:.40}")
         self.stop = checks.strings("stop", self.stop)
@@ -156,9 +160,11 @@ class Run:
     """One prompt decoded with Speculative Rejection; `run()` is the algorithm."""
 
     def __init__(self, engine, scorer, settings: Settings, on_round: Optional[Callable] = None,
-                 should_stop: Optional[Callable] = None):
+                 should_stop: Optional[Callable] = None, on_progress: Optional[Callable] = None):
         self.engine, self.scorer, self.s, self.on_round = engine, scorer, settings, on_round
         self.should_stop = should_stop  # asked before each step and between prompt chunks; True: Interrupted
+        self.progress = Reporter(on_progress, self._snapshot)  # see progress.py
+        self.phase, self.prompt_read, self.gen_t0 = None, 0, None
         self.reward: dict = {}
         self.rejected_at: dict = {}
         self.finished: list = []  # finished answers still competing
@@ -182,17 +188,20 @@ class Run:
     def start(self, prompt):
         """Read the prompt and plan the run (budget, answers at once); nothing is allocated yet."""
         e, s = self.engine, self.s
-        self.t0 = time.perf_counter()  # again when its steps begin (a scheduler may hold it back meanwhile)
+        self.t0 = self.began = time.perf_counter()  # t0 again when its steps begin (a scheduler may hold it back)
         self.fed0 = self.scorer.tokens_fed  # a scorer reused across prompts keeps counting
-        P = e.load_prompt(prompt, s.system)
-        self.T = min(s.max_tokens, e.context_length - P)  # never more than the model's context holds
-        if self.T < 1:
-            raise PromptTooLong(f"the prompt is {P} tokens long and leaves no room for an answer in this model's "
-                                f"context of {e.context_length}")
-        self.budget, self.at_once = s.plan(P, self.T)
-        try:  # before admission: the scorer tells the engine the room its probes borrow (the self-judge)
+        P = None
+        try:
+            P = e.load_prompt(prompt, s.system)
+            self._phase("prompt")
+            self.T = min(s.max_tokens, e.context_length - P)  # never more than the model's context holds
+            if self.T < 1:
+                raise PromptTooLong(f"the prompt is {P} tokens long and leaves no room for an answer in this "
+                                    f"model's context of {e.context_length}")
+            self.budget, self.at_once = s.plan(P, self.T)
+            # before admission: the scorer tells the engine the room its probes borrow (the self-judge)
             self.scorer.begin(prompt, s.system, s.n, should_stop=self.should_stop)
-        except (KeyboardInterrupt, Cancelled):
+        except (KeyboardInterrupt, Cancelled):  # no answer yet: an empty result
             raise Interrupted(Result("", None, "interrupted", [], dict(n=s.n, alpha=s.alpha, method=s.method,
                                                                         prompt_tokens=P))) from None
 
@@ -205,12 +214,15 @@ class Run:
         waiting = list(range(s.n))
         try:
             # the prompt is decoded once and shared by every answer (stoppable between chunks)
-            e.open(s.n, self.at_once, self.budget, self.T, s.sampling, s.stop, should_stop=self.should_stop)
+            e.open(s.n, self.at_once, self.budget, self.T, s.sampling, s.stop, should_stop=self.should_stop,
+                   on_prefill=self._read)
+            self.gen_t0 = time.perf_counter()
             while waiting or e.live():
                 # 0. start answers while there is room: all at once, unless Best-of-N runs in waves
                 room = self.at_once - len(e.live())
                 e.spawn(waiting[:room])
                 waiting = waiting[room:]
+                self._phase("generating")
                 # 1. generate until the KV budget is full, every answer has finished, or a wave has room
                 while e.live() and self._fits() and not (waiting and len(e.live()) < self.at_once):
                     if self.should_stop and self.should_stop():
@@ -218,11 +230,13 @@ class Run:
                     finished = yield
                     self._finish(finished)
                     self.peak = max(self.peak, e.kv_used())
+                    self.progress()
                 if e.live() and not self._fits():
                     # 2. score partial answers, rank them with finished ones, keep the best
                     self._cut()
         except (KeyboardInterrupt, Cancelled):
             raise Interrupted(self._result(interrupted=True)) from None
+        self._phase("done")
         return self._result()
 
     def _fits(self) -> bool:
@@ -243,6 +257,7 @@ class Run:
         e = self.engine
         self.rounds += 1
         live = e.live()
+        self._phase("scoring")
         self._score(live)
         pool = live + self.finished
         ranked = sorted(pool, key=lambda i: (-self.reward[i], i))  # ties: the older id wins
@@ -280,6 +295,26 @@ class Run:
         self.reward.update(zip(ids, np.asarray(r, dtype=float).tolist()))
         self.reward_s += time.perf_counter() - t
 
+    def _phase(self, phase: str):
+        """Progress is reported at once when the phase changes."""
+        changed, self.phase = phase != self.phase, phase
+        self.progress(force=changed)
+
+    def _read(self, tokens: int):
+        """The engine has decoded this many of the prompt's tokens."""
+        self.prompt_read = tokens
+        self.progress()
+
+    def _snapshot(self) -> Progress:
+        e, now, s = self.engine, time.perf_counter(), self.s
+        p = Progress(self.phase, now - self.began, e.prompt_tokens, self.prompt_read, s.n)
+        if self.gen_t0 is None:  # the engine still holds the previous prompt's answers
+            return p
+        competing = [r for i, r in self.reward.items() if i not in self.rejected_at]
+        return replace(p, prompt_read=e.prompt_tokens, generated=self._generated(), generating_s=now - self.gen_t0,
+                       live=len(e.live()), finished=len(self.finished), rejected=len(self.rejected_at),
+                       cuts=self.rounds, best_reward=max(competing, default=None))
+
     def _generated(self) -> int:
         return sum(len(q.tokens) for q in self.engine.sequences.values())
 
@@ -304,6 +339,7 @@ class Run:
         return Result(q.text, self.reward[best], q.finish_reason, cands, stats)
 
 
-def decode(engine, scorer, prompt, settings: Optional[Settings] = None, on_round=None, should_stop=None) -> Result:
+def decode(engine, scorer, prompt, settings: Optional[Settings] = None, on_round=None, should_stop=None,
+           on_progress=None) -> Result:
     """Best-of-N (alpha 0) or Speculative Rejection of one prompt (a string or a message list)."""
-    return Run(engine, scorer, settings or Settings(), on_round, should_stop).run(prompt)
+    return Run(engine, scorer, settings or Settings(), on_round, should_stop, on_progress).run(prompt)

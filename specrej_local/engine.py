@@ -42,9 +42,10 @@ class Engine(Protocol):
         """Format and tokenize the prompt; return its length in tokens."""
 
     def open(self, n: int, concurrent: int, kv_budget: int, max_tokens: int, sampling: Sampling, stop=(),
-             should_stop=None):
+             should_stop=None, on_prefill=None):
         """Make room for `concurrent` of the n candidates at a time; decode the prompt once,
-        raising `errors.Cancelled` as soon as `should_stop()` says so (a long prompt is fed in chunks)."""
+        raising `errors.Cancelled` as soon as `should_stop()` says so (a long prompt is fed in chunks),
+        and calling `on_prefill(tokens)` with the tokens decoded after each chunk."""
 
     def spawn(self, ids) -> None:
         """Start these candidates from the prompt."""

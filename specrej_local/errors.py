@@ -60,3 +60,8 @@ class RewardError(SpecRejError):
 
 class TemplateError(SpecRejError):
     """A chat template could not be rendered."""
+
+
+class OutputFileError(SpecRejError):
+    """An output cannot be written where asked: the path is a folder, a device, a FIFO, a symlink
+    or one of the inputs, or the disk refused the write. Nothing was written there."""

@@ -66,11 +66,11 @@ def decode_many(pool, make_scorer: Callable, jobs: Iterable[Job], concurrent: in
                     break  # wait for room; the prompts running now free theirs as they finish
                 head = None
                 steps = run.steps()
+                active[run.engine] = (job, run, steps)  # from here on, Ctrl-C (even in its prompt) frees its room
                 outcome = _resume(job, steps, None)
-                if outcome is PENDING:
-                    active[run.engine] = (job, run, steps)
-                else:
+                if outcome is not PENDING:
                     _done(run)
+                    del active[run.engine]
                     yield job.key, outcome
             if not active:
                 if head is None and not more:
@@ -82,8 +82,8 @@ def decode_many(pool, make_scorer: Callable, jobs: Iterable[Job], concurrent: in
             for engine, (job, run, steps) in list(active.items()):
                 outcome = _resume(job, steps, finished.get(engine, []))
                 if outcome is not PENDING:
-                    del active[engine]
                     _done(run)
+                    del active[engine]
                     yield job.key, outcome
     finally:  # Ctrl-C, an error in the shared step, or a caller that stopped reading
         for _, run, _ in active.values():
@@ -106,23 +106,29 @@ def _started(pool, make_scorer, job: Job):
     run = Run(engine, make_scorer(engine), job.settings, job.on_round, job.should_stop)
     try:
         run.start(job.prompt)
-    except SpecRejError as e:
+    except BaseException as e:  # Ctrl-C included: the scorer may hold a context of its own
         _done(run)
-        return e
+        return _failure(job, e)
     return job, run
 
 
 def _resume(job: Job, steps, finished):
     """Run the algorithm on to its next step: PENDING, or its Result, or the SpecRejError it
-    ended with. A stop that the job's own should_stop did not ask for was Ctrl-C: it ends all."""
+    ended with."""
     try:
         steps.send(finished)
         return PENDING
     except StopIteration as done:
         return done.value
-    except Interrupted as e:
-        if job.should_stop is None or not job.should_stop():
-            raise KeyboardInterrupt from None
+    except Exception as e:
+        return _failure(job, e)
+
+
+def _failure(job: Job, e: BaseException) -> SpecRejError:
+    """The SpecRejError that ends this job alone; anything else is raised again. A stop that the
+    job's own should_stop did not ask for was Ctrl-C: it ends all."""
+    if isinstance(e, Interrupted) and (job.should_stop is None or not job.should_stop()):
+        raise KeyboardInterrupt from None
+    if isinstance(e, SpecRejError):
         return e
-    except SpecRejError as e:
-        return e
+    raise e

@@ -81,6 +81,24 @@ def real_weights():
         pytest.skip("needs the real default model's answers (SPECREJ_TEST_MODEL is set)")
 
 
+@pytest.fixture(scope="session")
+def with_chat_template(default_model, tmp_path_factory):
+    """make(template, name) -> a copy of the default model named `name` whose chat template is
+    `template`, padded with spaces to the original's length (the GGUF stays valid: no offset moves)."""
+    def make(template: str, name: str) -> Path:
+        data = bytearray(default_model.read_bytes())
+        key = b"tokenizer.chat_template"
+        at = data.index(key) + len(key) + 4  # skip the value type
+        length = int.from_bytes(data[at:at + 8], "little")
+        assert len(template) <= length
+        data[at + 8:at + 8 + length] = template.encode().ljust(length)
+        path = tmp_path_factory.mktemp("models") / name
+        path.write_bytes(data)
+        return path
+
+    return make
+
+
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path, monkeypatch) -> Path:
     """A fresh, empty SPECREJ_HOME per test, and the project's own models.txt. Ollama's store and LM
@@ -111,3 +129,19 @@ def tiny_gguf(tmp_path) -> Path:
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+@pytest.fixture
+def ctrl_c_at(monkeypatch):
+    """`ctrl_c_at(owner, "name", k)`: the k-th call of owner.name raises KeyboardInterrupt, as a
+    Ctrl-C landing there would; the calls before it run the real function."""
+    def patch(owner, name: str, k: int):
+        real, calls = getattr(owner, name), []
+
+        def interrupted_on_call_k(*args, **kwargs):
+            calls.append(args)
+            if len(calls) == k:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+        monkeypatch.setattr(owner, name, interrupted_on_call_k)
+    return patch

@@ -15,8 +15,9 @@ from specrej_local.scoring import checked
 
 
 class FakeEngine:
-    def __init__(self, lengths, prompt_tokens: int = 10, context_length: int = 1 << 20, pool=None):
-        self.pool = pool
+    def __init__(self, lengths, prompt_tokens: int = 10, context_length: int = 1 << 20, pool=None,
+                 prefill_chunk: int = 4):
+        self.pool, self.prefill_chunk = pool, prefill_chunk
         self.lengths = list(lengths)
         self.prompt_tokens = prompt_tokens
         self.context_length = context_length
@@ -40,8 +41,11 @@ class FakeEngine:
     def fits(self, n, concurrent, kv_budget, max_tokens):
         return self.pool is None or self.pool.fits(self.need(n, concurrent, kv_budget))
 
-    def open(self, n, concurrent, kv_budget, max_tokens, sampling, stop=(), should_stop=None):
+    def open(self, n, concurrent, kv_budget, max_tokens, sampling, stop=(), should_stop=None, on_prefill=None):
         check_start(n, kv_budget, self.prompt_tokens, max_tokens)
+        if on_prefill is not None:  # the prompt read in chunks, as llama.engine reads it
+            for done in range(self.prefill_chunk, self.prompt_tokens + self.prefill_chunk, self.prefill_chunk):
+                on_prefill(min(done, self.prompt_tokens))
         self.max_tokens = max_tokens
         self.sequences = {}
         if self.pool is not None:

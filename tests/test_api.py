@@ -414,3 +414,220 @@ print("closed", first[0])
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert (done.returncode, done.stdout, done.stderr) == (0, "closed 0\n", "")
+
+
+@pytest.mark.parametrize("reward", ["logprob", "self", "judge"])
+def test_a_chat_template_that_renders_nothing_is_a_template_error_naming_it(with_chat_template, reward):
+    # It gave an IndexError from inside the engine (no prompt token to start the answers from).
+    path = with_chat_template("{{- '' -}}", "silent-template.gguf")
+    with SpecRej(str(path), reward=reward, n_threads=1) as s:
+        for _ in range(2):
+            with pytest.raises(TemplateError) as e:
+                s.generate("Say hi.", **TINY)
+            assert str(e.value) == ("the chat template of silent-template.gguf renders the conversation as empty "
+                                    "text; fix the template, or go without it (--no-chat-template, or "
+                                    "chat_template=False)")
+        [(key, failed)] = s.generate_many(["Say hi."], **TINY)
+        assert key == 0 and str(failed) == str(e.value)
+    with SpecRej(str(path), reward=reward, n_threads=1, chat_template=False) as s:
+        assert s.generate("Say hi.", **TINY).text
+
+
+# --- generate_many: a bad item, and the state any interrupt leaves ------------------------------
+def test_a_bad_item_of_generate_many_fails_alone_and_an_id_is_its_key(spec):
+    items = ["Say hi.", {"prompt": "Say bye.", "id": 7}, {"prompt": "Say yes.", "colour": "red"},
+             {"prompt": 5}, {"messages": "Hi"}, {"prompt": "Say no.", "id": [1]}, 3.5,
+             {"prompt": "Say maybe.", "id": "q1", "n": 3}, {"prompt": "Say when.", "id": 7}]
+    got = list(spec.generate_many(items, concurrent=2, **TINY))
+    errors = {k: str(r) for k, r in got if isinstance(r, Exception)}
+    answers = {k: r for k, r in got if not isinstance(r, Exception)}
+    assert all(isinstance(r, BadInput) for _, r in got if isinstance(r, Exception))
+    assert sorted(answers, key=str) == [0, 7, "q1"]  # an item's "id" stands for its index
+    assert answers[0].text and len(answers[7].candidates) == 2 and len(answers["q1"].candidates) == 3
+    assert errors == {
+        2: "unknown setting 'colour' (a prompt's dict takes \"prompt\" or \"messages\", \"id\" and the settings "
+           "of make_settings: n, alpha, method, max_tokens, temperature, top_k, top_p, min_p, seed, stop, system, "
+           "kv_budget, keep_at_least, ignore_eos)",
+        3: "the prompt must be a string (or a message list), got int",
+        4: "messages must be a non-empty list of {\"role\", \"content\"} objects",
+        5: "\"id\" must be a string or an integer, got [1]",
+        6: "each prompt must be a string, a message list or a dict, got float",
+        7: "7 already names an earlier prompt (an \"id\" must differ from the other prompts' ids and indexes)",
+    }
+    assert len(got) == len(items)
+
+
+@pytest.mark.parametrize("prompts", ["Say hi.", 5, None])
+def test_prompts_that_are_not_a_list_of_prompts_are_bad_input(spec, prompts):
+    with pytest.raises(BadInput, match="prompts must be a list"):
+        list(spec.generate_many(prompts, **TINY))
+
+
+@pytest.mark.parametrize("prompt", [5, 2.5, {"text": "hi"}, b"hi"])
+def test_a_prompt_that_is_not_text_is_blamed_on_the_prompt(spec, prompt):
+    with pytest.raises(BadInput, match=r"^the prompt must be a string \(or a message list\), got "):
+        spec.generate(prompt, **TINY)
+
+
+def test_generate_while_a_generate_many_is_paused_says_so(default_model):
+    with SpecRej(str(default_model), n_threads=1) as s:
+        answers = s.generate_many(["Say hi.", "Say yes."], concurrent=1, **TINY)
+        next(answers)
+        with pytest.raises(SpecRejError, match=r"^a generate_many of this SpecRej is not finished"):
+            s.generate("Say no.", **TINY)
+        answers.close()  # then it answers
+        assert s.generate("Say no.", **TINY).text
+
+
+@pytest.fixture
+def chunked(default_model):
+    """A SpecRej that reads prompts in chunks of 16 tokens: a prompt of a few sentences takes
+    several llama.cpp decodes, so a Ctrl-C can land in the middle of one."""
+    with SpecRej(str(default_model), n_threads=1) as s:
+        s.engine.pool.n_batch = 16
+        yield s
+
+
+LONG = "Summarise: " + "The quick brown fox jumps over the lazy dog. " * 4  # 4 chunks of 16 tokens
+
+
+class CtrlC:
+    """Ctrl-C as the k-th call to llama.cpp's `name` returns (where a real Ctrl-C is raised: see
+    context.interruptible), counting every call, and armed again for each try (conftest's
+    `ctrl_c_at` raises before its k-th call, once). Raised directly, not sent as SIGINT: a test
+    must not depend on how the process handles signals (a background job ignores SIGINT)."""
+
+    def __init__(self, monkeypatch, name="llama_decode"):
+        import llama_cpp
+
+        self.at, self.calls, real = None, 0, getattr(llama_cpp, name)
+
+        def call(*args):
+            out = real(*args)
+            self.calls += 1
+            if self.calls == self.at:
+                raise KeyboardInterrupt
+            return out
+
+        monkeypatch.setattr(llama_cpp, name, call)
+
+    def arm(self, k):
+        self.at, self.calls = k, 0
+
+
+def answers(s) -> bool:
+    """Whether `s` answers a plain prompt whole after whatever happened to it before."""
+    r = s.generate("Name a colour.", n=2, max_tokens=2)
+    return bool(r.text) and r.finish_reason in ("stop", "length") and len(r.candidates) == 2
+
+
+def test_ctrl_c_at_any_decode_of_generate_many_leaves_the_specrej_answering(chunked, monkeypatch):
+    # Ctrl-C while generate_many read a long prompt left its room held: every later generate()
+    # failed an assertion. Here Ctrl-C lands at each decode in turn: the prompts' chunks, the
+    # shared steps, while one prompt is still being read beside another already answering.
+    ctrl_c = CtrlC(monkeypatch)
+    items = ["Say hi.", LONG, "Say yes."]
+    ctrl_c.arm(None)
+    assert len(dict(chunked.generate_many(items, concurrent=2, **TINY))) == 3
+    total = ctrl_c.calls
+    assert total > 4 + 4  # the prompts' chunks, then the steps
+    pool = chunked.engine.pool
+    for k in range(1, total + 1):
+        ctrl_c.arm(k)
+        with pytest.raises(KeyboardInterrupt):
+            list(chunked.generate_many(items, concurrent=2, **TINY))
+        assert pool.idle(), f"Ctrl-C at decode {k} of {total} left room held"
+        ctrl_c.arm(None)
+        assert answers(chunked), k
+
+
+def test_ctrl_c_at_any_decode_of_generate_leaves_the_specrej_answering(default_model, monkeypatch):
+    # The self-judge: the prompt's chunks, the steps, and the probes that score at each cut.
+    with SpecRej(str(default_model), reward="self", n_threads=1) as s:
+        s.engine.pool.n_batch = 16
+        ctrl_c = CtrlC(monkeypatch)
+        ctrl_c.arm(None)
+        opts = dict(n=3, max_tokens=4, kv_budget=s.engine.load_prompt(LONG) + 6)  # a cut after two steps
+        assert s.generate(LONG, **opts).stats["rounds"] >= 1
+        total = ctrl_c.calls
+        for k in range(1, total + 1):
+            ctrl_c.arm(k)
+            with pytest.raises(Interrupted):
+                s.generate(LONG, **opts)
+            ctrl_c.arm(None)
+            assert answers(s), k
+
+
+def interrupt_in(where, monkeypatch, ctrl_c_at):
+    """Arrange for Ctrl-C to land at `where` in the next generate_many."""
+    from specrej_local.llama.engine import LlamaEngine
+
+    if where == "reading a prompt":
+        ctrl_c_at(LlamaEngine, "load_prompt", 2)  # the second prompt's
+    elif where == "making the context":
+        CtrlC(monkeypatch, "llama_init_from_model").arm(1)
+    elif where == "the cleanup after a first Ctrl-C":  # a second one as the first one's cleanup runs
+        first = CtrlC(monkeypatch)
+        first.arm(4)  # the first shared step, after the three prompts were read
+        finish, second = LlamaEngine.finish, []
+
+        def finish_then_ctrl_c(engine):
+            finish(engine)
+            if first.calls >= 4 and not second:
+                second.append(True)
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(LlamaEngine, "finish", finish_then_ctrl_c)
+
+
+@pytest.mark.parametrize("where", ["reading a prompt", "making the context", "the cleanup after a first Ctrl-C"])
+def test_ctrl_c_anywhere_in_generate_many_leaves_the_specrej_answering(default_model, monkeypatch, ctrl_c_at,
+                                                                        where):
+    with SpecRej(str(default_model), n_threads=1) as s:
+        s.generate("Say hi.", **TINY)  # a context exists, and the single-prompt engine holds its room
+        interrupt_in(where, monkeypatch, ctrl_c_at)
+        with pytest.raises(KeyboardInterrupt):
+            list(s.generate_many(["Say hi.", "Say yes.", "Say no."], concurrent=3, **TINY))
+        monkeypatch.undo()
+        assert answers(s)
+
+
+def test_ctrl_c_in_a_reward_between_results_or_a_generator_closed_early_leaves_the_specrej_answering(
+        default_model):
+    calls, at = [], []
+
+    @batched_reward
+    def reward(prompt, responses):
+        calls.append(prompt)
+        if len(calls) == (at[0] if at else None):
+            raise KeyboardInterrupt
+        return [float(len(r)) for r in responses]
+
+    items = ["Say hi.", "Say yes.", "Say no."]
+    with SpecRej(str(default_model), reward=reward, n_threads=1) as s:
+        at.append(2)  # while a prompt's answers are scored
+        with pytest.raises(KeyboardInterrupt):
+            list(s.generate_many(items, concurrent=3, **TINY))
+        at.clear()
+        assert answers(s)
+        with pytest.raises(KeyboardInterrupt):  # in the caller's loop, between two results
+            for _ in s.generate_many(items, concurrent=2, **TINY):
+                raise KeyboardInterrupt
+        assert answers(s)
+        results = s.generate_many(items, concurrent=2, **TINY)  # a caller that stops reading
+        next(results)
+        results.close()
+        assert answers(s)
+        assert s.engine.pool.idle() is False  # the single-prompt engine keeps its last prompt's room ...
+        assert len(dict(s.generate_many(items, concurrent=3, **TINY))) == 3  # ... until generate_many starts
+
+
+def test_ctrl_c_as_generate_reads_its_prompt_is_interrupted_and_the_next_call_answers(spec, ctrl_c_at):
+    # It escaped as a bare KeyboardInterrupt, unlike a Ctrl-C anywhere later in the run.
+    from specrej_local.llama.context import Model
+
+    ctrl_c_at(Model, "tokenize", 1)
+    with pytest.raises(Interrupted) as e:
+        spec.generate("Say hi.", **TINY)
+    assert (e.value.partial.text, e.value.partial.finish_reason, e.value.partial.candidates) == ("", "interrupted", [])
+    assert answers(spec)

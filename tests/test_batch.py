@@ -10,11 +10,12 @@ import struct
 import subprocess
 import sys
 import termios
-import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+
+from children import HANG_S, child, ignore_ctrl_c, lines_in, wait_for
 
 from specrej_local import SpecRej
 from specrej_local.frontends.batch_io import BatchFileError, ResultsFile, answer_all, pending, read_items
@@ -50,15 +51,6 @@ def batch(*args):
     return CliRunner().invoke(cli, ["batch", *map(str, args)])
 
 
-def wait_for_lines(path: Path, count: int, proc, timeout=120):
-    """Wait until `path` holds `count` complete lines (or the process ended)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        if path.exists() and path.read_bytes().count(b"\n") >= count:
-            return
-        time.sleep(0.02)
-
-
 # --- the output ------------------------------------------------------------------------------
 def test_each_prompt_gets_one_line_with_the_run_json_fields_plus_its_id(tmp_path, tiny):
     src = write_lines(tmp_path / "in.jsonl", {"id": "q1", "prompt": "Name a color."},
@@ -74,6 +66,66 @@ def test_each_prompt_gets_one_line_with_the_run_json_fields_plus_its_id(tmp_path
     assert (first["stats"]["n"], first["seed"]) == (2, 0)
     assert (second["stats"]["n"], second["seed"]) == (1, 7)
     assert not (tmp_path / "out.jsonl.lock").exists()
+
+
+# A line's own sampling, stop and budget settings, and what the command line says for the same.
+LINE_SETTINGS = {"temperature": 1.5, "top_k": 7, "top_p": 0.5, "min_p": 0.2, "stop": ["!", "."], "kv_budget": 10,
+                 "method": "specrej"}
+SAME_OPTIONS = ["--temperature", "1.5", "--top-k", "7", "--top-p", "0.5", "--min-p", "0.2", "--stop", "!",
+                "--stop", ".", "--kv-budget", "10"]
+
+
+@pytest.mark.parametrize("concurrent", ["1", "2"])
+def test_a_line_s_sampling_stop_and_budget_settings_are_used(tmp_path, tiny, concurrent):
+    # They were silently dropped: the line ran with the command's options instead.
+    src = write_lines(tmp_path / "in.jsonl", {"id": 1, "prompt": "Name a color.", **LINE_SETTINGS},
+                      {"id": 2, "prompt": "Name a color."})
+    out, alone = tmp_path / "out.jsonl", tmp_path / "alone.jsonl"
+    result = batch(src, "-o", out, *tiny, "-c", concurrent)
+    assert result.exit_code == 0, result.output
+    by_id = {r["id"]: r for r in read_lines(out)}
+    expected = batch(write_lines(tmp_path / "one.txt", "Name a color."), "-o", alone, *tiny, *SAME_OPTIONS)
+    assert expected.exit_code == 0, expected.output
+    [same] = read_lines(alone)
+    assert by_id[1]["stats"]["kv_budget"] == same["stats"]["kv_budget"] == 10  # not the default, 8 here
+    assert by_id[1]["candidates"] == same["candidates"]
+    assert by_id[2]["stats"]["kv_budget"] != 10  # the other line keeps the command's options
+
+
+def test_the_settings_a_line_may_give_are_every_setting_of_the_api():
+    import inspect
+
+    from specrej_local.api import make_settings
+    from specrej_local.frontends.batch_io import OVERRIDES
+
+    assert set(OVERRIDES) == set(inspect.signature(make_settings).parameters)
+
+
+def test_a_line_s_stop_strings_are_checked(tmp_path):
+    src = write_lines(tmp_path / "in.jsonl", {"id": 1, "prompt": "hi", "stop": "!"},
+                      {"id": 2, "prompt": "hi", "stop": ["!", 3]}, {"id": 3, "prompt": "hi", "stop": 5},
+                      '{"id": 4, "prompt": "hi", "stop": ["\\udc80"]}', {"id": 5, "prompt": "hi", "temperature": "hot"},
+                      {"id": 6, "prompt": "hi", "method": 1})
+    items = read_items(src)
+    assert items[0].error is None and items[0].settings == {"stop": "!"}
+    assert [it.error for it in items[1:]] == [
+        'line 2: "stop" must be a string or a list of strings, got ["!", 3]',
+        'line 3: "stop" must be a string or a list of strings, got 5',
+        'line 4: "stop" is not valid UTF-8 text (character 1)',
+        'line 5: "temperature" must be a number, got "hot"',
+        'line 6: "method" must be a string, got 1']
+
+
+@pytest.mark.parametrize("name, data", [
+    ("in.jsonl", b'{"id": 1, "prompt": "Say hi."}\n'),
+    ("in.txt", b"Say hi.\n"),
+    ("in.json", b'["Say hi."]'),
+])
+def test_a_byte_order_mark_at_the_start_of_in_is_not_part_of_the_first_prompt(tmp_path, name, data):
+    src = tmp_path / name
+    src.write_bytes(b"\xef\xbb\xbf" + data)
+    [it] = read_items(src)
+    assert (it.id, it.prompt, it.error) == (1, "Say hi.", None)
 
 
 def test_a_plain_text_file_is_one_prompt_a_line_with_line_numbers_as_ids(tmp_path, tiny):
@@ -118,6 +170,7 @@ def test_the_shared_alpaca_farm_file_reads_as_100_prompts():
     ('{"id": "a", "prompt": "hi", "n": 2.5}', 'line 2: "n" must be an integer, got 2.5'),
     ('{"id": "a", "prompt": "hi", "alpha": true}', 'line 2: "alpha" must be a number, got true'),
     ('{"id": "a", "prompt": "hi", "system": 3}', 'line 2: "system" must be a string, got 3'),
+    ('{"id": "a", "prompt": "hi", "ignore_eos": 1}', 'line 2: "ignore_eos" must be true or false, got 1'),
     ('{"id": "first", "prompt": "again"}', "line 2: duplicate id 'first' (first at line 1)"),
     # strings with a lone surrogate: valid JSON, but no text a model can read
     ('{"id": "a", "prompt": "\\ud800"}', 'line 2: "prompt" is not valid UTF-8 text (character 1)'),
@@ -248,7 +301,7 @@ def test_an_output_that_is_not_a_regular_file_is_refused(tmp_path, kind):
         out = tmp_path / "results"
         out.mkdir()
     p = subprocess.run([SCRIPT, "batch", str(src), "-o", str(out), "-g", "not-even-loaded"], capture_output=True,
-                       text=True, stdin=subprocess.DEVNULL, timeout=20)
+                       text=True, stdin=subprocess.DEVNULL, timeout=HANG_S)
     assert (p.returncode, p.stdout) == (2, "")
     assert p.stderr == f"Error: {out} is {kind}, not a regular file; choose a file for -o\n"
 
@@ -327,34 +380,36 @@ def test_a_terminal_gets_a_progress_bar_over_prompts_with_an_eta(tmp_path, tiny)
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 100 columns
     # the self-judge makes each prompt slow enough for the bar to be redrawn between the two
     # (one at a time: decoded together, both would finish at the same step)
-    proc = subprocess.Popen([SCRIPT, "batch", str(src), "-o", str(tmp_path / "out.jsonl"), *tiny, "-n", "1",
-                             "-r", "self", "-c", "1"], stdout=subprocess.DEVNULL, stderr=terminal)
-    os.close(terminal)
-    shown = b""
-    while True:
-        try:
-            chunk = os.read(master, 4096)
-        except OSError:  # the process has ended
-            break
-        if not chunk:
-            break
-        shown += chunk
-    os.close(master)
-    assert proc.wait() == 0
+    try:
+        with child([SCRIPT, "batch", src, "-o", tmp_path / "out.jsonl", *tiny, "-n", "1", "-r", "self", "-c", "1"],
+                   stdout=subprocess.DEVNULL, stderr=terminal) as proc:
+            os.close(terminal)
+            shown = b""
+            while True:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:  # the process has ended
+                    break
+                if not chunk:
+                    break
+                shown += chunk
+            assert proc.wait(timeout=HANG_S) == 0
+    finally:
+        os.close(master)
     bar = shown.decode().replace("\r\n", "\n").replace("\r", "\n")  # CR LF on a terminal
-    assert re.search(r"^ 50%\|.*\| 1/2 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+prompt/s\]", bar, re.M), bar  # elapsed<ETA
+    assert re.search(r"^batch: +50%\|.*\| 1/2 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+prompt/s\]", bar, re.M), bar  # elapsed<ETA
     assert bar.endswith(f"Done: 2 answered, 0 failed, 0 already in {tmp_path / 'out.jsonl'}.\n")
 
 
 # --- crashes, Ctrl-C and a second run ------------------------------------------------------------
-def start_eight_prompts(tmp_path, tiny, **popen):
-    """A real `batch` process over 8 one-candidate prompts: (IN, OUT, the process). The first
-    answer is 4 tokens long and the other seven up to 64, so, run one after another or together,
-    the first line is written well before the last one, even on a fast idle machine."""
+def eight_prompts(tmp_path, tiny):
+    """A `batch` command over 8 one-candidate prompts: (IN, OUT, the command). The first answer is
+    4 tokens long and the other seven up to 64, so, run one after another or together, the first
+    line is written well before the last one, even on a fast idle machine."""
     src = write_lines(tmp_path / "in.jsonl", *({"prompt": f"Say the number {i}.", "max_tokens": 4 if i == 0 else 64}
                                                 for i in range(8)))
     out = tmp_path / "out.jsonl"
-    return src, out, subprocess.Popen([SCRIPT, "batch", str(src), "-o", str(out), *tiny, "-n", "1"], **popen)
+    return src, out, [SCRIPT, "batch", src, "-o", out, *tiny, "-n", "1"]
 
 
 def assert_the_same_command_finishes_the_rest(src, out, tiny, before):
@@ -366,10 +421,11 @@ def assert_the_same_command_finishes_the_rest(src, out, tiny, before):
 
 
 def test_kill_9_mid_batch_then_resume_completes_with_each_id_once(tmp_path, tiny):
-    src, out, proc = start_eight_prompts(tmp_path, tiny, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_lines(out, 1, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    src, out, command = eight_prompts(tmp_path, tiny)
+    with child(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
+        wait_for(lines_in(out, 1), proc, "a first answer in OUT")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=HANG_S)
     assert proc.returncode == -signal.SIGKILL
     before = len(read_lines(out))
     assert 1 <= before < 8  # killed mid-batch; what is there is valid JSONL
@@ -377,12 +433,21 @@ def test_kill_9_mid_batch_then_resume_completes_with_each_id_once(tmp_path, tiny
     assert_the_same_command_finishes_the_rest(src, out, tiny, before)
 
 
-def test_ctrl_c_mid_batch_exits_130_with_finished_lines_intact(tmp_path, tiny):
-    src, out, proc = start_eight_prompts(tmp_path, tiny, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for_lines(out, 1, proc)
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130
+# SIGTERM (kill, systemd, Docker, CI runners) takes Ctrl-C's path, with status 143 instead of 130;
+# SIGTERM left the lock file behind. Also where SIGINT is ignored, as in a script's background job.
+STOPS = pytest.mark.parametrize("sig, status, start", [(signal.SIGINT, 130, None), (signal.SIGTERM, 143, None),
+                                                       (signal.SIGTERM, 143, ignore_ctrl_c)],
+                                ids=["ctrl-c", "sigterm", "sigterm with ctrl-c ignored"])
+
+
+@STOPS
+def test_stopped_mid_batch_exits_with_its_status_with_finished_lines_intact(tmp_path, tiny, sig, status, start):
+    src, out, command = eight_prompts(tmp_path, tiny)
+    with child(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=start) as proc:
+        wait_for(lines_in(out, 1), proc, "a first answer in OUT")
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=HANG_S)
+    assert proc.returncode == status, stderr
     lines = read_lines(out)
     assert 1 <= len(lines) < 8 and all("text" in r for r in lines)
     assert stderr == (f"Interrupted: {len(lines)} answered, 0 failed, 0 already in {out}; "
@@ -391,17 +456,17 @@ def test_ctrl_c_mid_batch_exits_130_with_finished_lines_intact(tmp_path, tiny):
     assert_the_same_command_finishes_the_rest(src, out, tiny, len(lines))
 
 
-def test_ctrl_c_as_soon_as_the_output_is_locked_exits_130_with_the_summary(tmp_path, tiny):
-    # The lock is taken before the models are fetched and loaded: Ctrl-C lands there (or, on a
-    # fast machine, in the first prompt); either way it is 130 and a summary, never "Aborted!".
+@STOPS
+def test_stopped_as_soon_as_the_output_is_locked_exits_with_the_summary(tmp_path, tiny, sig, status, start):
+    # The lock is taken before the models are fetched and loaded: the signal lands there (or, on a
+    # fast machine, in the first prompt); either way it is its status and a summary, never "Aborted!".
     lock = tmp_path / "out.jsonl.lock"
-    src, out, proc = start_eight_prompts(tmp_path, tiny, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not lock.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stderr
+    src, out, command = eight_prompts(tmp_path, tiny)
+    with child(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=start) as proc:
+        wait_for(lock.exists, proc, "the lock file")
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=HANG_S)
+    assert proc.returncode == status, stderr
     answered = len(read_lines(out)) if out.exists() else 0  # an OUT left empty is removed
     assert stderr == (f"Interrupted: {answered} answered, 0 failed, 0 already in {out}; "
                       "run the same command again to resume.\n")
@@ -412,7 +477,8 @@ def test_a_second_batch_on_the_same_output_refuses_to_start(tmp_path):
     src = write_lines(tmp_path / "in.txt", "Say hi.")
     out = tmp_path / "out.jsonl"
     with ResultsFile(out):  # this test process is the first batch, holding the lock
-        second = subprocess.run([SCRIPT, "batch", str(src), "-o", str(out)], capture_output=True, text=True)
+        second = subprocess.run([SCRIPT, "batch", str(src), "-o", str(out)], capture_output=True, text=True,
+                                timeout=HANG_S)
     assert second.returncode == 2
     assert second.stderr == (f"Error: another batch (pid {os.getpid()}) is writing {out}; wait for it to end "
                              f"or choose another -o (lock file {out}.lock)\n")
@@ -547,17 +613,18 @@ def test_concurrent_error_lines_and_failures_leave_the_other_prompts_answered(tm
     assert result.stderr == f"Done: 2 answered, 3 failed, 0 already in {out}.\n"
 
 
-def test_ctrl_c_mid_concurrent_batch_exits_130_and_the_same_command_finishes_the_rest(tmp_path, tiny):
-    # Prompts of different lengths finish at different steps, so Ctrl-C lands with some on disk.
+@STOPS
+def test_stopped_mid_concurrent_batch_the_same_command_finishes_the_rest(tmp_path, tiny, sig, status, start):
+    # Prompts of different lengths finish at different steps, so the signal lands with some on disk.
     src = write_lines(tmp_path / "in.jsonl", *({"id": k, "prompt": f"Count to {k + 3}.", "max_tokens": 2 + 6 * k}
                                                for k in range(8)))
     out = tmp_path / "out.jsonl"
-    args = [SCRIPT, "batch", str(src), "-o", str(out), *tiny, "-n", "2", "-c", "8"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for_lines(out, 1, proc)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stderr
+    args = [SCRIPT, "batch", src, "-o", out, *tiny, "-n", "2", "-c", "8"]
+    with child(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=start) as proc:
+        wait_for(lines_in(out, 1), proc, "a first answer in OUT")
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=HANG_S)
+    assert proc.returncode == status, stderr
     lines = read_lines(out)
     assert 1 <= len(lines) < 8 and all("text" in r for r in lines)
     assert stderr == (f"Interrupted: {len(lines)} answered, 0 failed, 0 already in {out}; "

@@ -1,5 +1,8 @@
 """The bench command: metric functions on hand-computed cases, then tiny real runs."""
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -155,7 +158,7 @@ def test_bad_bench_settings_are_one_line_errors(tmp_path, args, words):
 
 def test_bench_refuses_prompts_from_a_device(tmp_path):
     res = CliRunner().invoke(cli, ["bench", "-P", "/dev/zero", "-o", str(tmp_path)])
-    assert res.exit_code == 2 and "/dev/zero is not a regular file" in res.output
+    assert res.exit_code == 2 and "/dev/zero is a device, not a regular file" in res.output
 
 
 # --- compute equivalence ------------------------------------------------------------------------------
@@ -306,7 +309,7 @@ def test_two_recordings_tune_on_the_first_and_test_on_the_second(tmp_path):
     ("the same file twice", "is given twice"),
     ("one pool", "needs pools of 2 or more prompts"),
     ("pools of other sizes", "hold pools of 8 and 16 answers"),
-    ("a pool without its keys", "is not a compute.json written by bench --compute"),
+    ("a pool without its keys", "b.json: pools[0].max_tokens must be a whole number"),
     ("an option the study ignores", "--alpha is not an option of --compute"),
     ("both --compute and --compute-from", "give one of the two"),
     ("an output folder that cannot be", "cannot write to the output folder"),
@@ -408,3 +411,158 @@ def test_ctrl_c_in_the_compute_study_keeps_the_pools_already_recorded(default_mo
     assert data["interrupted"] and len(data["pools"]) == 2 and data["settings"]["prompts"] == 2
     again = CliRunner().invoke(cli, ["bench", "--compute-from", str(out / "compute.json"), "-o", str(tmp_path / "b")])
     assert again.exit_code == 0, again.output
+
+
+# --- --compute-from: files that are not recordings, recordings that are damaged ---------------------
+def _bench(*args):
+    return CliRunner().invoke(cli, ["bench", *map(str, args)])
+
+
+def _one_line_error(res, words):
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == 2 and len(lines) == 1 and lines[0].startswith("Error: ") and words in lines[0], res.output
+
+
+@pytest.mark.parametrize("given", [["the output"], ["the output", "another"], ["another", "the output"]])
+def test_compute_from_never_writes_over_a_recording_it_reads(tmp_path, given):
+    out = tmp_path / "out"
+    out.mkdir()
+    files = {"the output": _pools_file(out, name="compute.json"), "another": _pools_file(tmp_path, prompts=2)}
+    before = {name: path.read_bytes() for name, path in files.items()}
+    args = [a for name in given for a in ("--compute-from", files[name])]
+    for _ in range(2):  # it grew by a recording each time, and took in the test prompts
+        _one_line_error(_bench(*args, "-o", out), "; choose another output file")
+        assert {name: path.read_bytes() for name, path in files.items()} == before
+    assert sorted(p.name for p in out.iterdir()) == ["compute.json"]  # no temporary file left either
+
+
+def test_compute_from_reads_only_regular_files(tmp_path):
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    _one_line_error(_bench("--compute-from", fifo, "-o", tmp_path / "out"), "is a FIFO, not a regular file")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/dev/zero and RLIMIT_AS")
+def test_compute_from_a_device_is_refused_without_reading_it(tmp_path):
+    """Run apart, with its memory capped: the bug read /dev/zero until memory ran out."""
+    import resource
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+    p = subprocess.run([sys.executable, "-m", "specrej_local", "bench", "--compute-from", "/dev/zero",
+                        "-o", str(tmp_path / "out")], capture_output=True, text=True, timeout=300, preexec_fn=cap)
+    assert p.returncode == 2 and p.stderr.strip() == ("Error: the recording /dev/zero is a device, not a regular "
+                                                      "file: give a file"), p.stderr
+
+
+def test_a_recording_larger_than_the_bound_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    from specrej_local.bench import recording
+
+    monkeypatch.setattr(recording, "MAX_BYTES", 1000)
+    _one_line_error(_bench("--compute-from", _pools_file(tmp_path), "-o", tmp_path / "out"),
+                    "is larger than 0.000953674 MB")
+
+
+def _damage(tmp_path, change):
+    path = _pools_file(tmp_path, prompts=2, name="bad.json")
+    d = json.loads(path.read_text())
+    change(d)
+    path.write_text(json.dumps(d))
+    return path
+
+
+def _seq(d, k=1, i=3):
+    return d["pools"][k]["sequences"][i]
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda d: _seq(d).update(rewards=[]),
+     "pools[1].sequences[3].rewards must be a list of 1 or more values, got list"),
+    (lambda d: _seq(d).update(rewards="abc"), "pools[1].sequences[3].rewards must be a list of 1 or more values, "
+                                              "got 'abc'"),
+    (lambda d: _seq(d)["rewards"].__setitem__(2, "x"), "pools[1].sequences[3].rewards[2] must be a finite number, "
+                                                       "got 'x'"),
+    (lambda d: _seq(d)["rewards"].__setitem__(0, float("nan")), "pools[1].sequences[3].rewards[0] must be a finite"),
+    (lambda d: _seq(d)["rewards"].pop(), "pools[1].sequences[3].rewards holds"),
+    (lambda d: _seq(d).update(steps=0), "pools[1].sequences[3].steps must be a whole number from 1 to 12, got 0"),
+    (lambda d: _seq(d).update(steps=13), "pools[1].sequences[3].steps must be a whole number from 1 to 12, got 13"),
+    (lambda d: _seq(d).update(finish_reason=None), "pools[1].sequences[3].finish_reason must be 'stop' or 'length'"),
+    (lambda d: _seq(d).pop("steps"), "pools[1].sequences[3].steps must be a whole number"),
+    (lambda d: d["pools"][0].update(max_tokens="x"), "pools[0].max_tokens must be a whole number from 1"),
+    (lambda d: d["pools"][0].update(max_tokens=True), "pools[0].max_tokens must be a whole number from 1"),
+    (lambda d: d["pools"][1].update(prompt_tokens=-5), "pools[1].prompt_tokens must be a whole number from 1"),
+    (lambda d: d["pools"][1].update(kv_base=2.5), "pools[1].kv_base must be a whole number"),
+    (lambda d: d["pools"][0].update(wall_s=-1), "pools[0].wall_s must be a finite number of at least 0, got -1"),
+    (lambda d: d["pools"][0].update(step_profile=[[1]]), "pools[0].step_profile[0] must hold 3 values, got 1"),
+    (lambda d: d["pools"][0]["step_profile"].__setitem__(4, [1, "a", 0.1]), "pools[0].step_profile[4][1] must be"),
+    (lambda d: d["pools"][0].update(sequences=[]), "pools[0].sequences must be a list of 1 or more objects"),
+    (lambda d: d["pools"][0].update(judged=[1.0], judge_s=0.1, judge_fed=3), "pools[0].judged holds 1 scores for 8"),
+    (lambda d: [p.update(judged=[0.0] * 8, judge_s=0.1, judge_fed=3) for p in d["pools"][:1]],
+     "some pools have self-judge scores"),
+    (lambda d: d.update(pools=[]), "pools must be a list of 1 or more objects, got list"),
+    (lambda d: d.update(pools=[5]), "pools must be a list of 1 or more objects"),
+    (lambda d: d.update(settings=[]), "settings must be an object"),
+    (lambda d: d.update(validation=[{"prompt": 0}]), "validation[0].n must be a whole number from 1"),
+    (lambda d: d.update(validation=[{"prompt": 7}]), "validation[0].prompt must be a whole number from 0 to 1, got 7"),
+    (lambda d: d.update(calibration={"n": 1}), "calibration must be a list of zero or more objects, got dict"),
+    (lambda d: d.update(judged_runs=[dict(prompt=0, n=2, generated_tokens=1, judge_fed=1, rounds=0, judge_s=0,
+                                          wall_s=0, reward=1, pool_reward=1)]), "judged_runs[0].wall_s must be more"),
+    (lambda d: d.update(train=[0, 5]), "train must list distinct pool numbers from 0 to 1"),
+])
+def test_a_damaged_recording_is_named_field_by_field_in_one_line(tmp_path, change, words):
+    bad = _damage(tmp_path, change)
+    res = _bench("--compute-from", _pools_file(tmp_path, name="good.json"), "--compute-from", bad,
+                 "-o", tmp_path / "out")
+    _one_line_error(res, f"{bad}: {words}")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("text", ["[" * 100000, "{\"pools\": 1e999999}", "\xff\xfe", "[]", "null"])
+def test_a_recording_that_is_not_one_is_a_one_line_error(tmp_path, text):
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(text.encode("latin-1"))
+    res = _bench("--compute-from", bad, "-o", tmp_path / "out")
+    assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1 and str(bad) in res.output, res.output
+
+
+def test_merging_a_self_judged_recording_with_a_plain_one_says_the_judge_study_is_left_out(tmp_path):
+    def runs(pools):
+        return [dict(prompt=k, n=2, schedule="default", reward=p["judged"][0], winner=0, pool_reward=p["judged"][0],
+                     generated_tokens=10, judge_fed=5, judge_s=0.1, rounds=1, wall_s=0.5, step_s=0.4)
+                for k, p in enumerate(pools)]
+    judged = _pools_file(tmp_path, judged_runs=runs, name="judged.json")
+    plain = _pools_file(tmp_path, prompts=2, name="plain.json")
+    res = CliRunner().invoke(cli, ["bench", "--compute-from", str(judged), "--compute-from",
+                                   str(plain), "-o", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    notes = [line for line in res.stderr.splitlines() if "self-judge" in line]
+    assert notes == [f"Note: {plain} has no self-judge scores (recorded without --rewards logprob,self), so the "
+                     f"self-judge study of {judged} is left out; the logprob study uses every recording."]
+    assert json.loads((tmp_path / "out" / "compute.json").read_text())["analysis"]["judged"] is None
+
+
+@pytest.mark.parametrize("option", ["--rewards", "-N", "--engine-ns"])
+def test_an_empty_list_option_is_an_error_not_the_default(tmp_path, option):
+    res = _bench(option, "", "-g", tmp_path / "missing.gguf", "-o", tmp_path / "out")
+    _one_line_error(res, f"{option if option != '-N' else '--ns'} is empty")
+    assert not (tmp_path / "out").exists()
+
+
+def test_prompts_file_that_does_not_exist_says_so(tmp_path):
+    _one_line_error(_bench("-P", tmp_path / "missing.json", "-o", tmp_path / "out"),
+                    f"the prompts file {tmp_path / 'missing.json'} does not exist")
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_the_bench_keeps_the_prompts_finished(default_model, tmp_path, ctrl_c_at):
+    from specrej_local.bench import runners
+
+    ctrl_c_at(runners, "run_figures", 5)  # four runs per prompt: the fifth is the second prompt's
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["bench", "--preset", "smoke", "-g", str(default_model), "-t", "1", "-k", "2",
+                                   "--max-tokens", "4", "-o", str(out)])
+    assert res.exit_code == 130 and "Kept the 1 prompt run finished before the interrupt" in res.output, res.output
+    data = json.loads((out / "bench.json").read_text())
+    assert data["interrupted"] and [p["index"] for p in data["prompts"]] == [0] and data["engine"] is None
+    assert {r["method"] for r in data["summary"]} == {"bon", "bon-waves", "specrej", "specrej-auto"}

@@ -15,6 +15,8 @@ from specrej_local.bench.serve_load import row_line as serve_line
 from specrej_local.errors import SpecRejError
 from specrej_local.frontends.cli import cli
 
+from children import HANG_S, child
+
 
 def test_requests_per_row_default_to_two_per_client_and_at_least_four():
     assert [requests_for(c, None) for c in (1, 2, 4, 8)] == [4, 4, 8, 16]
@@ -128,28 +130,132 @@ def test_serve_load_end_to_end(default_model, tmp_path):
         os.kill(pid, 0)
 
 
+def _gone(pid: int) -> bool:
+    """The process has exited: no such pid, or a zombie no one has reaped yet."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    """Wait for the process to exit (a pidfd becomes readable then): True if it did in time."""
+    import select
+
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        select.select([fd], [], [], timeout)
+    finally:
+        os.close(fd)
+    return _gone(pid)
+
+
+def _server_of(bench) -> int:
+    """The pid of the server bench --serve-load started, from the line it prints once the server
+    answers (the load is then under way or about to be)."""
+    for line in bench.stderr:
+        if line.startswith("Server ready at"):
+            return int(line.split("(pid ", 1)[1].split(")", 1)[0])
+    raise AssertionError(f"the bench ended first, with status {bench.wait()}")
+
+
+def _serve_load(model, out):
+    """bench --serve-load as a child (in a session of its own, killed with its server whatever the
+    test finds), with a load that cannot end on its own."""
+    return child([sys.executable, "-m", "specrej_local", "bench", "--serve-load", "-g", model, "-t", "1", "-N", "2",
+                  "--clients", "1", "--requests", "1000", "--max-tokens", "64", "-o", out],
+                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and pidfd")
+
+
 @pytest.mark.slow
-def test_ctrl_c_during_the_load_stops_the_server(default_model, tmp_path):
+@linux_only
+@pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_sigterm_during_the_load_stops_the_server(default_model, tmp_path, sig, status):
     pytest.importorskip("starlette")
     pytest.importorskip("uvicorn")
     out = tmp_path / "out"
-    bench = subprocess.Popen([sys.executable, "-m", "specrej_local", "bench", "--serve-load", "-g", str(default_model),
-                              "-t", "1", "-N", "2", "--clients", "1", "--requests", "1000", "--max-tokens", "64",
-                              "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        for line in bench.stderr:  # the server is up: the load is under way or about to be
-            if line.startswith("Server ready at"):
-                break
-        else:
-            raise AssertionError(f"the bench ended first, with status {bench.wait()}")
-        pid = int(line.split("(pid ", 1)[1].split(")", 1)[0])
-        bench.send_signal(signal.SIGINT)
-        assert bench.wait(timeout=120) == 130
+    with _serve_load(default_model, out) as bench:
+        pid = _server_of(bench)
+        bench.send_signal(sig)
+        assert bench.wait(timeout=HANG_S) == status
         assert "Interrupted." in bench.stderr.read()
-    finally:
-        if bench.poll() is None:
-            bench.kill()
-            bench.wait()
-    with pytest.raises(ProcessLookupError):  # the bench stopped and reaped its server before it exited
-        os.kill(pid, 0)
-    assert not (out / "serve_load.json").exists()
+        assert _gone(pid)  # the bench stopped and reaped its server before it exited
+    assert not (out / "serve_load.json").exists()  # no row was finished
+
+
+@pytest.mark.slow
+@linux_only
+def test_a_killed_bench_takes_its_server_with_it(default_model, tmp_path):
+    """kill -9 gives the bench no chance to stop its server: the kernel's parent-death signal does.
+    Before, the server went on under PID 1 (one answered 30 minutes later)."""
+    pytest.importorskip("starlette")
+    pytest.importorskip("uvicorn")
+    with _serve_load(default_model, tmp_path / "out") as bench:
+        pid = _server_of(bench)
+        bench.kill()
+        bench.wait()
+        assert _wait_gone(pid, timeout=HANG_S), (tmp_path / "out" / "serve_load.log").read_text()[-2000:]
+
+
+@pytest.mark.parametrize("mode", [["--preset", "smoke", "-k", "1", "--no-engine"],
+                                  ["--continuous", "-k", "1", "-N", "2", "--max-tokens", "2", "-c", "1"],
+                                  ["--serve-load", "-N", "2", "--clients", "1", "--requests", "1", "--max-tokens", "2"],
+                                  ["--compute", "-k", "2", "-N", "8", "--max-tokens", "2"]])
+def test_an_output_folder_that_cannot_be_is_refused_before_any_work(default_model, tmp_path, mode):
+    (tmp_path / "afile").write_text("not a folder")
+    res = CliRunner().invoke(cli, ["bench", *mode, "-g", str(default_model), "-t", "1",
+                                   "-o", str(tmp_path / "afile" / "sub")])
+    lines = res.output.strip().splitlines()  # before: the study ran, then a traceback lost it
+    assert res.exit_code == 2 and lines == [f"Error: cannot write to the output folder {tmp_path / 'afile' / 'sub'}: "
+                                            "Not a directory"], res.output
+
+
+@pytest.mark.parametrize("name", ["continuous.json", "serve_load.json", "serve_load.log"])
+def test_an_output_file_that_is_a_fifo_is_refused_before_any_work(tmp_path, name):
+    out = tmp_path / "out"
+    out.mkdir()
+    os.mkfifo(out / name)
+    mode = "--continuous" if name.startswith("continuous") else "--serve-load"
+    res = CliRunner().invoke(cli, ["bench", mode, "-g", str(tmp_path / "missing.gguf"), "-o", str(out)])
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == 2 and lines == [f"Error: {out / name} is a FIFO, not a regular file; choose another "
+                                            "output file"], res.output
+
+
+@pytest.mark.slow
+def test_ctrl_c_after_a_row_of_the_continuous_study_keeps_that_row(default_model, tmp_path, ctrl_c_at):
+    from specrej_local.bench import continuous
+
+    ctrl_c_at(continuous, "timed", 3)  # each row times two halves: the third is the second row's first
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["bench", "--continuous", "-g", str(default_model), "-t", "1", "-k", "1",
+                                   "-N", "2,3", "--methods", "specrej", "--max-tokens", "2", "-c", "1", "-o", str(out)])
+    assert res.exit_code == 130 and "Kept the 1 row measured before the interrupt." in res.output, res.output
+    data = json.loads((out / "continuous.json").read_text())
+    assert data["interrupted"] and [(r["method"], r["n"]) for r in data["rows"]] == [("specrej", 2)]
+    assert continuous_line(data["rows"][0]) in res.output
+
+
+@pytest.mark.slow
+@linux_only
+def test_ctrl_c_after_a_row_of_the_load_keeps_that_row_and_stops_the_server(default_model, tmp_path, ctrl_c_at):
+    pytest.importorskip("starlette")
+    pytest.importorskip("uvicorn")
+    from specrej_local.bench import serve_load
+
+    ctrl_c_at(serve_load, "drive", 2)  # one call per row
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["bench", "--serve-load", "-g", str(default_model), "-t", "1", "-N", "2",
+                                   "--clients", "1,2", "--requests", "1", "--max-tokens", "2", "-o", str(out)])
+    pid = int(res.output.split("(pid ", 1)[1].split(")", 1)[0])
+    assert res.exit_code == 130 and "Kept the 1 row measured before the interrupt." in res.output, res.output
+    assert _gone(pid)  # stopped (and reaped) before the rows were written
+    data = json.loads((out / "serve_load.json").read_text())
+    assert data["interrupted"] and [r["clients"] for r in data["rows"]] == [1]

@@ -22,6 +22,16 @@ def test_a_follow_up_question_comes_after_the_answer():
     assert after == "<|im_end|>\n<|im_start|>user\nGood?<|im_end|>\n<|im_start|>assistant\n"
 
 
+@pytest.mark.parametrize("template", ["{{- '' -}}", "{% if messages[99] is defined %}x{% endif %}", "   \n"])
+def test_a_template_that_renders_nothing_is_a_template_error_naming_it(template):
+    chat = ChatFormat(template, name="the chat template of m.gguf")
+    for render in (lambda: chat.prompt("Hi"), lambda: chat.answered("Hi", None, "Hello"),
+                   lambda: chat.around_answer("Hi")):
+        with pytest.raises(TemplateError, match=r"^the chat template of m\.gguf renders the conversation as empty "
+                                                r"text; fix the template, or go without it"):
+            render()
+
+
 def test_raw_mode_uses_no_template():
     assert ChatFormat(None, raw=True).prompt("Hi", system="S") == "S\n\nHi"
 

@@ -8,18 +8,17 @@ import importlib.util
 import json
 import os
 import pty
-import re
 import resource
-import select
 import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+
+from children import HANG_S, child, ignore_ctrl_c, read_until, wait_for
 
 from specrej_local.frontends.cli import cli
 
@@ -45,8 +44,9 @@ def specrej(*args, input=None):
 
 
 def specrej_process(*args, input=None, **kwargs):
-    """`specrej-local ARGS` as a real process."""
-    return subprocess.run([SCRIPT, *map(str, args)], input=input, capture_output=True, text=True, **kwargs)
+    """`specrej-local ARGS` as a real process (killed if it hangs)."""
+    return subprocess.run([SCRIPT, *map(str, args)], input=input, capture_output=True, text=True,
+                          **{"timeout": HANG_S, **kwargs})
 
 
 def assert_one_line_error(result, message):
@@ -122,6 +122,14 @@ def test_settings_out_of_range(model, args, message):
     assert_one_line_error(specrej("-g", model, "-t", "1", *args, "What is 2+2?"), message)
 
 
+@pytest.mark.parametrize("budget", ["-1", "0", "4"])
+def test_a_kv_budget_that_cannot_hold_one_token_per_answer_fails_before_any_model_loads(budget):
+    # the model named does not exist: an error about it would mean the budget was checked too late
+    assert_one_line_error(specrej("-g", "no-such-model.gguf", "-n", "4", "--kv-budget", budget, "hi"),
+                          f"--kv-budget {budget} cannot hold the prompt plus one token for each of 4 answers: use at "
+                          "least the prompt's tokens + 4")
+
+
 @pytest.mark.parametrize("prompt", ["", "   \n"], ids=["empty", "blank"])
 def test_an_empty_prompt(model, prompt):
     assert_one_line_error(specrej("-g", model, "-t", "1", input=prompt), "the prompt is empty")
@@ -137,6 +145,42 @@ def test_stdin_that_is_not_utf8(model):
     assert_one_line_error(result, "the prompt on stdin is not UTF-8 text (byte 3)")
 
 
+def test_a_byte_order_mark_on_stdin_is_not_part_of_the_prompt(model):
+    # Windows editors and PowerShell pipes start UTF-8 text with EF BB BF; it reached the model.
+    plain = specrej("-g", model, *FAST, "--json", input=b"What is 2+2?")
+    marked = specrej("-g", model, *FAST, "--json", input=b"\xef\xbb\xbfWhat is 2+2?")
+    assert marked.exit_code == 0, marked.output
+    plain, marked = json.loads(plain.stdout), json.loads(marked.stdout)
+    assert marked["stats"]["prompt_tokens"] == plain["stats"]["prompt_tokens"]
+    assert [c["text"] for c in marked["candidates"]] == [c["text"] for c in plain["candidates"]]
+    # a mark alone is an empty prompt; bytes after it that are not UTF-8 are counted from the start
+    assert_one_line_error(specrej("-g", model, input=b"\xef\xbb\xbf \n"), "the prompt is empty")
+    assert_one_line_error(specrej("-g", model, input=b"\xef\xbb\xbfcaf\xe9"),
+                          "the prompt on stdin is not UTF-8 text (byte 6)")
+
+
+def test_an_endless_stdin_is_refused_in_one_line_without_filling_memory():
+    # `specrej-local < /dev/zero` read until a MemoryError traceback. Under a 2 GiB address-space
+    # limit the read has to stop at its cap (no model is loaded before the prompt is read).
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    with open("/dev/zero", "rb") as zero:
+        p = specrej_process("-g", "not-even-loaded", stdin=zero, preexec_fn=limit)
+    assert_one_line_error(p, "the prompt on stdin is over 16 MiB, more than any model's context holds; "
+                             "give a shorter prompt")
+
+
+def test_the_stdin_cap_is_16_mib_exactly():
+    # the whole cap is read (and then found not to be UTF-8 at its last byte); one byte more is not
+    cap = 16 * 2**20
+    assert_one_line_error(specrej("-g", "not-even-loaded", input=b"a" * (cap - 1) + b"\xff"),
+                          f"the prompt on stdin is not UTF-8 text (byte {cap - 1})")
+    assert_one_line_error(specrej("-g", "not-even-loaded", input=b"a" * (cap + 1)),
+                          "the prompt on stdin is over 16 MiB, more than any model's context holds; give a "
+                          "shorter prompt")
+
+
 # Python turns a byte of argv that is not UTF-8 into a lone surrogate ("\udcff" for b"\xff"): text
 # no model can read. In-process, the surrogates stand for the bytes; the real process gets bytes.
 @pytest.mark.parametrize("args, message", [
@@ -149,7 +193,7 @@ def test_command_line_text_that_is_not_utf8(model, args, message):
 
 
 def test_a_non_utf8_prompt_in_argv_of_a_real_process(model):
-    p = subprocess.run([SCRIPT, "-g", model, "-t", "1", b"caf\xff"], capture_output=True, text=True)
+    p = subprocess.run([SCRIPT, "-g", model, "-t", "1", b"caf\xff"], capture_output=True, text=True, timeout=HANG_S)
     assert_one_line_error(p, "the prompt is not valid UTF-8 text (character 4)")
 
 
@@ -183,6 +227,15 @@ def test_an_unknown_model_alias_lists_the_known_ones():
     assert "smollm2-135m" in result.stderr and result.stderr.count("\n") == 1
 
 
+@pytest.mark.parametrize("option", ["-g", "-r"])
+def test_a_model_that_is_a_directory_says_so(tmp_path, monkeypatch, option):
+    (tmp_path / "checkpoints").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert_one_line_error(specrej(option, "checkpoints", "hi"),
+                          "model 'checkpoints' is a directory, not a GGUF file; give a .gguf file, an alias from "
+                          "models.txt or hf:owner/repo/file.gguf")
+
+
 def test_model_files_that_are_missing_not_gguf_truncated_or_unloadable(tmp_path, tiny_gguf):
     missing = tmp_path / "missing.gguf"
     assert_one_line_error(specrej("-g", missing, "hi"), f"model file {missing} does not exist")
@@ -210,18 +263,10 @@ def test_a_generator_given_as_the_reward_model_has_no_score_head(model):
 
 
 @pytest.fixture(scope="module")
-def refusing_template_model(tmp_path_factory, default_model) -> Path:
+def refusing_template_model(with_chat_template) -> Path:
     """A copy of the default model whose chat template calls raise_exception (as real templates
-    do for conversations they refuse). Same length as the original, so the GGUF stays valid."""
-    data = bytearray(default_model.read_bytes())
-    key = b"tokenizer.chat_template"
-    at = data.index(key) + len(key) + 4  # skip the value type
-    length = int.from_bytes(data[at:at + 8], "little")
-    template = b"{{ raise_exception('This model only answers in Klingon.') }}"
-    data[at + 8:at + 8 + length] = template.ljust(length)
-    path = tmp_path_factory.mktemp("models") / "refusing-template.gguf"
-    path.write_bytes(data)
-    return path
+    do for conversations they refuse)."""
+    return with_chat_template("{{ raise_exception('This model only answers in Klingon.') }}", "refusing-template.gguf")
 
 
 def test_a_chat_template_that_raises_is_a_one_line_error(refusing_template_model):
@@ -237,7 +282,7 @@ def test_errors_are_one_line_in_a_real_process_too(model, tmp_path):
         (["-g", model, "-t", "1", "-n", "0", "hi"], {}, "Error: n must be between 1 and 256, got 0"),
         (["-g", model, "-"], dict(input=b"caf\xe9", text=False), "Error: the prompt on stdin is not UTF-8"),
     ]:
-        p = subprocess.run([SCRIPT, *args], capture_output=True, **{"text": True, **kwargs})
+        p = subprocess.run([SCRIPT, *args], capture_output=True, timeout=HANG_S, **{"text": True, **kwargs})
         stderr = p.stderr if isinstance(p.stderr, str) else p.stderr.decode()
         assert p.returncode == 2 and stderr.startswith(message) and stderr.count("\n") == 1, stderr
 
@@ -255,29 +300,35 @@ def test_a_context_that_cannot_be_allocated_names_the_settings_to_change(model):
     assert p.stderr.startswith("Error: ") and p.stderr.count("\n") == 1 and "--kv-budget" in p.stderr
 
 
-# --- Ctrl-C ------------------------------------------------------------------------------------
-def test_ctrl_c_exits_130_and_json_shows_the_best_answer_finished_so_far(model):
+# --- Ctrl-C and SIGTERM -------------------------------------------------------------------------
+# SIGTERM (kill, systemd, Docker, CI runners) takes Ctrl-C's path, with status 143 instead of 130.
+STOPS = pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                                ids=["ctrl-c", "sigterm"])
+
+
+@pytest.mark.parametrize("sig, status, start", [(signal.SIGINT, 130, None), (signal.SIGTERM, 143, None),
+                                                (signal.SIGTERM, 143, ignore_ctrl_c)],
+                         ids=["ctrl-c", "sigterm", "sigterm with ctrl-c ignored"])
+def test_stopped_mid_run_exits_with_its_status_and_json_shows_the_best_answer_finished_so_far(model, sig, status,
+                                                                                               start):
     # 64 candidates on a question most answer in a few tokens while some ramble: the first cut
     # (when 600 cells are in use) leaves dozens live and several finished, and a small alpha keeps
-    # the run going for many rounds. Progress, shown on a terminal, says when a cut has left both
-    # live and finished candidates: Ctrl-C then.
+    # the run going for many rounds. The status line, drawn on a terminal, says when a cut has left
+    # both live and finished candidates: the signal comes then. A SIGTERM that landed in llama.cpp's log
+    # callback was lost where nothing held it back (SIGINT ignored, as `kill %1` of a script's job).
     master, terminal = pty.openpty()
-    proc = subprocess.Popen([SCRIPT, "-g", model, "-r", "self", "-t", "1", "-n", "64", "--alpha", "0.1",
-                             "--max-tokens", "2000", "--kv-budget", "600", "--json", "What is the capital of France?"],
-                            stdout=subprocess.PIPE, stderr=terminal, text=True)
-    os.close(terminal)
-    progress = ""
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not re.search(r"round \d+: [1-9]\d* live, [1-9]\d* finished", progress):
-        if select.select([master], [], [], 0.5)[0]:
-            try:
-                progress += os.read(master, 4096).decode()
-            except OSError:  # the process has ended
-                break
-    proc.send_signal(signal.SIGINT)
-    stdout, _ = proc.communicate(timeout=60)
-    os.close(master)
-    assert proc.returncode == 130, progress
+    try:
+        with child([SCRIPT, "-g", model, "-r", "self", "-t", "1", "-n", "64", "--alpha", "0.1", "--max-tokens", "2000",
+                    "--kv-budget", "600", "--json", "What is the capital of France?"],
+                   stdout=subprocess.PIPE, stderr=terminal, text=True, preexec_fn=start) as proc:
+            os.close(terminal)
+            after_a_cut = r"\| [1-9]\d* live, [1-9]\d* finished, \d+ rejected, [1-9]\d* cuts?"
+            progress = read_until(master, after_a_cut, proc)
+            proc.send_signal(sig)
+            stdout, _ = proc.communicate(timeout=HANG_S)
+    finally:
+        os.close(master)
+    assert proc.returncode == status, progress
     record = json.loads(stdout)
     finished = [c for c in record["candidates"] if c["finish_reason"] in ("stop", "length", "budget")]
     best = max(finished, key=lambda c: c["reward"])
@@ -285,27 +336,36 @@ def test_ctrl_c_exits_130_and_json_shows_the_best_answer_finished_so_far(model):
     assert record["text"] and "interrupted" in [c["finish_reason"] for c in record["candidates"]]
 
 
-def wait_until_reading_stdin(proc, timeout=60):
-    """Wait until `proc` blocks reading its stdin pipe (as the kernel's wait channel shows)."""
+def reading_stdin(proc):
+    """A condition for wait_for: `proc` blocks reading its stdin pipe (as the kernel's wait channel shows)."""
     wchan = Path(f"/proc/{proc.pid}/wchan")
     if not wchan.exists():
-        proc.kill()
         pytest.skip("no /proc/PID/wchan to see where the process waits")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        if "pipe" in wchan.read_text():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"specrej-local never waited on stdin (exit {proc.poll()})")
+    return lambda: "pipe" in wchan.read_text()
 
 
-def test_ctrl_c_while_waiting_on_stdin_exits_130(model):
-    proc = subprocess.Popen([SCRIPT, "-g", model, "-t", "1", "-"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    wait_until_reading_stdin(proc)  # stdin stays open: the prompt never ends
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=60)
-    assert (proc.returncode, stdout, stderr) == (130, "", "Interrupted.\n")
+@STOPS
+def test_stopped_while_waiting_on_stdin(model, sig, status):
+    with child([SCRIPT, "-g", model, "-t", "1", "-"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+               stderr=subprocess.PIPE, text=True) as proc:
+        wait_for(reading_stdin(proc), proc, "a wait on stdin")  # stdin stays open: the prompt never ends
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=HANG_S)
+    assert (proc.returncode, stdout, stderr) == (status, "", "Interrupted.\n")
+
+
+def test_with_no_prompt_on_a_terminal_it_says_what_it_waits_for(model):
+    master, terminal = pty.openpty()
+    try:
+        with child([SCRIPT, "-g", model, "-t", "1"], stdin=terminal, stdout=subprocess.PIPE, stderr=terminal,
+                   text=True) as proc:
+            os.close(terminal)
+            shown = read_until(master, r"Type the prompt, then Ctrl-D", proc)
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=HANG_S)
+    finally:
+        os.close(master)
+    assert proc.returncode == 130, shown
 
 
 @pytest.fixture
@@ -313,29 +373,32 @@ def silent_hub(tmp_path):
     """A Hugging Face endpoint that accepts connections and never answers: a download in progress.
     Yields (environment for a process, the listening socket)."""
     with socket.create_server(("127.0.0.1", 0)) as server:
-        server.settimeout(60)
+        server.settimeout(HANG_S)
         env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{server.getsockname()[1]}",
                "HF_HOME": str(tmp_path / "hf-home")}
         env.pop("HF_HUB_OFFLINE", None)
         yield env, server
 
 
-@pytest.mark.parametrize("command", [[], ["batch", "IN", "-o", "OUT"]], ids=["run", "batch"])
-def test_ctrl_c_during_a_model_download_exits_130(tmp_path, silent_hub, command):
+@STOPS
+@pytest.mark.parametrize("command", [[], ["batch", "IN", "-o", "OUT"], ["bench", "--limit", "1", "-o", "DIR"],
+                                     ["serve", "-p", "0"]], ids=["run", "batch", "bench", "serve"])
+def test_stopped_during_a_model_download(tmp_path, silent_hub, command, sig, status):
     env, server = silent_hub
     (tmp_path / "in.txt").write_text("Say hi.\n")
-    where = {"IN": tmp_path / "in.txt", "OUT": tmp_path / "out.jsonl"}
+    where = {"IN": tmp_path / "in.txt", "OUT": tmp_path / "out.jsonl", "DIR": tmp_path / "bench"}
     args = [*(str(where.get(a, a)) for a in command), "-g", "hf:someone/some-model/model.gguf", "-t", "1"]
-    proc = subprocess.Popen([SCRIPT, *args, *([] if command else ["hi"])], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    connection, _ = server.accept()  # the download has started
-    with connection:
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=60)
+    with child([SCRIPT, *args, *([] if command else ["hi"])], env=env, stdout=subprocess.PIPE,
+               stderr=subprocess.PIPE, text=True) as proc:
+        connection, _ = server.accept()  # the download has started
+        with connection:
+            proc.send_signal(sig)
+            stdout, stderr = proc.communicate(timeout=HANG_S)
     last = (f"Interrupted: 0 answered, 0 failed, 0 already in {where['OUT']}; "
-            "run the same command again to resume." if command else "Interrupted.")
-    assert (proc.returncode, stdout) == (130, "")
+            "run the same command again to resume." if command[:1] == ["batch"] else "Interrupted.")
+    assert (proc.returncode, stdout) == (status, "")
     assert stderr.splitlines()[-1] == last and "Aborted!" not in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "out.jsonl.lock").exists()
 
 
 # --- threads -----------------------------------------------------------------------------------
@@ -370,32 +433,33 @@ def test_ctrl_c_while_the_command_is_still_importing_exits_130():
         "sys.meta_path.insert(0, CtrlC())\n"
         "from specrej_local.entry import main\n"
         "main()\n")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_S)
     assert (p.returncode, p.stderr) == (130, "Interrupted.\n")
 
 
 def test_the_package_imports_its_api_on_first_use():
     code = "import sys, specrej_local; print('numpy' in sys.modules, specrej_local.SpecRej.__name__)"
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_S, check=True)
     assert p.stdout.split() == ["False", "SpecRej"]
 
 
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"], ids=["ctrl-c", "sigterm"])
 @pytest.mark.parametrize("when", ["atexit", "finalization"])
-def test_ctrl_c_after_the_command_finished_neither_kills_it_nor_prints_a_traceback(when):
+def test_a_stop_after_the_command_finished_neither_kills_it_nor_prints_a_traceback(when, sig):
     # After the answer is out, the interpreter still runs atexit callbacks and then frees what is
     # left (llama.cpp's models among it) with Python's SIGINT handler reset to the default. A
     # Ctrl-C there printed "Exception ignored in atexit callback" or killed the process (-2).
     # Builtins are among the last things finalization clears: an object there is freed after it.
-    hook = ("import atexit; atexit.register(lambda: os.kill(os.getpid(), signal.SIGINT))\n" if when == "atexit" else
+    hook = (f"import atexit; atexit.register(lambda: os.kill(os.getpid(), signal.{sig}))\n" if when == "atexit" else
             "import builtins\n"
             "class Late:\n"
             "    def __del__(self):\n"
-            "        os.kill(os.getpid(), signal.SIGINT)\n"
+            f"        os.kill(os.getpid(), signal.{sig})\n"
             "builtins._ctrl_c_late = Late()\n")
     code = ("import os, signal, sys\n" + hook +
             "from specrej_local.entry import main\n"
             "sys.argv = ['specrej-local', '--version']\n"
             "main()\n")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_S)
     assert (p.returncode, p.stderr) == (0, "")
     assert "version" in p.stdout

@@ -25,7 +25,7 @@ from tokenizers import Tokenizer, processors
 from specrej_local.models import convert as conv
 from specrej_local.models import registry
 from specrej_local.frontends.cli import cli
-from specrej_local.errors import BadInput, RewardError
+from specrej_local.errors import BadInput, OutputFileError, RewardError
 from specrej_local.llama.context import Context, Model
 from specrej_local.llama.reward_model import load_reward_model
 from specrej_local.llama.scorers import AnswerScorer, yes_no_readout
@@ -660,3 +660,286 @@ def test_a_convert_entry_is_downloaded_and_converted_once(tiny, tmp_path, isolat
     finally:
         hub.shutdown()
         hub.server_close()
+
+
+# --- outputs: never over an input, a device, a FIFO or a symlink ------------------------------------
+def cli_convert(folder, out, *extra):
+    return CliRunner().invoke(cli, ["convert-reward", str(folder), "-o", str(out), "--type", "f32", *extra])
+
+
+def test_the_output_cannot_be_one_of_the_inputs(tiny, tmp_path):
+    """-o CK/model.safetensors once replaced the weights it had just read; under another name (a
+    hard link) it is the same file too."""
+    folder = tmp_path / "ck"
+    shutil.copytree(tiny["qwen2"][0], folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    os.link(folder / "config.json", tmp_path / "linked.json")
+    for out in (folder / "model.safetensors", folder / "tokenizer.json", tmp_path / "linked.json"):
+        assert_one_line_error(cli_convert(folder, out), "is the input file", out.name)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "linked.json"]
+    # a new file inside the checkpoint's folder is fine, and so is converting again over it
+    for _ in range(2):
+        assert cli_convert(folder, folder / "rm.gguf").exit_code == 0
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*before, "rm.gguf"])
+
+
+def special_output(kind: str, tmp_path: Path) -> Path:
+    """An existing -o that is not a regular file."""
+    path = tmp_path / f"out-{kind}"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "device":  # what /dev/full or /dev/null is: only root may make one
+        if os.geteuid() != 0:
+            pytest.skip("making a device node needs root")
+        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 7))
+    elif kind == "symlink":
+        (tmp_path / "target.gguf").write_bytes(b"keep me")
+        path.symlink_to(tmp_path / "target.gguf")
+    elif kind == "dangling-symlink":
+        path.symlink_to(tmp_path / "nowhere.gguf")
+    elif kind == "folder":
+        path.mkdir()
+    return path
+
+
+SPECIAL = ["fifo", "device", "symlink", "dangling-symlink", "folder"]
+
+
+def file_kind(path: Path) -> str:
+    mode = os.lstat(path).st_mode
+    return ("fifo" if stat.S_ISFIFO(mode) else "device" if stat.S_ISCHR(mode) else "symlink" if stat.S_ISLNK(mode)
+            else "folder" if stat.S_ISDIR(mode) else "file")
+
+
+@pytest.mark.parametrize("kind", SPECIAL)
+def test_an_output_that_is_not_a_regular_file_is_refused_and_kept(tiny, tmp_path, kind):
+    out = special_output(kind, tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = cli_convert(tiny["qwen2"][0], out)
+    assert_one_line_error(result, out.name)
+    assert "not a regular file" in result.stderr
+    assert file_kind(out) == kind.replace("dangling-", "")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no temporary file left either
+    if kind == "symlink":
+        assert (tmp_path / "target.gguf").read_bytes() == b"keep me"
+
+
+@pytest.mark.parametrize("kind", SPECIAL)
+def test_the_api_refuses_special_outputs_with_a_typed_error(tiny, tmp_path, kind):
+    out = special_output(kind, tmp_path)
+    with pytest.raises(OutputFileError, match="not a regular file"):
+        conv.convert(tiny["qwen2"][0], out, "f32")
+    assert file_kind(out) == kind.replace("dangling-", "")
+
+
+def test_an_output_folder_that_cannot_be_made_is_refused_before_reading(tiny, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    assert_one_line_error(cli_convert(tiny["qwen2"][0], tmp_path / "afile" / "sub" / "rm.gguf"), "afile")
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, RuntimeError])
+def test_an_interrupted_conversion_leaves_the_old_output_and_no_temporary_file(tiny, tmp_path, monkeypatch, stop):
+    out = tmp_path / "rm.gguf"
+    out.write_bytes(b"the previous model")
+    real_encode, calls = conv._encode, []
+
+    def encode_then_stop(data, qtype):  # the user's Ctrl-C (or a failure) after some tensors are written
+        calls.append(1)
+        if len(calls) == 3:
+            raise stop()
+        return real_encode(data, qtype)
+
+    monkeypatch.setattr(conv, "_encode", encode_then_stop)
+    with pytest.raises(stop):
+        conv.convert(tiny["qwen2"][0], out, "f32")
+    assert len(calls) == 3
+    assert out.read_bytes() == b"the previous model"
+    assert [p.name for p in tmp_path.iterdir()] == ["rm.gguf"]
+
+
+# --- damaged inputs: one line, exit 2, nothing written -----------------------------------------------
+def edit_header(edit):
+    """A damage that rewrites the safetensors header (the data stays where it was)."""
+    def damage(path: Path):
+        raw = path.read_bytes()
+        (n,) = struct.unpack("<Q", raw[:8])
+        header = json.loads(raw[8:8 + n])
+        new = json.dumps(edit(header, len(raw) - 8 - n)).encode()
+        new += b" " * (n - len(new)) if len(new) <= n else b""
+        path.write_bytes(struct.pack("<Q", len(new)) + new + raw[8 + n:])
+    return damage
+
+
+def first_tensor(header: dict) -> dict:
+    return next(v for k, v in header.items() if k != "__metadata__")
+
+
+def set_first(key, value):
+    def edit(header, data_size):
+        first_tensor(header)[key] = value(data_size) if callable(value) else value
+        return header
+    return edit
+
+
+def drop_dtype(header, data_size):
+    del first_tensor(header)["dtype"]
+    return header
+
+
+DAMAGED_SAFETENSORS = {
+    "truncated": lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),
+    "shorter-than-its-length-field": lambda p: p.write_bytes(b"\x10\x00\x00"),
+    "header-length-2^62": lambda p: p.write_bytes(struct.pack("<Q", 2**62) + p.read_bytes()[8:]),
+    "header-not-json": lambda p: p.write_bytes(struct.pack("<Q", 4) + b"\xff{[x" + p.read_bytes()[12:]),
+    "header-is-a-list": edit_header(lambda header, data_size: [header]),
+    "tensor-without-dtype": edit_header(drop_dtype),
+    "offsets-past-the-end": edit_header(set_first("data_offsets", lambda size: [size, size + 256])),
+    "offsets-reversed": edit_header(set_first("data_offsets", [256, 0])),
+    "offsets-not-numbers": edit_header(set_first("data_offsets", ["0", "256"])),
+    "shape-not-the-bytes": edit_header(set_first("shape", [3, 5])),
+    "huge-shape": edit_header(set_first("shape", [2**40, 2**40])),
+    "negative-shape": edit_header(set_first("shape", [-1, 64])),
+    "tensor-not-a-dict": edit_header(lambda header, data_size: dict(header, extra=5)),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGED_SAFETENSORS))
+def test_a_damaged_safetensors_file_is_one_line_naming_it(tiny, tmp_path, damage):
+    folder = tmp_path / "ck"
+    shutil.copytree(tiny["qwen2"][0], folder)
+    DAMAGED_SAFETENSORS[damage](folder / "model.safetensors")
+    assert_one_line_error(cli_convert(folder, tmp_path / "out" / "rm.gguf"), "model.safetensors")
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+# (edit of the qwen2 config: 64 wide, 2 layers, 4 heads of 16, 2 KV heads, 96 MLP; what the error names)
+BAD_CONFIGS = {
+    "config-is-a-list": (lambda c: [c], "config.json"),
+    "eps-a-string": (lambda c: dict(c, rms_norm_eps="x"), "rms_norm_eps"),
+    "eps-negative": (lambda c: dict(c, rms_norm_eps=-1.0), "rms_norm_eps"),
+    "eps-nan": (lambda c: dict(c, rms_norm_eps=float("nan")), "rms_norm_eps"),
+    "layers-fractional": (lambda c: dict(c, num_hidden_layers=2.5), "num_hidden_layers"),
+    "layers-a-billion": (lambda c: dict(c, num_hidden_layers=10**9), "num_hidden_layers"),
+    "layers-more-than-stored": (lambda c: dict(c, num_hidden_layers=3), "num_hidden_layers"),
+    "layers-fewer-than-stored": (lambda c: dict(c, num_hidden_layers=1), "num_hidden_layers"),
+    "layers-zero": (lambda c: dict(c, num_hidden_layers=0), "num_hidden_layers"),
+    "hidden-size-10^12": (lambda c: dict(c, hidden_size=10**12), "hidden_size"),
+    "hidden-size-not-the-weights": (lambda c: dict(c, hidden_size=32), "hidden_size"),
+    "head-dim-2^40": (lambda c: dict(c, head_dim=2**40), "head_dim"),
+    "head-dim-not-the-weights": (lambda c: dict(c, head_dim=8), "head_dim"),
+    "heads-zero": (lambda c: dict(c, num_attention_heads=0), "num_attention_heads"),
+    "heads-not-dividing-hidden-size": (lambda c: dict(c, num_attention_heads=3), "num_attention_heads"),
+    "kv-heads-not-dividing-heads": (lambda c: dict(c, num_key_value_heads=3), "num_key_value_heads"),
+    "kv-heads-a-bool": (lambda c: dict(c, num_key_value_heads=True), "num_key_value_heads"),
+    "mlp-not-the-weights": (lambda c: dict(c, intermediate_size=100), "intermediate_size"),
+    "context-negative": (lambda c: dict(c, max_position_embeddings=-1), "max_position_embeddings"),
+    "vocab-size-a-string": (lambda c: dict(c, vocab_size="many"), "vocab_size"),
+    "architectures-a-string": (lambda c: dict(c, architectures=c["architectures"][0]), "architectures"),
+    "architectures-of-dicts": (lambda c: dict(c, architectures=[{}]), "architectures"),
+    "rope-theta-a-string": (lambda c: dict(c, rope_theta="x"), "rope_theta"),
+    "rope-theta-zero": (lambda c: dict(c, rope_theta=0), "rope_theta"),
+    "rope-scaling-a-string": (lambda c: dict(c, rope_scaling="linear"), "rope_scaling"),
+    "rope-factor-a-string": (lambda c: dict(c, rope_scaling={"rope_type": "linear", "factor": "2"}), "factor"),
+    "yarn-context-fractional": (lambda c: dict(c, rope_scaling={"rope_type": "yarn", "factor": 2.0,
+                                                              "original_max_position_embeddings": 1.5}),
+                                "original_max_position_embeddings"),
+    "layer-types-a-number": (lambda c: dict(c, layer_types=5), "layer_types"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CONFIGS))
+def test_a_config_llama_cpp_could_not_load_is_refused_naming_the_field(tiny, tmp_path, case):
+    edit, named = BAD_CONFIGS[case]
+    folder = copy_with_config(tiny, "qwen2", tmp_path, edit)
+    result = cli_convert(folder, tmp_path / "out" / "rm.gguf")
+    assert_one_line_error(result, named)
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_llama3_rope_with_equal_frequency_factors_is_refused(tiny, tmp_path):
+    """high_freq_factor == low_freq_factor would divide by zero in the RoPE factors."""
+    def edit(c):
+        return dict(c, rope_scaling=dict(c["rope_scaling"], high_freq_factor=1.0))
+    folder = copy_with_config(tiny, "llama", tmp_path, edit)
+    assert_one_line_error(cli_convert(folder, tmp_path / "rm.gguf"), "high_freq_factor")
+    assert not (tmp_path / "rm.gguf").exists()
+
+
+def test_a_missing_layer_tensor_is_refused_at_conversion(tiny, tmp_path):
+    folder = tmp_path / "ck"
+    shutil.copytree(tiny["qwen3"][0], folder)
+    w = {k: v for k, v in tiny["qwen3"][1].items() if k != "model.layers.1.self_attn.k_norm.weight"}
+    save_file(w, str(folder / "model.safetensors"))
+    assert_one_line_error(cli_convert(folder, tmp_path / "rm.gguf"), "model.layers.1.self_attn.k_norm.weight")
+    assert not (tmp_path / "rm.gguf").exists()
+
+
+def edit_tokenizer(edit):
+    def damage(folder: Path):
+        tok = json.loads((folder / "tokenizer.json").read_text())
+        (folder / "tokenizer.json").write_text(json.dumps(edit(tok)))
+    return damage
+
+
+def set_model(key, value):
+    return edit_tokenizer(lambda tok: dict(tok, model=dict(tok["model"], **{key: value})))
+
+
+def fifo_instead_of(name):
+    def damage(folder: Path):
+        (folder / name).unlink()
+        os.mkfifo(folder / name)
+    return damage
+
+
+# (damage of a qwen2 checkpoint folder, what the one-line error names)
+DAMAGED_FOLDERS = {
+    "vocab-a-list": (set_model("vocab", [1, 2]), "model.vocab"),
+    "id-a-string": (set_model("vocab", {"a": "1"}), "'a'"),
+    "id-negative": (set_model("vocab", {"a": -5}), "'a'"),
+    "merges-a-number": (set_model("merges", 5), "merges"),
+    "added-tokens-a-number": (edit_tokenizer(lambda tok: dict(tok, added_tokens=5)), "added_tokens"),
+    "added-token-without-text": (edit_tokenizer(lambda tok: dict(tok, added_tokens=[{"id": 3}])), "content"),
+    "pre-tokenizer-a-string": (edit_tokenizer(lambda tok: dict(tok, pre_tokenizer="x")), "pre_tokenizer"),
+    "split-pattern-a-string": (edit_tokenizer(lambda tok: dict(tok, pre_tokenizer={"type": "Split", "pattern": "x"})),
+                               "pattern"),
+    "normalizer-a-list": (edit_tokenizer(lambda tok: dict(tok, normalizer=[1])), "normalizer"),
+    "decoder-a-list": (edit_tokenizer(lambda tok: dict(tok, decoder=[1])), "decoder"),
+    "tokenizer-config-a-list": (lambda folder: (folder / "tokenizer_config.json").write_text("[1]"), "chat template"),
+    "tokenizer-config-not-json": (lambda folder: (folder / "tokenizer_config.json").write_text("{"), "chat template"),
+    "config-nested-deeply": (lambda folder: (folder / "config.json").write_text("[" * 10**5 + "]" * 10**5),
+                             "config.json"),
+    "weights-a-fifo": (fifo_instead_of("model.safetensors"), "not a regular file"),
+    "tokenizer-a-fifo": (fifo_instead_of("tokenizer.json"), "not a regular file"),
+    "tensor-stored-twice": (lambda folder: shutil.copy(folder / "model.safetensors", folder / "more.safetensors"),
+                            "stored twice"),
+    "weights-from-dev-zero": (lambda folder: ((folder / "model.safetensors").unlink(),
+                                              (folder / "model.safetensors").symlink_to("/dev/zero")),
+                              "not a regular file"),
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGED_FOLDERS))
+def test_a_damaged_tokenizer_or_an_input_that_is_not_a_file_is_one_line(tiny, tmp_path, case):
+    """Each of these was a traceback (or, for a FIFO, a wait forever) before the tokenizer's parts
+    and the input files were checked."""
+    damage, named = DAMAGED_FOLDERS[case]
+    folder = tmp_path / "ck"
+    shutil.copytree(tiny["qwen2"][0], folder)
+    damage(folder)
+    assert_one_line_error(cli_convert(folder, tmp_path / "rm.gguf"), named)
+    assert not (tmp_path / "rm.gguf").exists()
+
+
+@pytest.mark.parametrize("tensor, shape", [("model.embed_tokens.weight", ()), ("score.weight", ()),
+                                           ("score.weight", (64,)), ("score.weight", (0, 64)),
+                                           ("model.norm.weight", (64, 1))])
+def test_a_weight_of_the_wrong_rank_or_empty_is_refused(tiny, tmp_path, tensor, shape):
+    folder = tmp_path / "ck"
+    shutil.copytree(tiny["qwen2"][0], folder)
+    w = dict(tiny["qwen2"][1], **{tensor: np.zeros(shape, np.float32)})
+    save_file(w, str(folder / "model.safetensors"))
+    assert_one_line_error(cli_convert(folder, tmp_path / "rm.gguf"), tensor)
+    assert not (tmp_path / "rm.gguf").exists()

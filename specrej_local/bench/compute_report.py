@@ -2,6 +2,7 @@
 from pathlib import Path
 from typing import Optional
 
+from ..files import atomic_output
 from .report import build_table, format_number
 
 
@@ -107,6 +108,7 @@ def compute_plot(a: dict, path: Path, title: str) -> Optional[str]:
         ax.legend(loc="lower right", fontsize=6)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    with atomic_output(path) as tmp:  # whole or not at all
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return None

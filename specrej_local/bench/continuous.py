@@ -21,11 +21,13 @@ def timed(fn):
     return results, time.perf_counter() - t
 
 
-def measure(s, prompts: list, methods, ns, max_tokens: int, concurrent, threads: int, decoding: dict, echo) -> list:
+def measure(s, prompts: list, methods, ns, max_tokens: int, concurrent, threads: int, decoding: dict, echo,
+            rows=None) -> list:
     """One row per method and N on the loaded SpecRej `s`; `decoding`: alpha, sampling and seed,
     shared by both halves. `concurrent` None: the API's default for each N. Each row is passed to
-    `echo` as a line of the table as soon as it is measured."""
-    rows = []
+    `echo` as a line of the table as soon as it is measured, and appended to `rows` (returned),
+    so an interrupt leaves there every row finished."""
+    rows = [] if rows is None else rows
     s.generate(prompts[0], n=2, max_tokens=4, seed=0)  # first-call allocations before any clock
     for method in methods:
         for n in ns:

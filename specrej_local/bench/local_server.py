@@ -3,10 +3,13 @@
 It runs the same package as the bench, with its output in a log file. Used as a context manager,
 it is ready (the models loaded, /health answering) when the block starts, and it is stopped on
 every way out of the block, Ctrl-C included: SIGTERM first (the server cancels its runs and
-answers 503), then SIGKILL if it has not exited after a grace period.
+answers 503), then SIGKILL if it has not exited after a grace period. Where the bench gets no
+chance to do that (kill -9, or a SIGTERM that ends it at once), the kernel sends the server SIGTERM
+when the bench dies (Linux's parent-death signal), so no server is left running on its own.
 """
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -24,6 +27,27 @@ ADDRESS = re.compile(r" at (http://\S+)/v1\b")
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
+def die_with_parent():
+    """A preexec_fn (run in the child before exec) that has the kernel send it SIGTERM when this
+    process dies, however it dies; None where there is no such thing (only Linux has prctl's
+    PR_SET_PDEATHSIG). libc is loaded here, in the parent: the child must not import anything."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent, PR_SET_PDEATHSIG = os.getpid(), 1
+
+    def arm():
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the signal was armed: none would come
+            os.kill(os.getpid(), signal.SIGTERM)
+    return arm
+
+
 class LocalServer:
     def __init__(self, serve_args: list, log_path: Path):
         self.serve_args, self.log_path = list(serve_args), Path(log_path)
@@ -37,7 +61,7 @@ class LocalServer:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "specrej_local", "serve", "-H", "127.0.0.1", "-p", "0",
                                           *self.serve_args], stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=env)
+                                         stdin=subprocess.DEVNULL, env=env, preexec_fn=die_with_parent())
         try:
             self.url = self._wait_until_ready()
         except BaseException:

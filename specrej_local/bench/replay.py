@@ -61,7 +61,7 @@ class ReplayEngine:
     def load_prompt(self, prompt, system=None):
         return self.prompt_tokens
 
-    def open(self, n, concurrent, kv_budget, max_tokens, sampling, stop=(), should_stop=None):
+    def open(self, n, concurrent, kv_budget, max_tokens, sampling, stop=(), should_stop=None, on_prefill=None):
         check_start(n, kv_budget, self.prompt_tokens, max_tokens)
         if max_tokens != self.pool.max_tokens or n > len(self.members):
             raise ValueError("a replay needs the pool's max-tokens and no more candidates than its members")
@@ -125,10 +125,11 @@ class Schedule:
     first_cut: float = 0.25       # budget: every answer writes this share of max-tokens before a first cut
     keep_rule: Optional[object] = None
     name: str = ""
+    budget: Optional[int] = None  # KV cells of the first phase, when memory caps it below first_cut's
 
     def settings(self, pool: Pool) -> Settings:
         T = pool.max_tokens
-        budget = first_cut_budget(pool.prompt_tokens, self.n, T, self.first_cut)
+        budget = self.budget or first_cut_budget(pool.prompt_tokens, self.n, T, self.first_cut)
         return Settings(n=self.n, alpha=self.alpha, max_tokens=T, kv_budget=budget, keep_rule=self.keep_rule)
 
     def settings_bon(self, pool: Pool) -> Settings:

@@ -2,6 +2,8 @@
 from pathlib import Path
 from typing import Optional
 
+from ..files import atomic_output
+
 NAMES = {"bon": "Best-of-N", "bon-waves": "Best-of-N in waves", "specrej": "Speculative Rejection",
          "specrej-auto": "Speculative Rejection, layout auto"}
 
@@ -100,6 +102,7 @@ def plot(rows: list, path: Path, title: str) -> Optional[str]:
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8)  # never over a point
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    with atomic_output(path) as tmp:  # whole or not at all
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return None

@@ -42,9 +42,11 @@ def kv_layout(engine, layout: str):
         engine.kv_layout = before
 
 
-def quality_runs(s, reward: str, prompts: list, n: int, alpha: float, cut: float, gen: dict, tick) -> list:
-    """The three runs of every prompt with the loaded SpecRej `s`; one record per prompt."""
-    records = []
+def quality_runs(s, reward: str, prompts: list, n: int, alpha: float, cut: float, gen: dict, tick,
+                 records=None) -> list:
+    """The runs of every prompt with the loaded SpecRej `s`; one record per prompt, appended to
+    `records` (returned) as each prompt is done, so an interrupt leaves there every prompt finished."""
+    records = [] if records is None else records
     for k, prompt in enumerate(prompts):
         tick(f"{reward} N={n} prompt {k + 1}/{len(prompts)}")
         bon = s.generate(prompt, n=n, method="bon", **gen)

@@ -109,12 +109,14 @@ def against(row: dict, base: dict) -> dict:
 
 
 def measure(url: str, prompts: list, methods, best_ofs, clients_list, requests: Optional[int], max_tokens: int,
-            seed: int, echo) -> list:
-    """Every row, each passed to `echo` as a line of the table once measured."""
-    warm = chat(url, dict(messages=[{"role": "user", "content": prompts[0]}], best_of=2, max_tokens=4, seed=seed))
+            seed: int, echo, rows=None) -> list:
+    """Every row, each passed to `echo` as a line of the table once measured and appended to `rows`
+    (returned), so an interrupt leaves there every row finished."""
+    warm = chat(url, dict(messages=[{"role": "user", "content": prompts[0]}], best_of=min(2, max(best_ofs)),
+                          max_tokens=min(4, max_tokens), seed=seed))  # within the server's limits
     if warm.status != 200:
         raise SpecRejError(f"the warm-up request failed: {warm.status or 'no answer'}: {warm.error}")
-    rows = []
+    rows = [] if rows is None else rows
     for method in methods:
         for best_of in best_ofs:
             base = None

@@ -14,6 +14,7 @@ from ..decoder import Interrupted
 from .batch_io import ResultsFile, answer_all, pending, read_items, refuse_input_as_output
 from .options import (CliError, decoding_options, friendly_errors, load, make_settings, model_options, require_text,
                       take_model_options)
+from .progress import bar, on_terminal
 
 
 # --- the command ---------------------------------------------------------------------------
@@ -38,7 +39,8 @@ def batch_command(source, out_path, quiet, concurrent, ray_address, workers, gpu
 
     Models load once. Each line is on disk as soon as its prompt is done; run the same command
     again to resume (answered ids are skipped, failed ones retried). Exit status: 0 all
-    answered, 1 some prompts failed (see their "error" lines), 2 could not start, 130 Ctrl-C.
+    answered, 1 some prompts failed (see their "error" lines), 2 could not start, 130 Ctrl-C,
+    143 SIGTERM.
 
     \b
     Examples:
@@ -48,8 +50,6 @@ def batch_command(source, out_path, quiet, concurrent, ray_address, workers, gpu
       specrej-local batch alpaca_farm_100.json -o af.jsonl -g qwen2.5-1.5b -q
       specrej-local batch prompts.jsonl -o answers.jsonl --ray --workers 4 --gpus-per-worker 1 -ngl -1
     """
-    from tqdm import tqdm
-
     model = take_model_options(decoding)
     out, skipped, interrupted = None, 0, False
     with friendly_errors():
@@ -71,12 +71,11 @@ def batch_command(source, out_path, quiet, concurrent, ray_address, workers, gpu
                     on_ray = needed and ray_address is not None
                     models = (ray_batch.RayPool(ray_address, workers, gpus_per_worker, model, decoding, concurrent) if on_ray
                               else load(**model) if needed else contextlib.nullcontext())
-                    with models as s, tqdm(total=len(items), initial=skipped, unit="prompt", file=sys.stderr,
-                                           disable=quiet or not sys.stderr.isatty()) as bar:
+                    with models as s, bar(len(items), "prompt", "batch", on_terminal(quiet), initial=skipped) as shown:
                         answers = (ray_batch.answer_all(s, todo, out) if on_ray
                                    else answer_all(s, todo, out, decoding, model["generator"], model["reward"], concurrent))
                         for _ in answers:
-                            bar.update()
+                            shown.update()
                     if on_ray and s.summary() and not quiet:
                         click.echo(s.summary(), err=True)
         except (Interrupted, KeyboardInterrupt):

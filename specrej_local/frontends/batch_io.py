@@ -3,10 +3,13 @@ single-process batch (`batch`) and the Ray one (`ray_batch`) use these.
 
 IN, by its file name:
 
-    *.jsonl  one JSON object a line: {"id", "prompt", optional "system", "n", "alpha",
-             "max_tokens", "seed"}; "id" defaults to the line number, and "instruction" (plus a
-             non-empty "input" after a blank line) or "messages" (a conversation, a list of
-             {"role", "content"} turns) stands in for a missing "prompt"
+    *.jsonl  one JSON object a line: {"id", "prompt", optional settings for this prompt alone}
+             (the settings of `make_settings`, named as in the API: "n", "alpha", "method",
+             "max_tokens", "temperature", "top_k", "top_p", "min_p", "seed", "stop", "system",
+             "kv_budget", "keep_at_least"; other keys are left alone); "id" defaults to the line
+             number, and "instruction" (plus a non-empty "input" after a blank line) or
+             "messages" (a conversation, a list of {"role", "content"} turns) stands in for a
+             missing "prompt"
     *.json   a JSON list of such objects (or of plain strings), e.g. an AlpacaFarm prompt set;
              "id" defaults to the item's position, counted from 1
     other    plain text, one prompt a line, id = line number; blank lines are skipped
@@ -34,15 +37,14 @@ import codecs
 import contextlib
 import json
 import os
-import signal
 import stat
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
 
 from ..decoder import Interrupted
 from ..errors import BadInput, SpecRejError
+from ..interrupts import held_back
 from ..messages import check_messages
 from ..text import not_text
 from .options import out_of_range, result_record
@@ -52,8 +54,13 @@ try:
 except ImportError:  # Windows: no advisory locks, so nothing stops two runs on one OUT
     fcntl = None
 
-# Per-prompt settings an input object may give, overriding the command's options.
-OVERRIDES = {"n": int, "alpha": float, "max_tokens": int, "seed": int, "system": str}
+# Per-prompt settings an input object may give, overriding the command's options: every setting
+# of the API's make_settings (a test holds them equal), so none is silently dropped. STRINGS: a
+# string or a list of strings.
+STRINGS = list
+OVERRIDES = {"n": int, "alpha": float, "method": str, "max_tokens": int, "temperature": float, "top_k": int,
+             "top_p": float, "min_p": float, "seed": int, "stop": STRINGS, "system": str, "kv_budget": int,
+             "keep_at_least": int, "ignore_eos": bool}
 
 
 class BatchFileError(SpecRejError):
@@ -176,19 +183,31 @@ def _from_object(obj, number: int, where: str) -> Item:
         if value is None:  # absent or null: the command's option
             continue
         if not _is_a(kind, value):
-            noun = {int: "an integer", float: "a number", str: "a string"}[kind]
-            return bad(f"\"{key}\" must be {noun}, got {json.dumps(value)[:40]}", id)
-        problem = kind is not str and out_of_range(int(value) if kind is int else value)
+            noun = {int: "an integer", float: "a number", str: "a string", STRINGS: "a string or a list of strings",
+                    bool: "true or false"}
+            return bad(f"\"{key}\" must be {noun[kind]}, got {json.dumps(value)[:40]}", id)
+        if kind in (int, float):
+            problem = out_of_range(int(value) if kind is int else value)
+        else:  # strings reaching the model ("system" is checked above with the prompt)
+            problem = kind is STRINGS and next((p for p in map(not_text, _strings(value)) if p), None)
         if problem:
             return bad(f"\"{key}\" {problem}", id)
-        settings[key] = value if kind is str else kind(value)
+        settings[key] = kind(value) if kind in (int, float) else value
     return Item(number, where, id, prompt=prompt, settings=settings)
+
+
+def _strings(value) -> list:
+    return [value] if isinstance(value, str) else value
 
 
 def _is_a(kind, value) -> bool:
     """Whether a JSON value can serve as `kind`: 3.0 is an integer; true is not a number."""
+    if kind is bool:
+        return isinstance(value, bool)
     if kind is str:
         return isinstance(value, str)
+    if kind is STRINGS:
+        return isinstance(value, str) or isinstance(value, list) and all(isinstance(v, str) for v in value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
     return kind is float or isinstance(value, int) or value.is_integer()
@@ -212,7 +231,7 @@ class ResultsFile:
         self.answered = self.failed = 0
         try:
             refuse_special_file(self.path)
-            with _sigint_deferred():  # a lock file created is a lock file recorded, for close() to remove
+            with held_back():  # a lock file created is a lock file recorded, for close() to remove (Ctrl-C, SIGTERM)
                 self._lock()
                 self.created = not self.file.exists()
                 self._lock_file()
@@ -330,7 +349,7 @@ class ResultsFile:
         """Write one result line and make sure it is on disk before going on."""
         data = (json.dumps(record) + "\n").encode()
         try:
-            with _sigint_deferred():  # the line and its count, or neither
+            with held_back():  # the line and its count, or neither
                 self.f.write(data)
                 self.f.flush()
                 os.fsync(self.f.fileno())
@@ -397,24 +416,6 @@ def _fsync_dir(path: Path):
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-@contextlib.contextmanager
-def _sigint_deferred():
-    """Hold Ctrl-C back through a short step that must finish: writing a result line (OUT never
-    ends in half a line) or taking the lock (a lock file is never left behind)."""
-    if threading.current_thread() is not threading.main_thread() \
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield
-        return
-    caught = []
-    signal.signal(signal.SIGINT, lambda *_: caught.append(True))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    if caught:
-        raise KeyboardInterrupt
 
 
 # --- the loop ------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 Only this module turns the library's typed errors into one-line messages and exit codes.
 """
+import codecs
 import json
 import sys
 
@@ -15,6 +16,7 @@ from ..bench import bench_command
 from .options import (CliError, announce_downloads, decoding_options, friendly_errors, load, make_settings,
                          model_options, require_text, result_record, take_model_options)
 from ..decoder import Interrupted
+from .progress import StatusLine, on_terminal
 from .serve import serve_command
 
 
@@ -95,25 +97,27 @@ def models_path(alias):
     click.echo(registry.resolve(alias))
 
 # --- run: one prompt (the default command) ------------------------------------------------
-def progress_printer(quiet: bool):
-    """Round events on stderr, only for a person watching a terminal."""
-    if quiet or not sys.stderr.isatty():
-        return None
-
-    def show(e):
-        click.echo(f"round {e.round}: {e.survivors} live, {e.finished} finished, {e.tokens} tokens, "
-                   f"best reward {e.best_reward:.3f}", err=True)
-    return show
+# Most bytes of a prompt on stdin: millions of tokens, more than any model's context holds. The
+# read stops there, so `< /dev/zero` or a runaway pipe is an error, never a full memory.
+MAX_STDIN = 16 << 20
 
 
 def read_prompt(prompt) -> str:
-    if prompt in (None, "-"):
-        data = sys.stdin.buffer.read()
-        try:
-            return data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise CliError(f"the prompt on stdin is not UTF-8 text (byte {e.start})") from None
-    return prompt
+    """PROMPT, or for '-' or none the text on stdin, without the byte-order mark some editors and
+    Windows pipes put before UTF-8 text."""
+    if prompt not in (None, "-"):
+        return prompt
+    if sys.stdin.isatty() and sys.stderr.isatty():  # someone typed just `specrej-local`: say what it waits for
+        click.echo("Type the prompt, then Ctrl-D on a line of its own (or give it as an argument).", err=True)
+    data = sys.stdin.buffer.read(MAX_STDIN + 1)
+    if len(data) > MAX_STDIN:
+        raise CliError(f"the prompt on stdin is over {MAX_STDIN >> 20} MiB, more than any model's context holds; "
+                       "give a shorter prompt")
+    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return data[bom:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CliError(f"the prompt on stdin is not UTF-8 text (byte {bom + e.start})") from None
 
 
 @cli.command("run")
@@ -121,7 +125,7 @@ def read_prompt(prompt) -> str:
 @model_options
 @decoding_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: answer, candidates and stats.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
+@click.option("-q", "--quiet", is_flag=True, help="No status line on stderr (it is only drawn on a terminal).")
 def run(prompt, as_json, quiet, **decoding):
     """Answer PROMPT with the best of N sampled answers (PROMPT '-' or absent: read stdin).
 
@@ -137,10 +141,11 @@ def run(prompt, as_json, quiet, **decoding):
         make_settings(**decoding)  # bad settings fail before a model is fetched or loaded
         text = read_prompt(prompt)
         require_text(decoding, text)
-        with load(**model) as s:
+        with StatusLine(on_terminal(quiet)) as status, load(**model, on_progress=status.on_progress) as s:
             try:
-                result = s.generate(text, on_round=progress_printer(quiet), **decoding)
+                result = s.generate(text, on_progress=status.on_progress, **decoding)
             except Interrupted as e:
+                status.close()  # the line is wiped before anything else is written
                 if as_json:
                     click.echo(json.dumps(result_record(e.partial, model["generator"], model["reward"],
                                                         decoding["seed"])))
@@ -155,8 +160,8 @@ def run(prompt, as_json, quiet, **decoding):
 # --- convert-reward ---
 @cli.command("convert-reward")
 @click.argument("src")
-@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False),
-              help="Where to write the GGUF file.")
+@click.option("-o", "--output", "out", required=True, type=click.Path(),
+              help="Where to write the GGUF file (a new or a regular file, never one of SRC's).")
 @click.option("-t", "--type", "out_type", type=click.Choice(["f16", "q8_0", "f32"]), default="f16",
               show_default=True, help="Storage type of the weight matrices (norms and the head stay f32).")
 @friendly_errors()

@@ -9,11 +9,13 @@ from typing import Optional
 import click
 
 from ..models import registry
-from ..api import DEFAULT_GENERATOR, DEFAULT_REWARD, SpecRej, make_settings, check_threads as check_threads_setting
+from ..api import (DEFAULT_GENERATOR, DEFAULT_REWARD, SpecRej, check_gpu_layers, make_settings,
+                   check_threads as check_threads_setting)
 from ..engine import KV_LAYOUTS
 from ..rewards import parse_reward
 from ..decoder import Interrupted
 from ..errors import BadInput, SpecRejError
+from ..progress import Progress
 from ..text import not_text
 from ..machine import usable_cpus
 
@@ -171,9 +173,17 @@ def take_model_options(options: dict) -> dict:
 
 
 def load(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_template, kv_layout="auto",
-         kv_memory=None) -> SpecRej:
+         kv_memory=None, on_progress=None) -> SpecRej:
+    """The models, fetched first if needed; `on_progress` (a status line) hears when the loading
+    itself begins, after any download has said what it does."""
     reward_model = parse_reward(reward).model  # None: the generator serves, or no model does
-    announce_downloads(generator, *([reward_model] if reward_model else []))
+    specs = [generator, *([reward_model] if reward_model else [])]
+    announce_downloads(*specs)
+    if on_progress is not None:
+        check_gpu_layers(n_gpu_layers)  # as SpecRej would, before anything is fetched
+        for spec in specs:
+            registry.resolve(spec)  # a download shows its own progress: never under the status line
+        on_progress(Progress("loading"))
     return SpecRej(generator, reward, n_gpu_layers=n_gpu_layers, n_threads=threads, flash_attn=flash_attn,
                    chat_template=not no_chat_template, kv_layout=kv_layout, kv_memory=kv_memory)
 

@@ -15,6 +15,7 @@ Ray is an optional extra: `pip install "specrej-local[ray]"`.
 import contextlib
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -203,11 +204,12 @@ class RayPool:
             return
         quiet = dict(log_to_driver=False, logging_level=logging.ERROR)
         try:
-            if address == LOCAL:
-                ray.init(num_cpus=workers, object_store_memory=100 * 2**20, include_dashboard=False, **quiet)
-            else:
-                check_reachable(address)
-                ray.init(address=address, **quiet)
+            with sigterm_kept():
+                if address == LOCAL:
+                    ray.init(num_cpus=workers, object_store_memory=100 * 2**20, include_dashboard=False, **quiet)
+                else:
+                    check_reachable(address)
+                    ray.init(address=address, **quiet)
         except (ConnectionError, ValueError, RuntimeError) as e:
             raise RayError(f"cannot start or join Ray at {address!r}: {' '.join(str(e).split())}") from None
         self.started = True
@@ -333,6 +335,21 @@ class RayPool:
 
     def __exit__(self, *exc):
         self.close()
+
+
+@contextlib.contextmanager
+def sigterm_kept():
+    """ray.init makes SIGTERM exit the driver at once (sys.exit(15)): no summary line, and status 15
+    rather than the 143 of every other command. The handler it found is put back."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if handler is not None:  # None: set outside Python, nothing to put back
+            signal.signal(signal.SIGTERM, handler)
 
 
 def worker_lost_errors(ray) -> tuple:

@@ -3,6 +3,7 @@
 The web stack (the `server` extra) is imported only here, when the command runs, so the rest of
 the CLI works without it.
 """
+import asyncio
 import os
 import socket
 
@@ -67,6 +68,9 @@ def check_kv_budget(specrej, settings):
 @decoding_options
 @click.option("-H", "--host", default="127.0.0.1", show_default=True, envvar="SPECREJ_HOST",
               help="Address to listen on; 0.0.0.0 opens it to the network.")
+@click.option("--allow-host", "allow_hosts", multiple=True, envvar="SPECREJ_ALLOW_HOSTS",
+              help="A name clients reach the server by (the Host header), beyond localhost and IP addresses; "
+                   "repeatable, '*' for any.")
 @click.option("-p", "--port", type=click.IntRange(0, 65535), default=8080, show_default=True, envvar="SPECREJ_PORT",
               help="Port (0 = any free one; the address is printed).")
 @click.option("-k", "--api-key", default=None, envvar="SPECREJ_API_KEY",
@@ -86,7 +90,7 @@ def check_kv_budget(specrej, settings):
               help="Largest max_tokens a request may ask for.")
 @click.option("--max-request-bytes", type=click.IntRange(1), default=1_000_000, show_default=True,
               help="Largest request body accepted.")
-def serve_command(host, port, api_key, cors_origins, model_name, queue_size, concurrent, max_best_of,
+def serve_command(host, port, allow_hosts, api_key, cors_origins, model_name, queue_size, concurrent, max_best_of,
                   max_tokens_limit, max_request_bytes, **decoding):
     """Serve the OpenAI API (/v1/chat/completions, /v1/completions, /v1/models, /health); every
     answer is the best of N. The decoding options are the defaults of each request.
@@ -95,7 +99,7 @@ def serve_command(host, port, api_key, cors_origins, model_name, queue_size, con
     Examples:
       specrej-local serve
       specrej-local serve -g qwen2.5-1.5b -r skywork-v2-qwen3-0.6b -ngl -1 -n 32
-      specrej-local serve --host 0.0.0.0 --port 8000 --api-key "$KEY"
+      specrej-local serve --host 0.0.0.0 --port 8000 --api-key "$KEY" --allow-host gpubox.lan
     """
     model = take_model_options(decoding)
     given = click.get_current_context().get_parameter_source
@@ -103,9 +107,14 @@ def serve_command(host, port, api_key, cors_origins, model_name, queue_size, con
     try:
         import uvicorn
 
+        from .request_guard import allowed_hosts
         from .server import ServerConfig, create_app
     except ImportError as e:
         raise CliError(f"the server needs its extra ({e.name} is missing): pip install 'specrej-local[server]'")
+    try:
+        hosts = allowed_hosts(host, allow_hosts)
+    except ValueError as e:
+        raise CliError(str(e)) from None
     with friendly_errors():
         settings = make_settings(**decoding)  # the flags' own range checks, as `run` makes them, before anything loads
     for flag, value, cap_flag, cap in (("--max-tokens", decoding["max_tokens"], "--max-tokens-limit", max_tokens_limit),
@@ -121,6 +130,7 @@ def serve_command(host, port, api_key, cors_origins, model_name, queue_size, con
     config = ServerConfig(model_name=model_name or model["generator"], defaults=defaults, api_key=api_key,
                           limits=Limits(max_best_of=max_best_of, max_tokens=max_tokens_limit),
                           queue_size=queue_size, max_request_bytes=max_request_bytes, cors_origins=cors_origins,
+                          hosts=hosts,
                           concurrent=concurrent or default_concurrency(decoding["n"], model["n_gpu_layers"] != 0))
     try:  # flag defaults that every request would inherit must be valid themselves
         parse_completion({"prompt": "check"}, defaults, config.limits)
@@ -135,16 +145,26 @@ def serve_command(host, port, api_key, cors_origins, model_name, queue_size, con
         shown = f"[{bound[0]}]" if sock.family == socket.AF_INET6 else bound[0]
         click.echo(f"Serving {config.model_name} at http://{shown}:{bound[1]}/v1", err=True)
         server = uvicorn.Server(uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=GRACEFUL_S))
-        stop_server = server.handle_exit
-
-        def shut_down(sig, frame):
-            """Ctrl-C: every run stops at its next token or prompt chunk, so each client gets a 503
-            and uvicorn does not wait for long runs (a second Ctrl-C stops waiting for responses)."""
-            app.state.worker.cancel_all()
-            stop_server(sig, frame)
-
-        server.handle_exit = shut_down
+        server.handle_exit = shutdown_handler(app.state.worker, server.handle_exit)
         try:
             server.run(sockets=[sock])
         finally:  # after a second Ctrl-C uvicorn skips the app's shutdown: the models must not close under a run
             app.state.worker.stop()
+
+
+def shutdown_handler(worker, stop_server):
+    """uvicorn's handler for Ctrl-C and SIGTERM: every run stops at its next token or prompt chunk,
+    so each client gets a 503 and uvicorn does not wait for long runs (a second Ctrl-C stops waiting
+    for responses). Once shut down, uvicorn raises the signal again under the handler the process
+    had before, so the command ends as it would on that signal anywhere else.
+
+    The cancelling is handed to the event loop, not done in the handler: a handler runs between two
+    bytecodes of the main thread, which may be inside the job queue's lock at that moment (queueing
+    a request), and cancel_all takes that lock, so the server waited for itself for good."""
+    def shut_down(sig, frame):
+        try:
+            asyncio.get_running_loop().call_soon_threadsafe(worker.cancel_all)
+        except RuntimeError:  # no loop running, so no request being queued
+            worker.cancel_all()
+        stop_server(sig, frame)
+    return shut_down

@@ -35,6 +35,7 @@ from ..errors import PromptTooLong, ResourceError, SpecRejError
 from ..schedule import Job as Scheduled
 from .feeder import Feeder
 from .openai_schema import Defaults, Limits, Reply, RequestError, parse_chat, parse_completion
+from .request_guard import HostAndOrigin, JsonBody
 
 KEEPALIVE_S = 1.0  # an SSE comment this often while a streamed run goes on
 CANCELLED = "cancelled"
@@ -51,6 +52,7 @@ class ServerConfig:
     concurrent: int = 1           # requests decoded at once
     max_request_bytes: int = 1_000_000
     cors_origins: tuple = ()      # web pages (origins) whose scripts may call the API from a browser
+    hosts: tuple = ()             # names in Host that are this server's beyond localhost and IPs ("*": any)
 
 
 class Job:
@@ -82,6 +84,9 @@ class Worker(Feeder):
     def __init__(self, specrej, queue_size: int, concurrent: int = 1):
         super().__init__(specrej, concurrent, queue_size, name="specrej-worker")
         self.counts = dict(served=0, failed=0, cancelled=0, refused_busy=0)
+        # requests answered in each KV layout: under the unified one an answer decoded beside
+        # other requests can differ from the same seed alone (attention sums in another order)
+        self.by_layout = dict(split=0, unified=0)
         self.mean_s = 1.0  # moving average of a run's wall time, for Retry-After
 
     def submit(self, job: Job) -> bool:
@@ -162,6 +167,9 @@ class Worker(Feeder):
                 print(f"request failed: {type(outcome).__name__}: {outcome}", file=sys.stderr)
         else:
             self.counts["served"] += 1
+            layout = outcome.stats.get("kv_layout")
+            if layout in self.by_layout:
+                self.by_layout[layout] += 1
             self.mean_s = 0.8 * self.mean_s + 0.2 * outcome.stats["wall_s"]
         job.report(outcome)
 
@@ -206,9 +214,25 @@ async def _read_json(request, limit: int):
         if len(body) > limit:
             raise RequestError(413, f"the request body is over this server's limit of {limit} bytes")
     try:
-        return json.loads(body)
+        return json.loads(body, parse_int=_short_int)
     except (ValueError, UnicodeDecodeError) as e:
         raise RequestError(400, f"the request body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise too_deep() from None
+
+
+def _short_int(digits: str) -> int:
+    """An integer of the request body, refused in words of the request past 4,000 digits (Python
+    refuses more than 4,300 itself, in words of its own internals); shorter ones reach the
+    settings' own range checks."""
+    if len(digits.lstrip("-")) > 4000:
+        raise RequestError(400, f"the request body holds an integer of {len(digits.lstrip('-'))} digits; "
+                                "no setting takes one that large")
+    return int(digits)
+
+
+def too_deep() -> RequestError:
+    return RequestError(400, "the request body is nested too deeply")
 
 
 async def _until_disconnect(receive):
@@ -282,7 +306,9 @@ def create_app(specrej, config: ServerConfig) -> Starlette:
 
     async def health(request):
         return JSONResponse({"status": "ok", "model": config.model_name, "running": len(worker.running),
-                             "queued": worker.jobs.qsize(), **worker.counts})
+                             "queued": worker.jobs.qsize(), **worker.counts,
+                             "kv_layout": specrej.engine.layout,  # the shared context's now (None: none yet)
+                             "served_by_kv_layout": dict(worker.by_layout)})
 
     async def models(request):
         try:
@@ -297,7 +323,10 @@ def create_app(specrej, config: ServerConfig) -> Starlette:
             try:
                 check_key(request)
                 body = await _read_json(request, config.max_request_bytes)
-                req = parse(body, config.defaults, config.limits)
+                try:
+                    req = parse(body, config.defaults, config.limits)
+                except RecursionError:  # nested just under json's limit, then shown in a message (not seen on 3.11)
+                    raise too_deep() from None
                 return await answer(request, req)
             except RequestError as e:
                 return error_response(e)
@@ -346,11 +375,14 @@ def create_app(specrej, config: ServerConfig) -> Starlette:
     # A page from an allowed origin may send any header: the openai JS SDK sends a family of
     # x-stainless-* headers (more with each release) and openai-organization / openai-project,
     # and a preflight that refuses one of them blocks the whole request. Which headers a page sends
-    # grants it nothing: the server reads only authorization and content-type, and the origin
-    # list and the API key are what guard it. Retry-After is exposed so that a page sees a 429's.
+    # grants it nothing: the server reads only authorization and content-type, and the Host and
+    # origin checks and the API key are what guard it. Retry-After is exposed so that a page sees a 429's.
     cors = [Middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
                        allow_headers=["*"], expose_headers=["retry-after"])] if config.cors_origins else []
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=cors,
+    # Host and Origin are checked before CORS (a refused page gets no CORS headers), the body's
+    # type inside it (an allowed page can read its 415): see request_guard.
+    guard = [Middleware(HostAndOrigin, hosts=config.hosts, origins=config.cors_origins), *cors, Middleware(JsonBody)]
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=guard,
                     exception_handlers={HTTPException: _http_error, Exception: _crash})
     app.state.worker = worker
     return app

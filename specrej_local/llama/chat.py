@@ -23,8 +23,10 @@ _MARK = "\u2063SPECREJ-ANSWER\u2063"
 class ChatFormat:
     """Renders conversations with one model's template (or none, in raw mode)."""
 
-    def __init__(self, template, bos_token: str = "", eos_token: str = "", raw: bool = False):
+    def __init__(self, template, bos_token: str = "", eos_token: str = "", raw: bool = False,
+                 name: str = "the chat template"):
         self.raw = raw
+        self.name = name  # for messages: whose template it is
         self.bos_token, self.eos_token = bos_token, eos_token
         self.template = template or CHATML
         try:
@@ -32,9 +34,19 @@ class ChatFormat:
         except JinjaError as e:
             raise TemplateError(f"the chat template does not parse: {e}") from None
 
+    @classmethod
+    def of(cls, model, raw: bool = False) -> "ChatFormat":
+        """The format a GGUF model's metadata gives: its template, BOS and EOS texts."""
+        return cls(model.meta("tokenizer.chat_template"), bos_token=model.special_text("bos"),
+                   eos_token=model.special_text("eos"), raw=raw, name=f"the chat template of {model.path.name}")
+
     def render(self, messages, add_generation_prompt: bool) -> str:
-        return SANDBOX.render(self.template, dict(messages=messages, add_generation_prompt=add_generation_prompt,
+        text = SANDBOX.render(self.template, dict(messages=messages, add_generation_prompt=add_generation_prompt,
                                                   bos_token=self.bos_token, eos_token=self.eos_token))
+        if not text.strip():  # a model would continue from nothing: no prompt, no answer to score
+            raise TemplateError(f"{self.name} renders the conversation as empty text; fix the template, or "
+                                "go without it (--no-chat-template, or chat_template=False)")
+        return text
 
     @staticmethod
     def conversation(prompt, system=None) -> list:

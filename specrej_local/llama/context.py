@@ -8,8 +8,6 @@ import collections
 import contextlib
 import ctypes
 import os
-import signal
-import threading
 import time
 from pathlib import Path
 from typing import Optional
@@ -19,6 +17,7 @@ import llama_cpp as lc
 
 from ..engine import MAX_SEQUENCES
 from ..errors import BadInput, Cancelled, ModelFileError, ResourceError, SpecRejError
+from ..interrupts import held_back
 from ..machine import free_memory_bytes, usable_cpus
 from ..models import text_normalizer
 from ..text import not_text
@@ -65,26 +64,13 @@ def default_threads() -> int:
 
 @contextlib.contextmanager
 def interruptible():
-    """Ctrl-C during a native call raises KeyboardInterrupt once the call returns, never lost.
-
-    Python runs signal handlers between bytecodes, and inside llama.cpp that is only in our log
-    and progress callbacks (llama.cpp logs thousands of debug lines a run), where ctypes swallows
-    exceptions: a Ctrl-C was lost and the run went on. Here the handler only sets a flag; a model
-    load's progress callback returns False on it (llama.cpp then aborts the load).
-    """
+    """Ctrl-C or SIGTERM during a native call raises KeyboardInterrupt once the call returns, never
+    lost in our log and progress callbacks (see `interrupts.held_back`). The function it yields says
+    whether one came: a model load's progress callback returns False on it, which makes llama.cpp
+    abort the load."""
     _log.clear()
-    if threading.current_thread() is not threading.main_thread() \
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield lambda: False
-        return
-    hit = []
-    signal.signal(signal.SIGINT, lambda *_: hit.append(True))
-    try:
-        yield lambda: bool(hit)
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    if hit:
-        raise KeyboardInterrupt
+    with held_back() as stopped:
+        yield stopped
 
 
 # llama.cpp's AMX matmul (Sapphire Rapids and later Xeons) segfaults in the first decode on some
@@ -335,11 +321,13 @@ class Context:
         self.decode_s = 0.0
         self.tokens_decoded = 0
 
-    def decode(self, tokens, positions, seqs, outputs, chunk=None, read: bool = True, should_stop=None):
+    def decode(self, tokens, positions, seqs, outputs, chunk=None, read: bool = True, should_stop=None,
+               on_chunk=None):
         """Feed rows, at most `chunk` (default n_batch) per llama_decode call; return a float32
         array with one row per True in `outputs` (with `read=False` they stay in llama.cpp,
         where `Samplers` reads the last call's rows in place). `should_stop()` is asked before
-        each call: True raises `Cancelled`, so a long prompt can be abandoned between chunks."""
+        each call: True raises `Cancelled`, so a long prompt can be abandoned between chunks.
+        `on_chunk(rows fed so far)` is called after each call (a long prompt's progress)."""
         self._check_open()
         tokens = np.asarray(tokens, dtype=np.int32)
         positions = np.asarray(positions, dtype=np.int32)
@@ -368,6 +356,8 @@ class Context:
             if rc != 0:
                 raise SpecRejError(f"llama_decode failed with status {rc}{said()}")
             self.tokens_decoded += n
+            if on_chunk is not None:
+                on_chunk(z)
             k = int(outputs[a:z].sum())
             if k and read and self.embeddings:
                 # In embeddings mode llama.cpp outputs every token of a batch whatever the flags

@@ -20,8 +20,8 @@ run per run of consecutive sequence ids, so live candidates are moved down into 
 slots after each release. "auto" takes split when its allocation fits in memory.
 
 The context itself belongs to a `pool.KvPool`: an engine made alone owns a pool of its own and
-sizes it for each prompt; engines made by `KvPool`-sharing code (`shared_engine`) hold one
-prompt each in one context, and the pool's step decodes all of them at once.
+sizes it for each prompt; the engines that pool makes (`KvPool.engine()`, one per prompt of a
+batch) hold one prompt each in the same context, and the pool's step decodes all of them at once.
 """
 import time
 from typing import Optional
@@ -47,12 +47,10 @@ class LlamaEngine:
         check_kv_memory(kv_memory)
         self.model = model
         self.own_pool = pool is None  # alone: the pool is sized for each prompt this engine opens
-        self.pool = pool or KvPool(model, n_threads=n_threads, flash_attn=flash_attn, n_batch=n_batch,
+        self.pool = pool or KvPool(model, type(self), n_threads=n_threads, flash_attn=flash_attn, n_batch=n_batch,
                                    kv_layout=kv_layout, kv_memory=kv_memory, raw=raw)
-        bos = model.special_text("bos")
-        self.chat = ChatFormat(model.meta("tokenizer.chat_template"), bos_token=bos,
-                               eos_token=model.special_text("eos"), raw=raw)
-        self._bos_text = bos
+        self.chat = ChatFormat.of(model, raw=raw)
+        self._bos_text = self.chat.bos_token
         self.probe_cells = 0      # room per sequence a scorer's probe borrows (the self-judge)
         self.track_logprob = False  # keep each answer's log-probability (the logprob reward)
         self.sequences: dict = {}
@@ -115,9 +113,10 @@ class LlamaEngine:
         return self.own_pool or self.pool.fits(self.need(n, concurrent, kv_budget, max_tokens))
 
     def open(self, n: int, concurrent: int, kv_budget: int, max_tokens: int, sampling: Sampling, stop=(),
-             should_stop=None):
+             should_stop=None, on_prefill=None):
         """Make room for `concurrent` candidates at a time (of n) and decode the prompt once;
-        `should_stop()` is asked between the prompt's chunks (True raises `Cancelled`)."""
+        `should_stop()` is asked between the prompt's chunks (True raises `Cancelled`), and
+        `on_prefill(tokens decoded)` is told after each chunk."""
         P = self.prompt_tokens
         check_start(n, kv_budget, P, max_tokens)
         self.finish()  # the room of this engine's previous prompt goes back first
@@ -139,7 +138,7 @@ class LlamaEngine:
         t0 = self.ctx.decode_s
         try:
             self.ctx.decode(head, range(len(head)), [self.home] * len(head), [False] * len(head), read=False,
-                            should_stop=should_stop)
+                            should_stop=should_stop, on_chunk=on_prefill)
         finally:
             self.decode_s += self.ctx.decode_s - t0
         self._close_samplers()

@@ -32,9 +32,10 @@ class Need:
 
 
 class KvPool:
-    def __init__(self, model, n_threads=None, flash_attn: bool = True, n_batch: int = 512,
+    def __init__(self, model, engine_class, n_threads=None, flash_attn: bool = True, n_batch: int = 512,
                  kv_layout: str = "auto", kv_memory: Optional[int] = None, raw: bool = False):
         self.model, self.kv_layout, self.kv_memory = model, kv_layout, kv_memory
+        self.engine_class = engine_class  # what `engine()` makes (engine.LlamaEngine, which builds on this module)
         self.raw = raw  # the engines it makes feed prompts without the chat template
         self.n_threads, self.flash_attn, self.n_batch = n_threads, flash_attn, n_batch
         self.ctx: Optional[Context] = None
@@ -47,9 +48,7 @@ class KvPool:
 
     def engine(self):
         """A new engine for one prompt, in this pool's context (which it shares)."""
-        from .engine import LlamaEngine  # the engine module builds on this one
-
-        return LlamaEngine(self.model, raw=self.raw, kv_layout=self.kv_layout, pool=self)
+        return self.engine_class(self.model, raw=self.raw, kv_layout=self.kv_layout, pool=self)
 
     def sized_for(self, need: Need) -> list:
         """The needs to size an idle pool for: `prompts` copies of this one, as many as llama.cpp's

@@ -66,8 +66,7 @@ class AnswerScorer:
                  raw: bool = False, n_threads=None, flash_attn: bool = True, n_batch: int = 512,
                  kv_f32: bool = False):
         self.model, self.readout, self.follow_up, self.embeddings = model, readout, follow_up, embeddings
-        self.chat = ChatFormat(model.meta("tokenizer.chat_template"), bos_token=model.special_text("bos"),
-                               eos_token=model.special_text("eos"), raw=raw)
+        self.chat = ChatFormat.of(model, raw=raw)
         self.opts = dict(n_threads=n_threads, flash_attn=flash_attn, n_batch=n_batch, n_ubatch=model.scoring_chunk,
                          kv_f32=kv_f32)
         self.ctx = None

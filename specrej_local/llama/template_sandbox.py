@@ -158,7 +158,10 @@ def serve(cpu_seconds: int = RENDER_CPU_SECONDS):
     import resource
     import signal
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    # Ctrl-C and SIGTERM (sent to a whole process group by a terminal, or by systemd) are the
+    # parent's to handle: it stops this child, and it ends anyway when its stdin closes.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     def out_of_time(*_):
         raise OutOfTime

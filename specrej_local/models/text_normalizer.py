@@ -19,12 +19,17 @@ def forms_of(normalizer, where) -> list:
     other kind of normaliser (lowercasing, replacing, ...), which would be silently lost."""
     if not normalizer:
         return []
+    if not isinstance(normalizer, dict):
+        raise BadInput(f"{where}: the tokenizer's normalizer must be a JSON object, not a {type(normalizer).__name__}")
     kind = normalizer.get("type")
     if kind == "Sequence":
-        return [f for step in normalizer.get("normalizers", []) for f in forms_of(step, where)]
+        steps = normalizer.get("normalizers") or []
+        if not isinstance(steps, list):
+            raise BadInput(f"{where}: the tokenizer's normalizers must be a JSON list")
+        return [f for step in steps for f in forms_of(step, where)]
     if kind in FORMS:
         return [kind]
-    raise BadInput(f"{where}: the tokenizer's normalizer {kind!r} cannot be carried into the file; "
+    raise BadInput(f"{where}: the tokenizer's normalizer {str(kind)[:40]!r} cannot be carried into the file; "
                    f"supported: {', '.join(FORMS)}")
 
 
