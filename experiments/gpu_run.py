@@ -198,6 +198,7 @@ def phase_build(args, ctx, limit):
     py = must(run_child(nice + [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps",
                                 "--no-build-isolation", "--force-reinstall", "--disable-pip-version-check",
                                 "-C", f"build-dir={build}", str(src)], t_end - now(), log, env), "llama-cpp-python")
+    ctx["partial"].update(cmake_args=env["CMAKE_ARGS"], python_package_s=py["s"])
     # llama.cpp's tools/ adds mtmd itself (the server links it); the package's CMakeLists would
     # add it a second time with LLAVA_BUILD on. No web UI: its prebuilt assets would be downloaded.
     cmake = shutil.which("cmake") or str(Path(sys.executable).parent / "cmake")
@@ -278,6 +279,7 @@ def phase_tests(args, ctx, limit):
                failures=int(suite.get("failures")), errors=int(suite.get("errors")),
                skipped=int(suite.get("skipped")), failed=failed, pytest_exit=step["rc"])
     if step["rc"] != 0:
+        ctx["partial"].update(res)
         raise Failed(json.dumps(res) + "\n" + step["tail"])
     return res
 
@@ -366,6 +368,7 @@ def phase_batched_bench(args, ctx, limit):
     """llama-batched-bench on the same models, the prompt shared (as the engine shares it), a KV
     stream per sequence: tokens/s per parallel count, the practical limit of this llama.cpp."""
     z, t_end, rows = ctx["size"], now() + limit, []
+    ctx["partial"]["rows"] = rows  # the first model's rows stay if the second fails
     pp, tg, pls = z["bb_pp"], z["tokens"], z["bb_npl"]
     for role in ("main", "big"):
         model = models_of(ctx)[role]
@@ -396,6 +399,7 @@ def phase_llama_server(args, ctx, limit):
         step = run_child(common + extra + ["--json", path], t_end - now(), ctx["log"], env)
         if path.exists():
             out[label] = json.loads(path.read_text())
+            ctx["partial"][label] = out[label]["rows"]
         must(step, f"llama_server_peer ({label})")
     rows = []
     for label, doc in out.items():
@@ -504,6 +508,7 @@ def main(argv=None):
             ctx["log"] = logs / f"{name}.log"
             print(f"[{time.strftime('%H:%M:%S')}] {name} (at most {limit:.0f} s)", flush=True)
             t = now()
+            ctx["partial"] = {}  # what a phase has measured so far, kept if it fails later
             try:
                 res = PHASE_FUNCS[name](args, ctx, limit)
                 run.doc["results"][name] = res
@@ -512,6 +517,8 @@ def main(argv=None):
                 run.doc["phases"][name] = dict(status="failed", s=round(now() - t, 1), error=str(e)[-2000:])
             except Exception as e:  # a bug in a phase must not cost the others
                 run.doc["phases"][name] = dict(status="error", s=round(now() - t, 1), error=f"{type(e).__name__}: {e}")
+            if run.doc["phases"][name]["status"] != "ok" and any(ctx["partial"].values()):
+                run.doc["results"][name] = dict(ctx["partial"], partial=True)
             print(f"    {run.doc['phases'][name]['status']} in {run.doc['phases'][name]['s']} s", flush=True)
             run.save()
             pack(logs, out / "logs.tar.gz")
@@ -562,7 +569,8 @@ PHASE_FUNCS = dict(build=phase_build, models=phase_models, tests=phase_tests, en
 
 def table(doc) -> str:
     """The phases' times, then each phase's figures, as text."""
-    res, lines = doc["results"], []
+    res = {k: v for k, v in doc["results"].items() if not v.get("partial")}
+    lines = []
     g = doc.get("machine", {})
     lines.append(f"GPU run ({doc['plan']['size']} sizes, ngl {doc['plan']['ngl']}): "
                  f"{g.get('gpu') or 'no GPU'}; {g.get('cpus')} x {g.get('cpu')}; Python {g.get('python')}")
@@ -571,6 +579,10 @@ def table(doc) -> str:
         status = p["status"] + (" (reused)" if p.get("reused") else "")
         lines.append(f"{name:14} {status:21} {p['s']:8.1f}")
     lines.append(f"{'total':14} {'':21} {doc['total_s']:8.1f}")
+    for name, p in doc["phases"].items():
+        if p["status"] not in ("ok", "skipped"):
+            got = " (what it measured before is in the JSON)" if doc["results"].get(name, {}).get("partial") else ""
+            lines.append(f"{name}: {p['status']}{got}: {p.get('error', '').splitlines()[0] if p.get('error') else ''}")
     if any(p.get("reused") for p in doc["phases"].values()):
         lines.append(f"{'every phase':14} {'(with reused ones)':21} {sum(p['s'] for p in doc['phases'].values()):8.1f}")
     b = res.get("build")

@@ -89,5 +89,5 @@ def test_a_failing_phase_is_recorded_and_the_next_one_still_runs(tmp_path, bundl
     for name in ("batched_bench", "llama_server"):
         assert doc["phases"][name]["status"] == "failed"
         assert "no model file" in doc["phases"][name]["error"] or "run the build phase" in doc["phases"][name]["error"]
-    assert "failed" in (out / "gpu_run.txt").read_text()
+    assert "batched_bench: failed: " in (out / "gpu_run.txt").read_text()
 
