@@ -15,7 +15,13 @@ set -euo pipefail
 
 here="$(cd "$(dirname "$0")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
-BUNDLE="$(cd "${BUNDLE:-$here/gpu-bundle}" && pwd)"
+BUNDLE="${BUNDLE:-$here/gpu-bundle}"
+if [ ! -f "$BUNDLE/requirements.txt" ]; then
+    echo "no bundle in $BUNDLE: run experiments/gpu_prepare.sh on a machine with network first, and" \
+         "carry that folder here" >&2
+    exit 2
+fi
+BUNDLE="$(cd "$BUNDLE" && pwd)"
 t0=$(date +%s%N)
 
 if ! "$PYTHON" -c "import numpy" 2>/dev/null; then
