@@ -142,7 +142,7 @@ class LlamaEngine:
         finally:
             self.decode_s += self.ctx.decode_s - t0
         self._close_samplers()
-        self._samplers = Samplers(sampling, range(n))
+        self._samplers = Samplers(sampling, range(n), self.model)
         self._text = {}
         self.stop = stop
 
