@@ -27,7 +27,12 @@ came out (tokens per candidate, shown).
 
     experiments/build_llama_server.sh      # prints the binary's path
     python experiments/llama_server_peer.py --server PATH [--prompts 20] [-N 8] [--max-tokens 128]
-        [-t 2] [--concurrent K] [--separate] [--kv-unified] [--json FILE]
+        [-t 2] [-ngl 0] [--concurrent K] [--separate] [--kv-unified] [--ignore-eos] [--no-engine]
+        [--server-args "--backend-sampling"] [--json FILE]
+
+-ngl puts that many layers on the GPU on both sides (-1: all). --ignore-eos makes every answer run
+to --max-tokens on both sides (random-weight models). --no-engine runs the server's rows alone
+(a second server setting against the engine rows of an earlier run, say).
 """
 import argparse
 import json
@@ -77,12 +82,13 @@ def _die_with_parent():
 class Server:
     """One llama-server process; `with Server(...) as srv` stops it on the way out, however."""
 
-    def __init__(self, binary, model, threads, slots, slot_ctx, kv_unified=False, extra=()):
+    def __init__(self, binary, model, threads, slots, slot_ctx, kv_unified=False, extra=(), ngl=0):
         self.slots, self.slot_ctx = slots, slot_ctx
         self.port = free_port()
         self.args = [binary, "-m", str(model), "--host", "127.0.0.1", "--port", str(self.port),
                      "-t", str(threads), "-tb", str(threads), "-np", str(slots), "-c", str(slots * slot_ctx),
                      "-fa", "on", "--kv-unified" if kv_unified else "--no-kv-unified", "--no-webui",
+                     "-ngl", "all" if ngl < 0 else str(ngl),
                      *(["--no-repack"] if AMX else []), *extra]
         self.log = tempfile.NamedTemporaryFile("w+", prefix="llama-server-", suffix=".log", delete=False)
         self.proc = None
@@ -140,11 +146,11 @@ class Server:
         except urllib.error.HTTPError as e:
             raise SystemExit(f"llama-server answered {e.code} to {path}: {e.read()[:500]!r}") from None
 
-    def complete(self, prompt: str, n: int, max_tokens: int, seed: int) -> list:
+    def complete(self, prompt: str, n: int, max_tokens: int, seed: int, ignore_eos: bool = False) -> list:
         """n completions of one rendered prompt: one result per completion."""
         body = dict(prompt=prompt, n_cmpl=n, n_predict=max_tokens, seed=seed, stream=False,
                     temperature=SAMPLING.temperature, top_k=SAMPLING.top_k, top_p=SAMPLING.top_p,
-                    min_p=SAMPLING.min_p, min_keep=1, ignore_eos=False,
+                    min_p=SAMPLING.min_p, min_keep=1, ignore_eos=ignore_eos,
                     samplers=["top_k", "top_p", "min_p", "temperature"],
                     response_fields=["index", "tokens_predicted", "tokens_evaluated", "tokens_cached",
                                      "stop_type", "truncated"])
@@ -204,20 +210,21 @@ def server_counts(results: list) -> dict:
 
 
 def run_server(args, model, rendered, mode, k, slot_ctx):
-    n, T, seed = args.N, args.max_tokens, args.seed
+    n, T, seed, eos = args.N, args.max_tokens, args.seed, args.ignore_eos
     texts = [text for text, _ in rendered]
     slots = n if mode == "n_cmpl, one at a time" else min(k, len(texts)) * n  # never more in flight
-    with Server(args.server, model, args.threads, slots, slot_ctx, args.kv_unified, args.server_args) as srv:
+    with Server(args.server, model, args.threads, slots, slot_ctx, args.kv_unified, args.server_args,
+                args.ngl) as srv:
         warm = render(srv, [WARM_UP])[0][0]
         srv.complete(warm, min(2, n), 4, seed)
         t0 = time.perf_counter()
         if mode == "n_cmpl, one at a time":
-            per_prompt = [srv.complete(q, n, T, seed) for q in texts]
+            per_prompt = [srv.complete(q, n, T, seed, eos) for q in texts]
         elif mode == "n_cmpl, K at a time":
-            per_prompt = in_flight(texts, k, lambda q: srv.complete(q, n, T, seed))
+            per_prompt = in_flight(texts, k, lambda q: srv.complete(q, n, T, seed, eos))
         else:  # separate: N single requests per prompt, seeds as n_cmpl gives its children
             jobs = [(q, seed + j) for q in texts for j in range(n)]
-            flat = in_flight(jobs, k * n, lambda job: srv.complete(job[0], 1, T, job[1]))
+            flat = in_flight(jobs, k * n, lambda job: srv.complete(job[0], 1, T, job[1], eos))
             per_prompt = [sum(flat[i * n:(i + 1) * n], []) for i in range(len(texts))]
         wall = time.perf_counter() - t0
     counts = server_counts(sum(per_prompt, []))
@@ -226,7 +233,7 @@ def run_server(args, model, rendered, mode, k, slot_ctx):
 
 
 def run_engine(s, args, prompts, mode, k):
-    opts = dict(n=args.N, method="bon", max_tokens=args.max_tokens, seed=args.seed)
+    opts = dict(n=args.N, method="bon", max_tokens=args.max_tokens, seed=args.seed, ignore_eos=args.ignore_eos)
     t0 = time.perf_counter()
     if mode == "generate, one at a time":
         results = [s.generate(q, **opts) for q in prompts]
@@ -260,6 +267,9 @@ def main():
     p.add_argument("-N", type=int, default=8, help="candidates per prompt")
     p.add_argument("--max-tokens", type=int, default=128, help="at most this many tokens per candidate")
     p.add_argument("-t", "--threads", type=int, default=2, help="CPU threads, for both")
+    p.add_argument("-ngl", "--n-gpu-layers", dest="ngl", type=int, default=0, help="layers on the GPU, for both (-1: all)")
+    p.add_argument("--ignore-eos", action="store_true", help="every answer runs to --max-tokens, on both sides")
+    p.add_argument("--no-engine", action="store_true", help="only the server's rows")
     p.add_argument("--concurrent", type=int, default=None,
                    help="prompts at a time in the K modes (default: the API's default_concurrency(N))")
     p.add_argument("--seed", type=int, default=0)
@@ -283,7 +293,7 @@ def main():
     version = server_version(args.server)
     print(f"llama-server: {version}", flush=True)
 
-    with Server(args.server, model, 1, 1, 2 * CELLS) as probe:  # renders and counts, no decoding
+    with Server(args.server, model, 1, 1, 2 * CELLS, ngl=args.ngl) as probe:  # renders and counts, no decoding
         rendered = render(probe, prompts)
     longest = max(c for _, c in rendered)
     slot_ctx = CELLS * math.ceil((longest + T + 1) / CELLS)
@@ -304,23 +314,27 @@ def main():
     print(f"{'system':12} {'mode':28} {'K':>3} {'prompts/s':>9} {'tok/s':>7} {'tok/cand':>8} {'wall s':>8}",
           flush=True)
     show(run_server(args, model, rendered, "n_cmpl, one at a time", k, slot_ctx))
-    with SpecRej(args.generator, n_threads=args.threads, flash_attn=True, kv_layout=args.kv_layout) as s:
-        s.generate(WARM_UP, n=2, max_tokens=4, seed=args.seed)  # first-call allocations before any clock
-        show(run_engine(s, args, prompts, "generate, one at a time", k))
-        show(run_engine(s, args, prompts, "generate_many, K at a time", k))
+    if not args.no_engine:
+        with SpecRej(args.generator, n_threads=args.threads, flash_attn=True, kv_layout=args.kv_layout,
+                     n_gpu_layers=args.ngl) as s:
+            s.generate(WARM_UP, n=2, max_tokens=4, seed=args.seed)  # first-call allocations before any clock
+            show(run_engine(s, args, prompts, "generate, one at a time", k))
+            show(run_engine(s, args, prompts, "generate_many, K at a time", k))
     show(run_server(args, model, rendered, "n_cmpl, K at a time", k, slot_ctx))
     if args.separate:
         show(run_server(args, model, rendered, "separate, K at a time", k, slot_ctx))
 
     by = {r["mode"]: r for r in rows}
-    same = sum(a == c for a, (_, c) in zip(by["generate, one at a time"]["prompt_tokens"], rendered))
-    print(f"prompt tokens the same for the engine and the server: {same}/{P}", flush=True)
+    same = None
+    if not args.no_engine:
+        same = sum(a == c for a, (_, c) in zip(by["generate, one at a time"]["prompt_tokens"], rendered))
+        print(f"prompt tokens the same for the engine and the server: {same}/{P}", flush=True)
     pairs = [("generate, one at a time", "n_cmpl, one at a time"),
              ("generate_many, K at a time", "n_cmpl, K at a time"),
              ("generate_many, K at a time", "separate, K at a time")]
     ratios = []
     for mine, theirs in pairs:
-        if theirs in by:
+        if mine in by and theirs in by:
             a, b = by[mine], by[theirs]
             ratios.append(dict(engine=mine, server=theirs, tokens_per_s=a["tokens_per_s"] / b["tokens_per_s"],
                                prompts_per_s=a["prompts_per_s"] / b["prompts_per_s"]))
@@ -328,7 +342,8 @@ def main():
                   f"prompts/s x{ratios[-1]['prompts_per_s']:.2f}", flush=True)
     if args.json:
         settings = dict(prompts=P, n=n, max_tokens=T, threads=args.threads, concurrent=k, seed=args.seed,
-                        generator=args.generator, model=model.name, kv_layout=args.kv_layout,
+                        generator=args.generator, model=model.name, kv_layout=args.kv_layout, ngl=args.ngl,
+                        ignore_eos=args.ignore_eos, engine=not args.no_engine,
                         kv_unified=args.kv_unified, server_args=args.server_args, server_version=version,
                         llama_cpp_python=package_version("llama-cpp-python"),
                         sampling=dict(temperature=SAMPLING.temperature, top_k=SAMPLING.top_k,

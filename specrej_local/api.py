@@ -240,9 +240,11 @@ class SpecRej:
 def make_settings(n: int = 16, alpha: float = 0.5, method: str = "specrej", max_tokens: int = 256,
                   temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
                   seed: int = 0, stop=(), system: Optional[str] = None, kv_budget: Optional[int] = None,
-                  keep_at_least: int = 1) -> Settings:
-    """Checked decoding settings: made before any model loads, so a bad value fails at once."""
-    sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
+                  keep_at_least: int = 1, ignore_eos: bool = False) -> Settings:
+    """Checked decoding settings: made before any model loads, so a bad value fails at once.
+    `ignore_eos` (for benchmarks) lets no candidate end before max_tokens but by a stop string."""
+    sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
+                        ignore_eos=ignore_eos)
     return Settings(n=n, alpha=alpha, method=method, max_tokens=max_tokens, kv_budget=kv_budget,
                     keep_at_least=keep_at_least, sampling=sampling, stop=stop, system=system)
 

@@ -18,12 +18,15 @@ class Sampling:
     top_p: float = 0.95       # 1 = off
     min_p: float = 0.05       # 0 = off
     seed: int = 0             # 0 to 2**32 - 1 (llama.cpp's seeds are 32-bit)
+    ignore_eos: bool = False  # never draw an end-of-generation token: fixed lengths, for benchmarks
 
     def __post_init__(self):
         for name in ("temperature", "top_p", "min_p"):
             object.__setattr__(self, name, checks.real(name.replace("_", "-"), getattr(self, name)))
         object.__setattr__(self, "top_k", checks.whole("top-k", self.top_k))
         object.__setattr__(self, "seed", checks.seed(self.seed))
+        if not isinstance(self.ignore_eos, bool):
+            raise BadInput(f"ignore-eos must be true or false, got {self.ignore_eos!r}")
         if not 0 <= self.temperature <= MAX_TEMPERATURE:
             raise BadInput(f"temperature must be between 0 and {MAX_TEMPERATURE:g}, got {self.temperature}")
         if not 0 < self.top_p <= 1:

@@ -3,6 +3,11 @@
 Every test gets its own empty cache dir (SPECREJ_HOME), so no test sees another's downloads.
 The one exception is the real default model: it is fetched once per machine into the real cache
 dir and reused by every later run, because downloading 98 MB per test run would be absurd.
+
+Two settings for a GPU run on a machine with no network (experiments/gpu_run.py), unset in CI:
+SPECREJ_TEST_NGL, the layers the model tests put on the GPU (default 0; -1: all), and
+SPECREJ_TEST_MODEL, a GGUF file used in place of the default model (a random-weight model of its
+shape there).
 """
 import contextlib
 import os
@@ -48,11 +53,32 @@ def real_cache_home() -> Path:
 
 @pytest.fixture(scope="session")
 def default_model(real_cache_home) -> Path:
-    """Path of the real default model (smollm2-135m), downloaded at most once per machine."""
+    """Path of the real default model (smollm2-135m), downloaded at most once per machine (or the
+    file SPECREJ_TEST_MODEL names)."""
     from specrej_local.models import registry
 
+    if os.environ.get("SPECREJ_TEST_MODEL"):
+        return Path(os.environ["SPECREJ_TEST_MODEL"])
     with _specrej_home(real_cache_home):
         return registry.resolve("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def gpu_layers() -> int:
+    """Layers the model tests put on the GPU: SPECREJ_TEST_NGL, 0 (the CPU) unless set."""
+    value = os.environ.get("SPECREJ_TEST_NGL", "0")
+    try:
+        return int(value)
+    except ValueError:
+        raise pytest.UsageError(f"SPECREJ_TEST_NGL must be a whole number, got {value!r}") from None
+
+
+@pytest.fixture
+def real_weights():
+    """For a test that needs the real default model's answers (a count that reaches 5, an answer
+    that ends): skipped where SPECREJ_TEST_MODEL puts a random-weight model in its place."""
+    if os.environ.get("SPECREJ_TEST_MODEL"):
+        pytest.skip("needs the real default model's answers (SPECREJ_TEST_MODEL is set)")
 
 
 @pytest.fixture(scope="session")

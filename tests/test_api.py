@@ -447,7 +447,7 @@ def test_a_bad_item_of_generate_many_fails_alone_and_an_id_is_its_key(spec):
     assert errors == {
         2: "unknown setting 'colour' (a prompt's dict takes \"prompt\" or \"messages\", \"id\" and the settings "
            "of make_settings: n, alpha, method, max_tokens, temperature, top_k, top_p, min_p, seed, stop, system, "
-           "kv_budget, keep_at_least)",
+           "kv_budget, keep_at_least, ignore_eos)",
         3: "the prompt must be a string (or a message list), got int",
         4: "messages must be a non-empty list of {\"role\", \"content\"} objects",
         5: "\"id\" must be a string or an integer, got [1]",

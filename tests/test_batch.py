@@ -185,6 +185,7 @@ def test_the_shared_alpaca_farm_file_reads_as_100_prompts():
     ('{"id": "a", "prompt": "hi", "n": 2.5}', 'line 2: "n" must be an integer, got 2.5'),
     ('{"id": "a", "prompt": "hi", "alpha": true}', 'line 2: "alpha" must be a number, got true'),
     ('{"id": "a", "prompt": "hi", "system": 3}', 'line 2: "system" must be a string, got 3'),
+    ('{"id": "a", "prompt": "hi", "ignore_eos": 1}', 'line 2: "ignore_eos" must be true or false, got 1'),
     ('{"id": "first", "prompt": "again"}', "line 2: duplicate id 'first' (first at line 1)"),
     # strings with a lone surrogate: valid JSON, but no text a model can read
     ('{"id": "a", "prompt": "\\ud800"}', 'line 2: "prompt" is not valid UTF-8 text (character 1)'),

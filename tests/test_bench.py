@@ -148,6 +148,8 @@ def test_engine_only_on_a_random_weight_model(default_model, tmp_path):
     (["-R", "tiny"], "--engine-only"),
     (["-e", "-R", "llama-70b", "-g", "x.gguf"], "unknown layout or qtype"),
     (["-N", "4,x"], "--ns must be a comma-separated list"),
+    (["--serve-load", "--ignore-eos"], "--ignore-eos is an option of the quality, engine and --continuous runs"),
+    (["--compute", "--ignore-eos"], "--ignore-eos is an option of the quality, engine and --continuous runs"),
 ])
 def test_bad_bench_settings_are_one_line_errors(tmp_path, args, words):
     res = CliRunner().invoke(cli, ["bench", "-o", str(tmp_path), *args])

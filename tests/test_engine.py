@@ -12,8 +12,8 @@ GREEDY = Sampling(temperature=0.0)
 
 
 @pytest.fixture(scope="module")
-def model(default_model):
-    m = Model(default_model)
+def model(default_model, gpu_layers):
+    m = Model(default_model, n_gpu_layers=gpu_layers)
     yield m
     m.close()
 
@@ -40,7 +40,7 @@ def run_to_end(engine):
 
 
 @pytest.mark.parametrize("layout", ["unified", "split"])
-def test_greedy_sequences_equal_the_high_level_llama_greedy_text(default_model, model, layout):
+def test_greedy_sequences_equal_the_high_level_llama_greedy_text(default_model, gpu_layers, model, layout):
     # Both sides use flash attention: without it llama.cpp's CPU results depend on the batch
     # layout, and batched sequences drift from the one-sequence path after a few tokens.
     engine = LlamaEngine(model, kv_layout=layout)
@@ -48,7 +48,8 @@ def test_greedy_sequences_equal_the_high_level_llama_greedy_text(default_model, 
     start(engine, 4, P + 4 * 40, 40, GREEDY)
     texts = run_to_end(engine)
     assert engine.layout == layout
-    reference = high_level_llama(str(default_model), n_ctx=512, verbose=False, flash_attn=True)
+    reference = high_level_llama(str(default_model), n_ctx=512, verbose=False, flash_attn=True,
+                                 n_gpu_layers=gpu_layers)
     expected = reference.create_completion(engine.prompt_text, max_tokens=40, temperature=0.0)["choices"][0]["text"]
     reference.close()
     engine.close()
@@ -138,7 +139,8 @@ def test_logprob_tracking_reads_the_raw_log_softmax_of_each_sampled_token(model)
     run_to_end(engine)
     for s in engine.sequences.values():
         assert s.scored_tokens == len(s.tokens) + (s.finish_reason == "stop")
-        assert -50 < s.logprob < 0
+        # a greedy token is the most likely one, so its log-probability is at least -log(vocabulary)
+        assert -s.scored_tokens * np.log(model.n_vocab) <= s.logprob < 0
         # each token's own, in order: the compute study's partial rewards are their running means
         assert len(s.token_logprobs) == s.scored_tokens and all(lp <= 0 for lp in s.token_logprobs)
         assert sum(s.token_logprobs) == pytest.approx(s.logprob, abs=1e-9)
@@ -167,7 +169,7 @@ def test_same_seed_same_answers_and_different_seeds_differ(engine):
     assert len(set(first)) > 1, "each sequence samples from its own stream"
 
 
-def test_stop_strings_and_max_tokens_are_honoured(engine):
+def test_stop_strings_and_max_tokens_are_honoured(engine, real_weights):
     P = engine.load_prompt("Count from 1 to 20, separated by commas.")
     start(engine, 2, P + 2 * 60, 60, GREEDY, stop=["5"])
     run_to_end(engine)
@@ -368,16 +370,39 @@ def test_ctrl_c_while_a_context_is_freed_never_frees_it_twice(model, monkeypatch
     assert len(given) == 1
 
 
-def test_a_model_closed_before_its_context_is_freed_after_it(default_model, monkeypatch):
+def test_a_model_closed_before_its_context_is_freed_after_it(default_model, gpu_layers, monkeypatch):
     # A context freed after its model aborts in llama.cpp; Python's cycle collector may finalize
     # a dropped model before its contexts, so the model waits for them.
     model_frees = record_frees(monkeypatch, "llama_model_free")
-    m = Model(default_model)
+    m = Model(default_model, n_gpu_layers=gpu_layers)
     ctx = Context(m, 256, 1)
     m.close()
     assert model_frees == [] and m.tokenize("still usable")
     ctx.close()
     assert len(model_frees) == 1 and m.ptr is None
+
+
+def test_ignore_eos_runs_every_candidate_to_its_length(model, real_weights):
+    # Greedy on a yes/no question: the default model answers in a few tokens and ends. With
+    # ignore_eos no end-of-generation token can be drawn, so each runs to max_tokens (benchmarks
+    # on random-weight models, which would stop at random, rely on this).
+    prompt, T = "Is the sky blue? Answer yes or no.", 48
+    ended, full = [], []
+    for ignore, out in ((False, ended), (True, full)):
+        engine = LlamaEngine(model)
+        P = engine.load_prompt(prompt)
+        start(engine, 2, P + 2 * T, T, Sampling(temperature=0.0, ignore_eos=ignore))
+        run_to_end(engine)
+        out += [(s.finish_reason, len(s.tokens)) for s in engine.sequences.values()]
+        engine.close()
+    assert all(reason == "stop" and n < T for reason, n in ended), ended
+    assert full == [("length", T)] * 2
+    assert model.eog_tokens() and all(model.is_eog(t) for t in model.eog_tokens())
+
+
+def test_ignore_eos_must_be_a_bool():
+    with pytest.raises(BadInput, match="ignore-eos must be true or false"):
+        Sampling(ignore_eos="yes")
 
 
 def package_imports() -> dict:

@@ -12,8 +12,8 @@ N, T = 8, 24
 
 
 @pytest.fixture(scope="module")
-def model(default_model):
-    m = Model(default_model)
+def model(default_model, gpu_layers):
+    m = Model(default_model, n_gpu_layers=gpu_layers)
     yield m
     m.close()
 

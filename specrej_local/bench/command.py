@@ -114,6 +114,9 @@ def progress(total: int):
 @click.option("--top-k", type=int, default=40, show_default=True)
 @click.option("--min-p", type=float, default=0.05, show_default=True)
 @click.option("-s", "--seed", type=int, default=0, show_default=True, help="Seed shared by every method.")
+@click.option("--ignore-eos", is_flag=True,
+              help="No answer ends before --max-tokens (end-of-generation tokens are never drawn): fixed lengths, "
+                   "e.g. on random-weight models, which would stop at random. Not with --compute or --serve-load.")
 @click.option("-e", "--engine-only", is_flag=True, help="Only the engine throughput table.")
 @click.option("--no-engine", is_flag=True, help="Skip the engine throughput table.")
 @click.option("--engine-ns", help="Comma-separated N values for the engine table.")
@@ -147,9 +150,9 @@ def progress(total: int):
                    "serve_load.json).")
 @friendly_errors()
 def bench_command(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_template, kv_layout, kv_memory,
-                  no_prefix_cache, preset, prompts_file, limit, ns, rewards, alpha, max_tokens, cut, temperature, top_p, top_k, min_p, seed,
-                  engine_only, no_engine, engine_ns, seq_calls, random_model, compute, compute_from, continuous,
-                  serve_load, methods, concurrent, clients, requests, out):
+                  no_prefix_cache, preset, prompts_file, limit, ns, rewards, alpha, max_tokens, cut, temperature, top_p,
+                  top_k, min_p, seed, ignore_eos, engine_only, no_engine, engine_ns, seq_calls, random_model, compute,
+                  compute_from, continuous, serve_load, methods, concurrent, clients, requests, out):
     """Benchmark Speculative Rejection against Best-of-N at equal N and at equal memory.
 
     \b
@@ -170,6 +173,8 @@ def bench_command(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_
     ctx = click.get_current_context()
     check_modes(compute or compute_from, continuous, serve_load, methods=methods, concurrent=concurrent,
                 clients=clients, requests=requests)
+    if ignore_eos and (compute or compute_from or serve_load):
+        raise BadInput("--ignore-eos is an option of the quality, engine and --continuous runs only")
     if compute or compute_from:
         if compute and compute_from:
             raise BadInput("--compute records pools and --compute-from reads them: give one of the two")
@@ -204,6 +209,8 @@ def bench_command(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_
     if continuous or serve_load:  # -r is the reward; the server's load takes every prompt unless -k
         model = dict(opts, reward=reward)
         decoding = dict(alpha=alpha, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
+        if ignore_eos:  # serve-load was refused above: the server has no such setting
+            decoding["ignore_eos"] = True
         prompts = read_prompts(prompts_file or ALPACA_FARM_100, limit or (p["limit"] if continuous else None))
         source = prompts_file or "the paper's 100 AlpacaFarm prompts"
         common = (mode_ns(ns, continuous), mode_methods(methods, continuous), max_tokens or p["max_tokens"],
@@ -218,7 +225,8 @@ def bench_command(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_
                     max_tokens=max_tokens or p["max_tokens"],
                     ns=list(parse_list(ns, int, "--ns") if ns is not None else p["ns"]), flash_attn=flash_attn,
                     chat_template=not no_chat_template, kv_layout=kv_layout, kv_memory=kv_memory,
-                    sampling=dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed),
+                    sampling=dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
+                                  ignore_eos=ignore_eos),
                     engine_ns=list(parse_list(engine_ns, int, "--engine-ns") if engine_ns is not None
                                    else p["engine_ns"]),
                     engine_max_tokens=max_tokens or p["engine_max_tokens"], seq_calls=seq_calls or p["seq_calls"])
@@ -470,7 +478,7 @@ def run(opts: dict, settings: dict, prompts: list, sampling: Sampling, engine: b
     appended to `records` as it is done (kept by the caller on an interrupt)."""
     t0 = time.perf_counter()
     gen = dict(max_tokens=settings["max_tokens"], temperature=sampling.temperature, top_k=sampling.top_k,
-               top_p=sampling.top_p, min_p=sampling.min_p, seed=sampling.seed)
+               top_p=sampling.top_p, min_p=sampling.min_p, seed=sampling.seed, ignore_eos=sampling.ignore_eos)
     steps = len(prompts) * len(settings["ns"]) * len(settings["rewards"])
     steps += 2 * len(settings["engine_ns"]) if engine else 0  # two layouts
     records = [] if records is None else records

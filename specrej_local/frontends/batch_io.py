@@ -60,7 +60,7 @@ except ImportError:  # Windows: no advisory locks, so nothing stops two runs on 
 STRINGS = list
 OVERRIDES = {"n": int, "alpha": float, "method": str, "max_tokens": int, "temperature": float, "top_k": int,
              "top_p": float, "min_p": float, "seed": int, "stop": STRINGS, "system": str, "kv_budget": int,
-             "keep_at_least": int}
+             "keep_at_least": int, "ignore_eos": bool}
 
 
 class BatchFileError(SpecRejError):
@@ -183,7 +183,8 @@ def _from_object(obj, number: int, where: str) -> Item:
         if value is None:  # absent or null: the command's option
             continue
         if not _is_a(kind, value):
-            noun = {int: "an integer", float: "a number", str: "a string", STRINGS: "a string or a list of strings"}
+            noun = {int: "an integer", float: "a number", str: "a string", STRINGS: "a string or a list of strings",
+                    bool: "true or false"}
             return bad(f"\"{key}\" must be {noun[kind]}, got {json.dumps(value)[:40]}", id)
         if kind in (int, float):
             problem = out_of_range(int(value) if kind is int else value)
@@ -201,6 +202,8 @@ def _strings(value) -> list:
 
 def _is_a(kind, value) -> bool:
     """Whether a JSON value can serve as `kind`: 3.0 is an integer; true is not a number."""
+    if kind is bool:
+        return isinstance(value, bool)
     if kind is str:
         return isinstance(value, str)
     if kind is STRINGS:

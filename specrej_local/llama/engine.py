@@ -153,7 +153,7 @@ class LlamaEngine:
         if on_prefill is not None and self.cached_tokens:
             on_prefill(self.cached_tokens)
         self._close_samplers()
-        self._samplers = Samplers(sampling, range(n))
+        self._samplers = Samplers(sampling, range(n), self.model)
         self._text = {}
         self.stop = stop
 

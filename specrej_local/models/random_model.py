@@ -42,6 +42,25 @@ def _random_weight(rng, rows: int, cols: int, qtype: str, std: float = 0.02):
     return data.reshape(rows, -1), t
 
 
+def write_tokenizer_gguf(path, source) -> Path:
+    """Write a GGUF file holding only `source`'s tokenizer and chat template (no tensors): a small
+    `tokenizer_from` for write_random_gguf where the real model is too big to carry."""
+    import gguf
+
+    src = read_header(source, lambda key: key.startswith("tokenizer."))
+    w = gguf.GGUFWriter(str(path), arch="llama")
+    w.add_name("tokenizer only")
+    for key, value in src.values.items():
+        vtype, etype = src.types[key]
+        value = value.tolist() if isinstance(value, np.ndarray) else value
+        w.add_key_value(key, value, gguf.GGUFValueType(vtype), None if etype is None else gguf.GGUFValueType(etype))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return Path(path)
+
+
 def write_random_gguf(path, tokenizer_from, layout: str = "llama-1b", qtype: str = "q8_0", seed: int = 0) -> Path:
     """Write a GGUF model of `layout`'s shape with random weights, for throughput figures where
     real weights are not at hand. The tokenizer and chat template are copied from the GGUF file
