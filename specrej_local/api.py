@@ -56,7 +56,8 @@ class SpecRej:
 
     def __init__(self, generator: str = DEFAULT_GENERATOR, reward: Union[str, Callable] = DEFAULT_REWARD,
                  n_gpu_layers: int = 0, n_threads: Optional[int] = None, flash_attn: bool = True,
-                 chat_template: bool = True, kv_layout: str = "auto", kv_memory: Optional[int] = None):
+                 chat_template: bool = True, kv_layout: str = "auto", kv_memory: Optional[int] = None,
+                 prefix_cache: bool = True):
         from .llama.context import Model
         from .llama.engine import LlamaEngine
 
@@ -75,7 +76,10 @@ class SpecRej:
         self.raw = not chat_template
         opts = dict(n_threads=n_threads, flash_attn=flash_attn)
         self.model = Model(registry.resolve(generator), n_gpu_layers=n_gpu_layers)
-        self.engine = LlamaEngine(self.model, raw=not chat_template, kv_layout=kv_layout, kv_memory=kv_memory, **opts)
+        # prefix_cache: prompts read recently stay in the KV cache while room allows, and a prompt
+        # that begins like one of them decodes only the rest (see llama/prefix_cache.py)
+        self.engine = LlamaEngine(self.model, raw=not chat_template, kv_layout=kv_layout, kv_memory=kv_memory,
+                                  prefix_cache=prefix_cache, **opts)
         self.scorer = self._scorer(reward, n_gpu_layers, chat_template, opts)
 
     def _scorer(self, reward, n_gpu_layers, chat_template, opts):

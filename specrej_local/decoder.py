@@ -213,9 +213,12 @@ class Run:
         self.t0 = time.perf_counter()
         waiting = list(range(s.n))
         try:
-            # the prompt is decoded once and shared by every answer (stoppable between chunks)
+            # the prompt is decoded once and shared by every answer, a chunk at a time: other
+            # prompts' steps run between its chunks (and it can be stopped there)
             e.open(s.n, self.at_once, self.budget, self.T, s.sampling, s.stop, should_stop=self.should_stop,
                    on_prefill=self._read)
+            while e.read_prompt():
+                yield
             self.gen_t0 = time.perf_counter()
             while waiting or e.live():
                 # 0. start answers while there is room: all at once, unless Best-of-N runs in waves
@@ -328,11 +331,12 @@ class Run:
             cands.append(Candidate(i, q.text, self.reward.get(i), len(q.tokens), reason, self.rejected_at.get(i)))
         best = max(self.finished, key=lambda i: (self.reward[i], -i), default=None)
         stats = dict(n=s.n, alpha=s.alpha, method=s.method, rounds=self.rounds, prompt_tokens=e.prompt_tokens,
+                     cached_tokens=e.cached_tokens,
                      generated_tokens=self._generated(), reward_tokens=self.scorer.tokens_fed - self.fed0,
                      peak_kv_cells=self.peak, kv_budget=self.budget, at_once=self.at_once,
                      waves=math.ceil(s.n / self.at_once), kv_layout=getattr(e, "layout", None),
-                     wall_s=time.perf_counter() - self.t0, decode_s=e.decode_s, sample_s=e.sample_s,
-                     reward_s=self.reward_s)
+                     wall_s=time.perf_counter() - self.t0, prompt_s=e.prompt_s, decode_s=e.decode_s,
+                     sample_s=e.sample_s, reward_s=self.reward_s)
         if best is None:
             return Result("", None, "interrupted" if interrupted else "none", cands, stats)
         q = e.sequences[best]

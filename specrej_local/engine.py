@@ -33,19 +33,25 @@ class Sequence:
 
 class Engine(Protocol):
     prompt_tokens: int
+    cached_tokens: int    # prompt tokens reused from a prompt read before instead of decoded
     context_length: int   # the most tokens prompt + answer may take (the model's context)
     sequences: dict       # candidate id -> Sequence, for every candidate started
     decode_s: float
     sample_s: float
+    prompt_s: float       # of decode_s, the time spent reading the prompt
 
     def load_prompt(self, prompt: str, system: Optional[str] = None) -> int:
         """Format and tokenize the prompt; return its length in tokens."""
 
     def open(self, n: int, concurrent: int, kv_budget: int, max_tokens: int, sampling: Sampling, stop=(),
              should_stop=None, on_prefill=None):
-        """Make room for `concurrent` of the n candidates at a time; decode the prompt once,
-        raising `errors.Cancelled` as soon as `should_stop()` says so (a long prompt is fed in chunks),
-        and calling `on_prefill(tokens)` with the tokens decoded after each chunk."""
+        """Make room for `concurrent` of the n candidates at a time and start reading the prompt
+        (`read_prompt` reads it); `should_stop()` is asked before each chunk read, and True raises
+        `errors.Cancelled`; `on_prefill(tokens)` hears the prompt tokens read after each chunk."""
+
+    def read_prompt(self) -> bool:
+        """Decode the next chunk of the prompt (read once, shared by every candidate); True while
+        some is left to read."""
 
     def spawn(self, ids) -> None:
         """Start these candidates from the prompt."""

@@ -20,12 +20,13 @@ class FakeEngine:
         self.pool, self.prefill_chunk = pool, prefill_chunk
         self.lengths = list(lengths)
         self.prompt_tokens = prompt_tokens
+        self.cached_tokens = 0
         self.context_length = context_length
         self.sequences = {}
         self.dropped = []    # every id rejected or ended for lack of room, in order
         self.spawned = []    # every id started, in order
         self.most_live = 0   # the most candidates live at once
-        self.decode_s = self.sample_s = 0.0
+        self.decode_s = self.sample_s = self.prompt_s = 0.0
 
     def load_prompt(self, prompt, system=None):
         if not prompt.strip():
@@ -50,6 +51,9 @@ class FakeEngine:
         self.sequences = {}
         if self.pool is not None:
             self.pool.join(self, self.need(n, concurrent, kv_budget))
+
+    def read_prompt(self):
+        return False
 
     def finish(self):
         if self.pool is not None:

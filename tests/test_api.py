@@ -525,6 +525,7 @@ def test_ctrl_c_at_any_decode_of_generate_many_leaves_the_specrej_answering(chun
     # Ctrl-C while generate_many read a long prompt left its room held: every later generate()
     # failed an assertion. Here Ctrl-C lands at each decode in turn: the prompts' chunks, the
     # shared steps, while one prompt is still being read beside another already answering.
+    chunked.engine.pool.cache = None  # the same decodes each run (test_prefix_cache.py: Ctrl-C with the cache)
     ctrl_c = CtrlC(monkeypatch)
     items = ["Say hi.", LONG, "Say yes."]
     ctrl_c.arm(None)
@@ -543,7 +544,7 @@ def test_ctrl_c_at_any_decode_of_generate_many_leaves_the_specrej_answering(chun
 
 def test_ctrl_c_at_any_decode_of_generate_leaves_the_specrej_answering(default_model, monkeypatch):
     # The self-judge: the prompt's chunks, the steps, and the probes that score at each cut.
-    with SpecRej(str(default_model), reward="self", n_threads=1) as s:
+    with SpecRej(str(default_model), reward="self", n_threads=1, prefix_cache=False) as s:  # the same decodes each run
         s.engine.pool.n_batch = 16
         ctrl_c = CtrlC(monkeypatch)
         ctrl_c.arm(None)

@@ -68,6 +68,21 @@ def test_each_prompt_gets_one_line_with_the_run_json_fields_plus_its_id(tmp_path
     assert not (tmp_path / "out.jsonl.lock").exists()
 
 
+def test_lines_that_begin_alike_reuse_the_beginning_unless_the_cache_is_off(tmp_path, tiny):
+    block = "Answer in one word, and be careful with the spelling of every word you write. " * 6
+    asks = ["Name a colour.", "Name a fruit.", "Name a tree."]
+    src = write_lines(tmp_path / "in.jsonl", *[{"id": k, "prompt": block + q} for k, q in enumerate(asks)])
+    for flags, reused in (([], True), (["--no-prefix-cache"], False)):
+        out = tmp_path / f"out-{reused}.jsonl"
+        result = batch(src, "-o", out, *tiny, "-c", "1", *flags)
+        assert result.exit_code == 0, result.output
+        cached = [line["stats"]["cached_tokens"] for line in read_lines(out)]
+        if reused:  # one after another (-c 1): the first line reads it all, the next two reuse its beginning
+            assert sorted(cached)[0] == 0 and all(c > 0 for c in sorted(cached)[1:])
+        else:
+            assert cached == [0, 0, 0]
+
+
 # A line's own sampling, stop and budget settings, and what the command line says for the same.
 LINE_SETTINGS = {"temperature": 1.5, "top_k": 7, "top_p": 0.5, "min_p": 0.2, "stop": ["!", "."], "kv_budget": 10,
                  "method": "specrej"}

@@ -27,9 +27,9 @@ SCRIPT = str(Path(sys.executable).with_name("specrej-local"))
 FAST = ["-n", "2", "--max-tokens", "4", "-t", "1"]
 RESULT_KEYS = ["text", "reward", "finish_reason", "method", "generator", "reward_model", "seed",
                "candidates", "stats"]
-STATS_KEYS = ["n", "alpha", "method", "rounds", "prompt_tokens", "generated_tokens", "reward_tokens",
-              "peak_kv_cells", "kv_budget", "at_once", "waves", "kv_layout", "wall_s", "decode_s", "sample_s",
-              "reward_s"]
+STATS_KEYS = ["n", "alpha", "method", "rounds", "prompt_tokens", "cached_tokens", "generated_tokens", "reward_tokens",
+              "peak_kv_cells", "kv_budget", "at_once", "waves", "kv_layout", "wall_s", "prompt_s", "decode_s",
+              "sample_s", "reward_s"]
 CANDIDATE_KEYS = ["id", "text", "reward", "tokens", "finish_reason", "rejected_at"]
 
 

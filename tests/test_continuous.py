@@ -47,9 +47,10 @@ def test_split_layout_answers_beside_others_are_the_answers_alone(split):
 
 def test_every_sequence_and_cell_goes_back_to_the_pool(split):
     results = dict(split.generate_many(PROMPTS[:4], concurrent=4, **OPTS))
-    pool = split.engine.pool
-    assert pool.idle() and pool.free == list(range(pool.n_seq))
-    assert all(pool.ctx.pos_max(k) == -1 for k in range(pool.n_seq))
+    pool = split.engine.pool  # every slot is free, or holds a prompt kept for the prefix cache
+    assert pool.idle() and sorted(pool.free + list(pool.cache.kept)) == list(range(pool.ctx.n_seq_max))
+    assert all(pool.ctx.pos_max(k) == -1 for k in pool.free)
+    assert all(pool.ctx.pos_max(k) == len(t) - 1 for k, t in pool.cache.kept.items())
     for r in results.values():
         assert [c.id for c in r.candidates] == list(range(4))
         assert r.stats["generated_tokens"] == sum(c.tokens for c in r.candidates)

@@ -28,6 +28,8 @@ def engine(model):
 def start(engine, n, budget, max_tokens, sampling, stop=(), at_once=None):
     """What the decoder does before its first step: open for n (at_once at a time), start them."""
     engine.open(n, at_once or n, budget, max_tokens, sampling, stop)
+    while engine.read_prompt():
+        pass
     engine.spawn(range(at_once or n))
 
 
@@ -85,8 +87,9 @@ def test_kv_cells_are_counted_exactly_and_freed(model, layout):
 
 
 def test_freed_cells_are_reused_by_the_survivors(model):
-    # A unified pool with no spare room: the survivors only grow in the cells freed by release().
-    e = LlamaEngine(model, kv_layout="unified")
+    # A unified pool with no spare room (no kept prompt's either): the survivors only grow in the
+    # cells freed by release().
+    e = LlamaEngine(model, kv_layout="unified", prefix_cache=False)
     e.load_prompt(PROMPT)
     n, budget = 8, 256
     start(e, n, budget, 200, Sampling(seed=3, temperature=1.5, top_k=0, top_p=1.0, min_p=0.0))

@@ -137,6 +137,18 @@ def test_chat_completion_carries_reward_usage_and_stats(server):
     assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
 
 
+def test_a_turn_that_repeats_the_conversation_reports_its_cached_prompt_tokens(server):
+    system = {"role": "system", "content": "You answer questions about fruit, briefly and kindly. " * 20}
+    ask = {"role": "user", "content": "Name a fruit."}
+    first = server.client.chat.completions.create(model=MODEL, messages=[system, ask], seed=2, **SMALL)
+    turn = [system, ask, {"role": "assistant", "content": first.choices[0].message.content},
+            {"role": "user", "content": "Another one?"}]
+    second = server.client.chat.completions.create(model=MODEL, messages=turn, seed=2, **SMALL)
+    cached = second.usage.prompt_tokens_details.cached_tokens  # OpenAI's field
+    assert cached == second.stats["cached_tokens"] and 0 < cached < second.usage.prompt_tokens
+    assert first.usage.prompt_tokens_details.cached_tokens == first.stats["cached_tokens"]
+
+
 def test_a_conversation_is_rendered_with_its_earlier_turns(server):
     turns = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
              {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Name a fruit."}]

@@ -150,9 +150,9 @@ def progress(total: int):
                    "serve_load.json).")
 @friendly_errors()
 def bench_command(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_template, kv_layout, kv_memory,
-                  preset, prompts_file, limit, ns, rewards, alpha, max_tokens, cut, temperature, top_p, top_k, min_p, seed,
-                  ignore_eos, engine_only, no_engine, engine_ns, seq_calls, random_model, compute, compute_from, continuous,
-                  serve_load, methods, concurrent, clients, requests, out):
+                  no_prefix_cache, preset, prompts_file, limit, ns, rewards, alpha, max_tokens, cut, temperature, top_p,
+                  top_k, min_p, seed, ignore_eos, engine_only, no_engine, engine_ns, seq_calls, random_model, compute,
+                  compute_from, continuous, serve_load, methods, concurrent, clients, requests, out):
     """Benchmark Speculative Rejection against Best-of-N at equal N and at equal memory.
 
     \b
@@ -186,7 +186,7 @@ def bench_command(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_
             raise BadInput(f"{flag} is not an option of --compute (it sweeps its own schedules; --rewards "
                            "names its rewards)")
         gen = dict(generator=generator, threads=threads, n_gpu_layers=n_gpu_layers, kv_layout=kv_layout,
-                   flash_attn=flash_attn, no_chat_template=no_chat_template)
+                   flash_attn=flash_attn, no_chat_template=no_chat_template, no_prefix_cache=True)
         return compute_command(gen, compute_from, prompts_file, limit or p["limit"],
                                max(parse_list(ns, int, "--ns")) if ns is not None else 64, max_tokens or 64,
                                Sampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed),
@@ -201,8 +201,10 @@ def bench_command(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_
         reward_list = p["rewards"]
     if not 0 < alpha < 1:
         raise BadInput(f"--alpha must be in (0, 1), got {alpha}")
+    # Every mode runs the same prompts more than once (each method, N, row): the prefix cache would
+    # spare all but the first run their prompt, so bench reads every prompt fresh, whatever the flag.
     opts = dict(generator=generator, n_gpu_layers=n_gpu_layers, threads=threads, flash_attn=flash_attn,
-                no_chat_template=no_chat_template, kv_layout=kv_layout, kv_memory=kv_memory)
+                no_chat_template=no_chat_template, kv_layout=kv_layout, kv_memory=kv_memory, no_prefix_cache=True)
     out = Path(out)
     if continuous or serve_load:  # -r is the reward; the server's load takes every prompt unless -k
         model = dict(opts, reward=reward)

@@ -54,8 +54,9 @@ class ReplayEngine:
     def __init__(self, pool: Pool, members):
         self.pool, self.members = pool, list(members)
         self.prompt_tokens, self.context_length = pool.prompt_tokens, 1 << 30
+        self.cached_tokens = 0
         self.sequences, self.taken, self.profile = {}, {}, []
-        self.decode_s = self.sample_s = 0.0
+        self.decode_s = self.sample_s = self.prompt_s = 0.0
         self.track_logprob = True
 
     def load_prompt(self, prompt, system=None):
@@ -65,6 +66,9 @@ class ReplayEngine:
         check_start(n, kv_budget, self.prompt_tokens, max_tokens)
         if max_tokens != self.pool.max_tokens or n > len(self.members):
             raise ValueError("a replay needs the pool's max-tokens and no more candidates than its members")
+
+    def read_prompt(self):
+        return False  # a recorded pool's prompt was read when it was recorded
 
     def spawn(self, ids):
         for i in ids:

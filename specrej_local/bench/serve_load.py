@@ -142,6 +142,7 @@ def server_flags(model: dict, decoding: dict, max_tokens: int, max_best_of: int,
              "--kv-layout", model["kv_layout"]]
     flags += ["--no-chat-template"] if model["no_chat_template"] else []
     flags += ["--kv-memory", str(model["kv_memory"])] if model["kv_memory"] else []
+    flags += ["--no-prefix-cache"] if model.get("no_prefix_cache") else []
     flags += ["-n", str(max_best_of), "--max-best-of", str(max_best_of), "--max-tokens", str(max_tokens),
               "--max-tokens-limit", str(max_tokens), "-c", str(concurrent), "--queue-size", str(queue_size)]
     for name in ("alpha", "temperature", "top_p", "top_k", "min_p"):

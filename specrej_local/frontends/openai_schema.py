@@ -291,9 +291,12 @@ class Reply:
 
     @staticmethod
     def usage(result) -> dict:
-        """Prompt tokens once; completion tokens are every token generated, rejected answers included."""
+        """Prompt tokens once (of them, those whose KV was reused from a prompt read before, as
+        OpenAI reports its cached ones); completion tokens are every token generated, rejected
+        answers included."""
         p, c = result.stats["prompt_tokens"], result.stats["generated_tokens"]
-        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c,
+                "prompt_tokens_details": {"cached_tokens": result.stats.get("cached_tokens", 0)}}
 
     def whole(self, result, queue_s: float) -> dict:
         choices = []

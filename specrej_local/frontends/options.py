@@ -120,6 +120,9 @@ def model_options(f):
         click.option("--kv-memory", metavar="SIZE", callback=parse_size, envvar="SPECREJ_KV_MEMORY",
                      help="Most memory the KV cache may take, e.g. 2G: auto picks split only under it, and a "
                           "larger cache is refused (default: what free memory allows)."),
+        click.option("--no-prefix-cache", is_flag=True, envvar="SPECREJ_NO_PREFIX_CACHE",
+                     help="Decode every prompt from its first token, instead of reusing the KV of the beginning "
+                          "it shares with a prompt read before."),
     ]):
         f = opt(f)
     return f
@@ -163,7 +166,7 @@ def announce_downloads(*specs):
 
 
 MODEL_OPTIONS = ("generator", "reward", "n_gpu_layers", "threads", "flash_attn", "no_chat_template", "kv_layout",
-                 "kv_memory")
+                 "kv_memory", "no_prefix_cache")
 
 
 def take_model_options(options: dict) -> dict:
@@ -173,7 +176,7 @@ def take_model_options(options: dict) -> dict:
 
 
 def load(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_template, kv_layout="auto",
-         kv_memory=None, on_progress=None) -> SpecRej:
+         kv_memory=None, no_prefix_cache=False, on_progress=None) -> SpecRej:
     """The models, fetched first if needed; `on_progress` (a status line) hears when the loading
     itself begins, after any download has said what it does."""
     reward_model = parse_reward(reward).model  # None: the generator serves, or no model does
@@ -185,7 +188,8 @@ def load(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_template,
             registry.resolve(spec)  # a download shows its own progress: never under the status line
         on_progress(Progress("loading"))
     return SpecRej(generator, reward, n_gpu_layers=n_gpu_layers, n_threads=threads, flash_attn=flash_attn,
-                   chat_template=not no_chat_template, kv_layout=kv_layout, kv_memory=kv_memory)
+                   chat_template=not no_chat_template, kv_layout=kv_layout, kv_memory=kv_memory,
+                   prefix_cache=not no_prefix_cache)
 
 
 def result_record(result, generator, reward, seed) -> dict:

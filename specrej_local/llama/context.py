@@ -320,6 +320,7 @@ class Context:
         self._seq = [b.seq_id[i] for i in range(self.n_batch)]
         self.decode_s = 0.0
         self.tokens_decoded = 0
+        self.copies_pending = False  # split layout: a stream copy llama.cpp makes at the next decode
 
     def decode(self, tokens, positions, seqs, outputs, chunk=None, read: bool = True, should_stop=None,
                on_chunk=None):
@@ -356,6 +357,7 @@ class Context:
             if rc != 0:
                 raise SpecRejError(f"llama_decode failed with status {rc}{said()}")
             self.tokens_decoded += n
+            self.copies_pending = False
             if on_chunk is not None:
                 on_chunk(z)
             k = int(outputs[a:z].sum())
@@ -397,6 +399,24 @@ class Context:
         """dst shares all of src's cells (no copy of the data in a unified cache)."""
         self._check_open()
         lc.llama_memory_seq_cp(self.mem, src, dst, -1, -1)
+        self.copies_pending = self.copies_pending or not self.unified
+
+    def save_seq(self, seq: int) -> Optional[bytes]:
+        """seq's cells (positions, K and V) as bytes that `load_seq` puts back, in this context or
+        another of the same model; None while a stream copy to it waits for the next decode."""
+        self._check_open()
+        if self.copies_pending:
+            return None
+        size = lc.llama_state_seq_get_size(self.ptr, seq)
+        buf = (ctypes.c_uint8 * size)()
+        got = lc.llama_state_seq_get_data(self.ptr, buf, size, seq)
+        return bytes(buf[:got]) if got else None
+
+    def load_seq(self, data: bytes, seq: int) -> bool:
+        """Put cells saved by `save_seq` into seq (which must be empty); False when they do not fit."""
+        self._check_open()
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        return bool(lc.llama_state_seq_set_data(self.ptr, buf, len(data), seq))
 
     def remove(self, seq: int, p0: int = -1, p1: int = -1):
         """Free seq's cells in positions [p0, p1) (-1: open end); cells shared with others stay."""

@@ -1,6 +1,8 @@
 """`LlamaEngine`: the candidates of one prompt in one llama.cpp context.
 
-The prompt is decoded once and every candidate's sequence starts from it (`llama_memory_seq_cp`);
+The prompt is decoded once, a chunk per call of `read_prompt` (a pool's other prompts step between
+chunks), starting from the longest beginning a prompt read before shares with it (the pool's
+prefix cache); every candidate's sequence starts from it (`llama_memory_seq_cp`);
 each step feeds one token per live candidate in a single `llama_decode`; a finished candidate
 keeps its KV until the decoder has scored it and calls `release`, a rejected one is freed at once,
 and freed room is reused. Each candidate samples with its own llama.cpp sampler chain.
@@ -30,7 +32,7 @@ import numpy as np
 
 from .chat import ChatFormat
 from ..engine import Sequence, StopWatcher, check_kv_layout, check_kv_memory, check_start
-from ..errors import BadInput, PromptTooLong, ResourceError
+from ..errors import BadInput, Cancelled, PromptTooLong, ResourceError
 from .context import Model, Samplers
 from .pool import PROBE_GROUP, KvPool, Need
 from ..sampling import Sampling
@@ -42,13 +44,13 @@ class LlamaEngine:
 
     def __init__(self, model: Model, raw: bool = False, n_threads=None, flash_attn: bool = True,
                  n_batch: int = 512, kv_layout: str = "auto", kv_memory: Optional[int] = None,
-                 pool: Optional[KvPool] = None):
+                 pool: Optional[KvPool] = None, prefix_cache: bool = True):
         check_kv_layout(kv_layout)
         check_kv_memory(kv_memory)
         self.model = model
         self.own_pool = pool is None  # alone: the pool is sized for each prompt this engine opens
         self.pool = pool or KvPool(model, type(self), n_threads=n_threads, flash_attn=flash_attn, n_batch=n_batch,
-                                   kv_layout=kv_layout, kv_memory=kv_memory, raw=raw)
+                                   kv_layout=kv_layout, kv_memory=kv_memory, raw=raw, prefix_cache=prefix_cache)
         self.chat = ChatFormat.of(model, raw=raw)
         self._bos_text = self.chat.bos_token
         self.probe_cells = 0      # room per sequence a scorer's probe borrows (the self-judge)
@@ -58,7 +60,10 @@ class LlamaEngine:
         self.keeper = None        # the sequence holding the prompt for later candidates (waves)
         self._unclaimed = None    # the prompt's sequence, before the first candidate takes it
         self.prompt_tokens = 0
-        self.decode_s = self.sample_s = 0.0
+        self.cached_tokens = 0    # prompt tokens copied from a kept prompt instead of decoded
+        self.read = 0             # prompt tokens in its sequence so far
+        self._leader = None       # a prompt being read that this one waits for (see open)
+        self.decode_s = self.sample_s = self.prompt_s = 0.0
 
     @property
     def ctx(self):
@@ -95,6 +100,7 @@ class LlamaEngine:
         self.prompt_text = self.chat.prompt(prompt, system)
         self.prompt_ids = self.tokenize(self.prompt_text)
         self.prompt_tokens = len(self.prompt_ids)
+        self.cached_tokens, self.prompt_s = 0, 0.0  # this prompt's, once `open` finds them
         if self.prompt_tokens >= self.model.n_ctx_train:
             raise PromptTooLong(f"the prompt is {self.prompt_tokens} tokens long; this model's context holds "
                                 f"{self.model.n_ctx_train}")
@@ -106,7 +112,8 @@ class LlamaEngine:
         slots = max(1, min(n, concurrent))
         n_seq = slots + (slots < n)
         per_seq = self.prompt_tokens + min(max_tokens, self.model.n_ctx_train - self.prompt_tokens) + self.probe_cells
-        return Need(n_seq, kv_budget + min(n_seq, PROBE_GROUP) * self.probe_cells, per_seq)
+        return Need(n_seq, kv_budget + min(n_seq, PROBE_GROUP) * self.probe_cells, per_seq,
+                    prompt=self.prompt_tokens - 1, keeper=slots < n)
 
     def fits(self, n: int, concurrent: int, kv_budget: int, max_tokens: int) -> bool:
         """Whether `open` with these values finds room now (alone, an engine always makes room)."""
@@ -114,9 +121,10 @@ class LlamaEngine:
 
     def open(self, n: int, concurrent: int, kv_budget: int, max_tokens: int, sampling: Sampling, stop=(),
              should_stop=None, on_prefill=None):
-        """Make room for `concurrent` candidates at a time (of n) and decode the prompt once;
-        `should_stop()` is asked between the prompt's chunks (True raises `Cancelled`), and
-        `on_prefill(tokens decoded)` is told after each chunk."""
+        """Make room for `concurrent` candidates at a time (of n) and start the prompt's sequence
+        from the longest beginning a kept prompt shares with it (see prefix_cache.py); `read_prompt`
+        decodes the rest. `should_stop()` is asked before each chunk (True raises `Cancelled`), and
+        `on_prefill(prompt tokens read)` is told after each chunk."""
         P = self.prompt_tokens
         check_start(n, kv_budget, P, max_tokens)
         self.finish()  # the room of this engine's previous prompt goes back first
@@ -128,23 +136,56 @@ class LlamaEngine:
             self.pool.size(self.pool.sized_for(need))
         self.pool.join(self, need)
         self.slots = max(1, min(n, concurrent))
-        self.keeper = self.pool.take(high=True) if self.slots < n else None  # holds the prompt for later ones
-        self.home = self.keeper if self.keeper is not None else self.pool.take()
-        self._unclaimed = None if self.keeper is not None else self.home  # the first candidate's own slot
         self.sequences = {}  # emptied first: a run stopped during the prompt holds no candidate
         self.slot = {}       # candidate id -> llama.cpp sequence id
-        self.decode_s = self.sample_s = 0.0
+        self.decode_s = self.sample_s = self.prompt_s = 0.0
+        waves = self.slots < n  # then a keeper holds the prompt for the candidates that start later
         head = self.prompt_ids[:-1]  # the last prompt token is fed by each candidate (see module doc)
-        t0 = self.ctx.decode_s
-        try:
-            self.ctx.decode(head, range(len(head)), [self.home] * len(head), [False] * len(head), read=False,
-                            should_stop=should_stop, on_chunk=on_prefill)
-        finally:
-            self.decode_s += self.ctx.decode_s - t0
+        self.read = 0
+        # a prompt opened before this one and still being read shares more of its beginning than
+        # any kept prompt: wait for it to be kept, then copy it (`read_prompt`)
+        self._leader = self.pool.reader_ahead(self, head)
+        self.home, self.cached_tokens = self.pool.take_prompt(head if self._leader is None else [], high=waves)
+        self.keeper = self.home if waves else None
+        self._unclaimed = None if waves else self.home  # the first candidate's own slot
+        self.read = self.cached_tokens  # prompt tokens in the home sequence
+        self._should_stop, self._on_prefill = should_stop, on_prefill
+        if on_prefill is not None and self.cached_tokens:
+            on_prefill(self.cached_tokens)
         self._close_samplers()
         self._samplers = Samplers(sampling, range(n), self.model)
         self._text = {}
         self.stop = stop
+
+    def read_prompt(self) -> bool:
+        """Decode the next chunk (n_batch tokens) of the prompt; True while more is left to read.
+        Once it is all read, the pool keeps a copy for later prompts that begin alike."""
+        head = self.prompt_ids[:-1]
+        if self._leader is not None:
+            if self._should_stop is not None and self._should_stop():
+                raise Cancelled("stopped before the prompt was read")
+            if self.pool.reading(self._leader):
+                return True
+            self._leader = None
+            self.cached_tokens = self.read = self.pool.copy_prefix(self.home, head)
+        if self.read >= len(head):
+            return False
+        batch = self.ctx.n_batch  # chunks end where a fresh read's do (see prefix_cache.SAME_ROWS)
+        chunk = head[self.read:self.read - self.read % batch + batch]
+        t0 = self.ctx.decode_s
+        try:
+            self.ctx.decode(chunk, range(self.read, self.read + len(chunk)), [self.home] * len(chunk),
+                            [False] * len(chunk), read=False, should_stop=self._should_stop)
+        finally:
+            self.decode_s += self.ctx.decode_s - t0
+            self.prompt_s += self.ctx.decode_s - t0
+        self.read += len(chunk)
+        if self._on_prefill is not None:
+            self._on_prefill(self.read)
+        if self.read < len(head):
+            return True
+        self.pool.keep_prompt(self.home, head)
+        return False
 
     def spawn(self, ids):
         """Start these candidates from the prompt, each in the lowest free slot."""
