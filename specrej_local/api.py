@@ -27,6 +27,7 @@ from .sampling import Sampling
 from .rewards import parse_reward
 from .schedule import Job, decode_many
 from .scoring import CallableScorer, MeanLogprob
+from .checks import shown
 
 # llama.cpp (the llama/ modules) is imported inside SpecRej only: importing it
 # loads libllama, so `--help`, `models` and `convert-reward` would pay for it.
@@ -44,6 +45,42 @@ def batched_reward(fn: Callable) -> Callable:
     """Mark `fn(prompt, [responses]) -> [rewards]` as scoring a whole list at once."""
     fn.batched = True
     return fn
+
+
+class TurnLock:
+    """A reentrant lock whose holder can change hands: a generate_many generator holds the models
+    across its yields, and the thread that reads it on (an executor's, say) may not be the one that
+    began it. `take_over` makes the reading thread the holder, and a release from it frees the lock
+    for the others (threading.RLock would refuse that release and stay held for good)."""
+
+    def __init__(self):
+        self._changed = threading.Condition(threading.Lock())
+        self._holder, self._depth = None, 0
+
+    def acquire(self):
+        me = threading.get_ident()
+        with self._changed:
+            while self._holder not in (None, me):
+                self._changed.wait()
+            self._holder, self._depth = me, self._depth + 1
+
+    def release(self):
+        with self._changed:
+            self._depth -= 1
+            if self._depth == 0:
+                self._holder = None
+                self._changed.notify_all()
+
+    def take_over(self):
+        with self._changed:
+            self._holder = threading.get_ident()
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
 
 
 class SpecRej:
@@ -64,7 +101,7 @@ class SpecRej:
         # Reentrant, so close() in the thread that holds a turn never waits on itself: a
         # generate_many left suspended, or a Ctrl-C that landed as a turn began (then `with
         # SpecRej() as s` closes on the way out, in the same thread: it hung there).
-        self._lock, self._owner, self._closed = threading.RLock(), None, False
+        self._lock, self._owner, self._closed = TurnLock(), None, False
         self._paused = False  # a generate_many's generator is suspended between two results
         self.model, self.engine, self.scorer = None, None, None
         self._own = []  # models loaded for the reward, closed with this object
@@ -117,6 +154,9 @@ class SpecRej:
         progress.Progress). Settings: see `make_settings`. `messages` and `should_stop`: see
         `prompt_or_messages` and `decoder.Run`; True from `should_stop()` raises `Interrupted`."""
         checked, what = make_settings(**settings), prompt_or_messages(prompt, messages)
+        for name, fn in (("on_round", on_round), ("should_stop", should_stop), ("on_progress", on_progress)):
+            if fn is not None and not callable(fn):
+                raise BadInput(f"{name} must be a function (or None), got {shown(fn)}")
         with self._turn():
             return decode(self.engine, self.scorer, what, checked, on_round, should_stop, on_progress)
 
@@ -155,14 +195,15 @@ class SpecRej:
         as the room freed holds it. Yields (index, Result) as each prompt finishes; a prompt that
         fails yields (index, its SpecRejError) and the others go on.
 
-        `prompts`: a list (or another iterable) of strings, message lists, or dicts with "prompt"
+        `prompts`: a list (or another iterable, read to its end when generate_many is called, which is
+        when a bad default or a bad `concurrent` fails too) of strings, message lists, or dicts with "prompt"
         or "messages", an "id" (a string or an integer: yielded instead of the index, so it must
         differ from every other key) and any settings of `make_settings` for that prompt alone; a
         bad item yields its error at once. `settings`: the defaults. `concurrent`: prompts
         at once (default: as many as make a step of about 64 candidates, 256 on a GPU); 1 is one
         prompt after another. Each prompt draws from its own seed streams, as alone."""
         defaults = dict(settings)
-        base = make_settings(**defaults)  # a bad default fails at once, before anything runs
+        base = make_settings(**defaults)  # a bad default fails here, when called, before anything runs
         concurrent = check_concurrent(concurrent if concurrent is not None
                                       else default_concurrency(base.n, self.model.on_gpu))
         if isinstance(prompts, (str, bytes, dict)) or not isinstance(prompts, Iterable):
@@ -174,12 +215,15 @@ class SpecRej:
             try:
                 key, what, own = request_of(k, item)
                 if key in keys:
-                    raise BadInput(f"{key!r:.40} already names an earlier prompt (an \"id\" must differ from the "
+                    raise BadInput(f"{shown(key)} already names an earlier prompt (an \"id\" must differ from the "
                                    "other prompts' ids and indexes)")
                 keys.add(key)
                 jobs.append(Job(key, what, make_settings(**{**defaults, **own})))
             except SpecRejError as e:
                 failed.append((key, e))
+        return self._answers(failed, jobs, concurrent)
+
+    def _answers(self, failed: list, jobs: list, concurrent: int) -> Iterator[tuple]:
         yield from failed
         yield from self.decode_jobs(jobs, concurrent)
 
@@ -199,6 +243,8 @@ class SpecRej:
                         yield outcome
                     finally:
                         self._paused = False
+                        self._lock.take_over()  # whichever thread reads on (an executor's) holds the turn now
+                        self._owner = threading.get_ident()
             finally:
                 pool.prompts = 1
 

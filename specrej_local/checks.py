@@ -12,8 +12,15 @@ from .errors import BadInput
 SEED_RANGE = 2**32  # llama.cpp's samplers take a 32-bit seed: 0 and 2**32 would be the same stream
 
 
-def _show(value) -> str:
-    return f"{value!r:.40}"
+def _show(value, width: int = 40) -> str:
+    """A value as an error message shows it: its repr cut to `width` characters (an integer too
+    long for Python to print, as its size)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value).bit_length() > 10000:
+        return f"an integer of about {int(abs(value).bit_length() * 0.30103)} digits"
+    return f"{value!r:.{width}}"
+
+
+shown = _show  # for the modules beside this one
 
 
 def whole(name: str, value) -> int:

@@ -70,12 +70,16 @@ class Engine(Protocol):
         """KV cells in use: the shared prompt plus every candidate's own cells."""
 
 
+MAX_TOKENS = 1 << 24  # a bound past every context length: a larger value is a mistake, not a wish
+
+
 def check_counts(n: int, max_tokens: int):
     """n and max-tokens in range: checked where the user gives them, and again by every engine."""
     if not 1 <= n <= MAX_SEQUENCES:
         raise BadInput(f"n must be between 1 and {MAX_SEQUENCES}, got {n}")
-    if max_tokens < 1:
-        raise BadInput(f"max-tokens must be at least 1, got {max_tokens}")
+    if not 1 <= max_tokens <= MAX_TOKENS:
+        raise BadInput(f"max-tokens must be between 1 and {MAX_TOKENS:,} (more than any model's context), "
+                       f"got {max_tokens}")
 
 
 def check_kv_memory(n_bytes):

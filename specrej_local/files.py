@@ -133,6 +133,10 @@ def check_output_dir(path) -> Path:
     """An output folder, made if missing and proved writable (a file made and removed in it), before
     any work whose results would go there. Raises OutputFileError saying why not."""
     path = Path(path)
+    if os.path.lexists(path) and not path.is_dir():
+        mode = os.lstat(path).st_mode
+        kind = "a file" if stat.S_ISREG(mode) else _kind(mode)
+        raise OutputFileError(f"the output folder {path} exists and is {kind}, not a folder; choose another -o")
     try:
         path.mkdir(parents=True, exist_ok=True)
         _remove(_new_file(path / "write-test"))

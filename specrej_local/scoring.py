@@ -11,6 +11,8 @@ from typing import Callable, Optional, Protocol, Sequence
 
 import numpy as np
 
+from .checks import shown
+
 from .errors import RewardError
 
 
@@ -45,8 +47,10 @@ def checked(ids, values) -> np.ndarray:
             if isinstance(v, (str, bytes, bool)):  # "1.5" or True is a bug in the reward, not a score
                 raise TypeError
             out[k] = float(v)
+        except OverflowError:  # an integer past a float's range
+            raise RewardError(f"the reward for candidate {i} is {shown(v, 60)}, too large for a number") from None
         except (TypeError, ValueError):
-            raise RewardError(f"the reward for candidate {i} is {v!r:.60}, not a number") from None
+            raise RewardError(f"the reward for candidate {i} is {shown(v, 60)}, not a number") from None
         if not math.isfinite(out[k]):
             raise RewardError(f"the reward for candidate {i} is {out[k]}, not a finite number")
     return out

@@ -1,6 +1,7 @@
 """The Python API: `generate()` for one prompt, `SpecRej` to keep the models loaded, Python
 callables as rewards, and a typed exception for everything that can go wrong."""
 import math
+import threading
 import resource
 
 import pytest
@@ -92,6 +93,7 @@ def test_batched_reward_scores_a_list_of_answers_at_once(default_model):
     (lambda p, r: True, "the reward for candidate 0 is True, not a number"),
     (batched_reward(lambda p, rs: [1.0]), "the reward returned 1 values for 2 candidates"),
     (batched_reward(lambda p, rs: [1.0, math.inf]), "the reward for candidate 1 is inf, not a finite number"),
+    (lambda p, r: 10**400, "the reward for candidate 0 is 1000000000"),  # past a float: OverflowError before
 ])
 def test_a_reward_that_raises_or_returns_nan_is_a_reward_error_naming_the_candidate(default_model, reward, message):
     with SpecRej(str(default_model), reward=reward, n_threads=1) as s:
@@ -149,7 +151,8 @@ def test_ctrl_c_before_any_answer_finished_gives_an_empty_partial_result(default
     (dict(top_k=2**40), BadInput, "top-k must be between 0 and 2147483647"),
     (dict(top_p=0.0), BadInput, "top-p must be in (0, 1], got 0.0"),
     (dict(top_p=1.01), BadInput, "top-p must be in (0, 1], got 1.01"),
-    (dict(max_tokens=0), BadInput, "max-tokens must be at least 1, got 0"),
+    (dict(max_tokens=0), BadInput, "max-tokens must be between 1 and 16,777,216"),
+    (dict(max_tokens=10**20), BadInput, "max-tokens must be between 1 and 16,777,216"),
     (dict(method="beam"), BadInput, "method must be one of specrej, bon, got 'beam'"),
     (dict(n=4, kv_budget=20), ContextTooSmall, "--kv-budget 20 cannot hold the prompt (37 tokens)"),
 ])
@@ -632,3 +635,43 @@ def test_ctrl_c_as_generate_reads_its_prompt_is_interrupted_and_the_next_call_an
         spec.generate("Say hi.", **TINY)
     assert (e.value.partial.text, e.value.partial.finish_reason, e.value.partial.candidates) == ("", "interrupted", [])
     assert answers(spec)
+
+
+def test_a_generate_many_read_on_by_another_thread_hands_the_models_over_and_back(default_model):
+    # an executor's thread often reads on a generator another thread began: RLock refused that
+    # release, and every other thread then waited on the models for good
+    with SpecRej(str(default_model), n_threads=1) as s:
+        answers = s.generate_many(["Say hi.", "Say yes."], concurrent=1, **TINY)
+        first = next(answers)
+        rest, other = [], []
+        reader = threading.Thread(target=lambda: rest.extend(answers))
+        reader.start()
+        reader.join(timeout=300)
+        assert not reader.is_alive() and len(rest) == 1
+        assert {first[0], rest[0][0]} == {0, 1} and all(not isinstance(r, Exception) for _, r in [first, *rest])
+        asker = threading.Thread(target=lambda: other.append(s.generate("Say no.", **TINY)))
+        asker.start()
+        asker.join(timeout=300)
+        assert not asker.is_alive() and other[0].text
+
+
+def test_a_huge_integer_id_given_twice_fails_alone(spec):
+    got = list(spec.generate_many([{"prompt": "Say hi.", "id": 10**5000}, {"prompt": "Say hi.", "id": 10**5000}],
+                                  **TINY))
+    errors = [v for _, v in got if isinstance(v, Exception)]
+    answers = [v for _, v in got if not isinstance(v, Exception)]
+    assert len(errors) == 1 and isinstance(errors[0], BadInput)
+    assert "an integer of about 5000 digits already names an earlier prompt" in str(errors[0])
+    assert len(answers) == 1 and answers[0].text  # the first is answered
+
+
+@pytest.mark.parametrize("callback", ["on_progress", "on_round", "should_stop"])
+def test_a_callback_that_is_not_a_function_is_refused_before_any_work(spec, callback):
+    with pytest.raises(BadInput, match=f"^{callback} must be a function"):
+        spec.generate("Say hi.", **{callback: 5}, **TINY)
+    assert spec.generate("Say hi.", **TINY).text
+
+
+def test_generate_many_checks_its_defaults_when_called(spec):
+    with pytest.raises(BadInput, match="n must be between 1 and 256"):
+        spec.generate_many(["Say hi."], n=0)

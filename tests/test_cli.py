@@ -107,7 +107,7 @@ def test_the_real_command_answers_an_argument_and_stdin(model):
     (["--temperature", "inf"], "temperature must be a finite number, got inf"),
     (["--top-p", "0"], "top-p must be in (0, 1], got 0.0"),
     (["--top-p", "1.5"], "top-p must be in (0, 1], got 1.5"),
-    (["--max-tokens", "0"], "max-tokens must be at least 1, got 0"),
+    (["--max-tokens", "0"], "max-tokens must be between 1 and 16,777,216 (more than any model's context), got 0"),
     (["--seed", "-1"], "seed must be between 0 and 4294967295, got -1"),
     (["--seed", str(2**32)], "seed must be between 0 and 4294967295, got 4294967296"),
     (["-ngl", "-5"], "n-gpu-layers must be -1 (all layers) or a count from 0, got -5"),

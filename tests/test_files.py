@@ -5,7 +5,7 @@ import stat
 import pytest
 
 from specrej_local.errors import OutputFileError
-from specrej_local.files import atomic_output, check_output_path
+from specrej_local.files import atomic_output, check_output_dir, check_output_path
 
 
 def test_a_new_or_regular_output_is_accepted_and_its_folder_may_not_exist_yet(tmp_path):
@@ -96,3 +96,10 @@ def test_an_output_with_the_longest_name_a_folder_allows_is_written(tmp_path, na
     with atomic_output(out) as tmp:
         tmp.write_text("data")
     assert out.read_text() == "data"
+
+
+@pytest.mark.parametrize("make, kind", [(os.mkfifo, "a FIFO"), (lambda p: p.write_text("x"), "a file")])
+def test_an_output_folder_that_is_something_else_says_what_it_is(tmp_path, make, kind):
+    make(tmp_path / "out")
+    with pytest.raises(OutputFileError, match=f"^the output folder .*out exists and is {kind}, not a folder"):
+        check_output_dir(tmp_path / "out")
