@@ -25,10 +25,12 @@ def run(model, scorer_factory, **settings):
 
     def on_round(event):  # the state right after each cut, read from both sides
         live = engine.live()
-        held = {engine.slot[i] for i in live}
+        kept = set(engine.pool.cache.kept) if engine.pool.cache else set()  # the prefix cache's earlier prompts
+        held = {engine.slot[i] for i in live} | kept
         cuts.append(dict(
             kv=engine.kv_used(), expected=engine.prompt_tokens - 1 + sum(engine.sequences[i].cells for i in live),
             live=live, freed=[j for j in range(engine.ctx.n_seq_max) if j not in held and engine.ctx.pos_max(j) != -1],
+            kept_past_prompt=[k for k in kept if engine.ctx.pos_max(k) >= engine.prompt_tokens],
             reward_kv=[i for i in engine.sequences if i not in live and getattr(scorer, "ctx", None) is not None
                        and scorer.ctx.pos_max(i) != -1]))
 
@@ -64,6 +66,7 @@ def test_cuts_save_tokens_and_free_everything_they_reject(model, scorer):
     for cut in cuts:
         assert cut["kv"] == cut["expected"]   # the shared prompt + the survivors' own cells, nothing else
         assert cut["freed"] == []             # every rejected or finished sequence holds no generator KV
+        assert cut["kept_past_prompt"] == []  # a prompt the prefix cache keeps holds that prompt, no answer
         assert cut["reward_kv"] == []         # ... and no reward-model KV
     rejected = [c for c in sr.candidates if c.rejected_at is not None]
     assert rejected and all(c.finish_reason == "rejected" for c in rejected)
