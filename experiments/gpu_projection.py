@@ -11,14 +11,13 @@ continuous batching's gains; writes every figure to one JSON file.
 """
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from specrej_local.bench.gpu_projection import GPUS, project
 from specrej_local.bench.report import build_table, format_number
+from specrej_local.files import atomic_write_text
 
 HERE = Path(__file__).resolve().parent
 
@@ -85,17 +84,6 @@ def concurrent_table(r: dict) -> str:
                         for g in r["concurrent"]])
 
 
-def write_json(path: Path, data: dict):
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("recording", nargs="?", default=str(HERE / "compute-128.json"),
@@ -121,7 +109,7 @@ def main(argv=None) -> int:
              created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), seconds=time.perf_counter() - t0,
              label="a projection from published figures and CPU-recorded pools, not a GPU measurement")
     report(r)
-    write_json(out, r)
+    atomic_write_text(out, json.dumps(r, indent=1))
     print(f"\nWrote {out} ({format_number(r['seconds'], 0)} s)", file=sys.stderr)
     return 0
 

@@ -1,6 +1,5 @@
 """experiments/gpu_run.py without a GPU: its plan, its JSON and table, and that a failing phase
 costs only itself. The GPU phases themselves run only on a GPU machine (or a CPU rehearsal)."""
-import importlib.util
 import json
 import subprocess
 import sys
@@ -11,15 +10,14 @@ import pytest
 from specrej_local.models.gguf_file import read_header
 from specrej_local.models.random_model import write_tokenizer_gguf
 
+import experiment_scripts
+
 SCRIPT = Path(__file__).resolve().parent.parent / "experiments" / "gpu_run.py"
 
 
 @pytest.fixture(scope="module")
 def gpu_run():
-    spec = importlib.util.spec_from_file_location("gpu_run", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return experiment_scripts.load("gpu_run")
 
 
 @pytest.fixture

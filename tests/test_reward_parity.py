@@ -6,17 +6,13 @@ Rejection way, against the ids and scores transformers gave (tests/data/make_ref
 
 The measuring code is experiments/reward_parity.py, which prints the same figures as a table.
 """
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from specrej_local.models import convert as conv
 
-SCRIPT = Path(__file__).resolve().parent.parent / "experiments" / "reward_parity.py"
-_spec = importlib.util.spec_from_file_location("reward_parity", SCRIPT)
-parity = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(parity)
+import experiment_scripts
+
+parity = experiment_scripts.load("reward_parity")
 REFERENCES = parity.references()
 
 # Largest |llama.cpp - transformers| allowed, on reference scores spread over 0.67 to 3.0.

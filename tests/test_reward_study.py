@@ -1,5 +1,4 @@
 """experiments/reward_study.py: its metrics on hand-made cases, its prompt set, and a tiny real run."""
-import importlib.util
 import json
 import re
 import subprocess
@@ -8,15 +7,14 @@ from pathlib import Path
 
 import pytest
 
+import experiment_scripts
+
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "reward_study.py"
 
 
 @pytest.fixture(scope="module")
 def study():
-    spec = importlib.util.spec_from_file_location("reward_study", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return experiment_scripts.load("reward_study")
 
 
 @pytest.mark.parametrize("scores, labels, auc", [
