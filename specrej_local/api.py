@@ -227,16 +227,19 @@ class SpecRej:
         yield from failed
         yield from self.decode_jobs(jobs, concurrent)
 
-    def decode_jobs(self, jobs, concurrent: int) -> Iterator[tuple]:
+    def decode_jobs(self, jobs, concurrent: int, fair_prefill: bool = False) -> Iterator[tuple]:
         """`schedule.decode_many` on these models: `jobs` are `schedule.Job`s (an open-ended
         source, such as a server's requests, may give None: see there); yields (job.key, Result
-        or SpecRejError) as each finishes."""
+        or SpecRejError) as each finishes. `fair_prefill`: long prompts are read in pieces that
+        take turns with the other requests' answers by time, not a chunk per step (a server's
+        latency; see llama/prefill.py)."""
         check_concurrent(concurrent)
         with self._turn():  # other threads wait until every job has finished (or the caller stops)
             pool = self.engine.pool
             try:
                 self.engine.finish()  # the single-prompt engine's room (its last prompt) goes back first
                 pool.prompts = concurrent
+                pool.prefill.fair = fair_prefill
                 for outcome in decode_many(pool, self._scorer_for, jobs, concurrent):
                     self._paused = True  # until the caller asks for the next one
                     try:
@@ -247,6 +250,7 @@ class SpecRej:
                         self._owner = threading.get_ident()
             finally:
                 pool.prompts = 1
+                pool.prefill.fair = False
 
     def _scorer_for(self, engine):
         """A scorer with state of its own for one prompt of `generate_many`, on its engine."""

@@ -6,9 +6,12 @@ import pytest
 from specrej_local import SpecRej
 from specrej_local.llama.context import Model
 from specrej_local.llama.engine import LlamaEngine
+from specrej_local.api import make_settings
 from specrej_local.llama.pool import KvPool
+from specrej_local.llama.prefill import Prefill
 from specrej_local.llama.prefix_cache import SAME_ROWS, PrefixCache, common_prefix, small_tail, usable
 from specrej_local.sampling import Sampling
+from specrej_local.schedule import Job
 
 SYSTEM = "You are a careful assistant. " + "Answer briefly, in plain words, and never make things up. " * 12
 PROMPTS = ["Name a colour.", "Name a fruit.", "Say hello in French."]
@@ -239,6 +242,82 @@ def test_a_short_prompt_beside_a_long_one_generates_while_the_long_one_is_read(c
     assert len(chunks) >= 4
     for a, b in zip(chunks, chunks[1:]):  # a shared step between each two chunks of the long prompt
         assert any(events[k][0] == "step" for k in range(a + 1, b))
+
+
+def logprob_run(engine, tokens, steps=8):
+    """Read `tokens` as the prompt and return two greedy candidates' tokens and the log-probability
+    of each token (the numbers the prompt's KV gives, to the last bit)."""
+    engine.track_logprob = True
+    engine.load_prompt("x")
+    engine.prompt_ids, engine.prompt_tokens = list(tokens), len(tokens)
+    engine.open(2, 2, len(tokens) + 2 * steps, steps, GREEDY)
+    while engine.read_prompt():
+        pass
+    engine.spawn([0, 1])
+    while engine.live():
+        engine.release(engine.step())
+    out = [(engine.sequences[i].tokens, engine.sequences[i].token_logprobs) for i in (0, 1)]
+    engine.finish()
+    return out
+
+
+@pytest.mark.parametrize("piece_s", [0.0, 0.02])  # 0: pieces of SAME_ROWS tokens; else sized by time
+def test_a_prompt_read_fairly_in_pieces_gives_the_numbers_of_whole_chunks(model, piece_s):
+    tokens = model.tokenize("Summarise: " + "the cat sat on the mat and looked at the dog. " * 60, add_special=True)
+    pool = KvPool(model, LlamaEngine, n_threads=1, kv_layout="split", n_batch=256, prefix_cache=False)
+    pool.prompts = 1
+    e = pool.engine()
+    whole = logprob_run(e, tokens)
+    pool.prefill = Prefill(fair=True, piece_s=piece_s)
+    sizes, read = [], pool.prefill.read
+    pool.prefill.read = lambda n, s: (sizes.append(n), read(n, s))
+    pieced = logprob_run(e, tokens)
+    pool.close()
+    assert sum(sizes) == len(tokens) - 1 and len(sizes) > (len(tokens) - 1) // 256 + 1  # really in pieces
+    assert all(n >= SAME_ROWS for n in sizes[:-1]) and min(sizes) < 256
+    assert pieced == whole  # every row in the kind of micro-batch a whole-chunk read uses
+
+
+def test_a_server_reads_a_long_prompt_by_turns_with_a_short_ones_answers(plain, monkeypatch):
+    # decode_jobs(fair_prefill=True), as serve calls it: the long prompt is read in pieces, and
+    # while the short one's answers generate, a piece waits until the steps since the last piece
+    # took as long as it did (the time shared half and half). The books are fed set durations
+    # here (a piece 1 s, a step 0.25 s), so the order is the same on any machine under any load:
+    # four steps between two pieces. Both prompts' answers are those they get alone.
+    long = "Count the foxes. " + "The quick brown fox jumps over the lazy dog near the river bank. " * 60
+    short = "Name a colour."
+    opts = dict(n=2, max_tokens=12, seed=2, ignore_eos=True)
+    pool = plain.engine.pool
+    books = pool.prefill
+    events, read, step = [], LlamaEngine.read_prompt, pool.step
+    monkeypatch.setattr(books, "piece_s", 0.0)  # pieces of SAME_ROWS tokens
+    monkeypatch.setattr(books, "read", lambda n, s, read=books.read: read(n, 1.0))
+    monkeypatch.setattr(books, "stepped", lambda s, stepped=books.stepped: stepped(0.25))
+
+    def logged_read(engine):
+        t0 = pool.ctx.tokens_decoded
+        more = read(engine)
+        if pool.ctx.tokens_decoded > t0:
+            events.append(("piece", engine.prompt_tokens, any(e.live() for e in pool.engines if e is not engine)))
+        return more
+
+    def logged_step():
+        events.append(("step",))
+        return step()
+
+    monkeypatch.setattr(LlamaEngine, "read_prompt", logged_read)
+    monkeypatch.setattr(pool, "step", logged_step)
+    got = dict(plain.decode_jobs([Job(0, long, make_settings(**opts)), Job(1, short, make_settings(**opts))], 2,
+                                 fair_prefill=True))
+    monkeypatch.undo()
+    assert not pool.prefill.fair  # only while the server's jobs run
+    P_long = got[0].stats["prompt_tokens"]
+    pieces = [k for k, e in enumerate(events) if e[:2] == ("piece", P_long)]
+    assert len(pieces) > (P_long - 1) // pool.ctx.n_batch + 1  # in pieces, not chunks
+    beside = [(a, b) for a, b in zip(pieces, pieces[1:]) if events[b][2]]  # read while the short one generated
+    assert len(beside) >= 2
+    assert all(sum(e[0] == "step" for e in events[a + 1:b]) == 4 for a, b in beside)
+    assert [texts(got[k]) for k in (0, 1)] == [texts(plain.generate(p, **opts)) for p in (long, short)]
 
 
 def test_ctrl_c_at_any_decode_leaves_the_kept_prompts_whole_and_the_specrej_answering(default_model, monkeypatch):

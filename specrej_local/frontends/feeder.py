@@ -17,6 +17,8 @@ from ..schedule import Job as Scheduled
 
 
 class Feeder:
+    fair_prefill = False  # see SpecRej.decode_jobs
+
     def __init__(self, specrej, concurrent: int, queue_size: int = 0, name: str = "specrej-feeder"):
         self.specrej, self.concurrent = specrej, concurrent
         self.jobs = queue.Queue(maxsize=queue_size)  # 0: unbounded
@@ -44,7 +46,7 @@ class Feeder:
     def _loop(self):
         while True:
             try:
-                for job, outcome in self.specrej.decode_jobs(self._arrivals(), self.concurrent):
+                for job, outcome in self.specrej.decode_jobs(self._arrivals(), self.concurrent, self.fair_prefill):
                     self._settled(job, outcome)
                 return  # stop() was called and every job has ended
             except Exception as e:  # a bug in a shared step: logged in full, its jobs get the error

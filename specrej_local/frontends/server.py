@@ -79,7 +79,10 @@ class Job:
 class Worker(Feeder):
     """Runs the jobs on the loaded SpecRej, in its own thread: up to `concurrent` requests at once,
     their candidates decoded together (`Feeder`). A request joins at the next step when the
-    engine has room for it; the queue holds only those that wait for room."""
+    engine has room for it; the queue holds only those that wait for room. A long prompt is
+    read in pieces that take turns with the other requests' answers (llama/prefill.py), so a
+    short request beside it is not held back until it is read."""
+    fair_prefill = True
 
     def __init__(self, specrej, queue_size: int, concurrent: int = 1):
         super().__init__(specrej, concurrent, queue_size, name="specrej-worker")

@@ -158,27 +158,32 @@ class LlamaEngine:
         self.stop = stop
 
     def read_prompt(self) -> bool:
-        """Decode the next chunk (n_batch tokens) of the prompt; True while more is left to read.
-        Once it is all read, the pool keeps a copy for later prompts that begin alike."""
+        """Decode the next chunk (n_batch tokens) of the prompt, or the next piece when the pool
+        reads fairly (prefill.py); True while more is left to read, or while it waits for the
+        other prompts' answers to take a step. Once it is all read, the pool keeps a copy for
+        later prompts that begin alike."""
         head = self.prompt_ids[:-1]
         if self._leader is not None:
-            if self._should_stop is not None and self._should_stop():
-                raise Cancelled("stopped before the prompt was read")
+            self._check_stop()
             if self.pool.reading(self._leader):
                 return True
             self._leader = None
             self.cached_tokens = self.read = self.pool.copy_prefix(self.home, head)
         if self.read >= len(head):
             return False
-        batch = self.ctx.n_batch  # chunks end where a fresh read's do (see prefix_cache.SAME_ROWS)
-        chunk = head[self.read:self.read - self.read % batch + batch]
+        if not self.pool.may_read(self):
+            self._check_stop()
+            return True
+        chunk = head[self.read:self.pool.prefill.piece_end(self.read, len(head), self.ctx.n_batch)]
         t0 = self.ctx.decode_s
         try:
             self.ctx.decode(chunk, range(self.read, self.read + len(chunk)), [self.home] * len(chunk),
                             [False] * len(chunk), read=False, should_stop=self._should_stop)
         finally:
-            self.decode_s += self.ctx.decode_s - t0
-            self.prompt_s += self.ctx.decode_s - t0
+            took = self.ctx.decode_s - t0
+            self.decode_s += took
+            self.prompt_s += took
+            self.pool.prefill.read(len(chunk), took)
         self.read += len(chunk)
         if self._on_prefill is not None:
             self._on_prefill(self.read)
@@ -186,6 +191,10 @@ class LlamaEngine:
             return True
         self.pool.keep_prompt(self.home, head)
         return False
+
+    def _check_stop(self):
+        if self._should_stop is not None and self._should_stop():
+            raise Cancelled("stopped before the prompt was read")
 
     def spawn(self, ids):
         """Start these candidates from the prompt, each in the lowest free slot."""

@@ -23,6 +23,7 @@ from typing import Optional
 from ..engine import MAX_SEQUENCES
 from ..errors import ResourceError
 from .context import Context, allocated_cells, memory_problem, split_fits
+from .prefill import Prefill
 from .prefix_cache import PrefixCache, common_prefix, usable
 
 PROBE_GROUP = 16  # sequences probed per decode on a unified cache (bounds the room a probe borrows)
@@ -55,6 +56,7 @@ class KvPool:
         self.n_seq = 0      # slots lent out (the context may have more)
         self.cells = 0      # unified: cells lent out
         self.free = []      # free slots, ascending
+        self.prefill = Prefill()  # how prompts are read beside other prompts' answers (prefill.py)
 
     def engine(self):
         """A new engine for one prompt, in this pool's context (which it shares)."""
@@ -228,6 +230,10 @@ class KvPool:
                 return e
         return None
 
+    def may_read(self, engine) -> bool:
+        """Whether `engine` may read a piece of its prompt now (see prefill.py)."""
+        return self.prefill.may_read(any(e.live() for e in self.engines if e is not engine))
+
     def reading(self, engine) -> bool:
         return engine in self.engines and engine.read < len(engine.prompt_ids) - 1
 
@@ -338,6 +344,7 @@ class KvPool:
         t0 = self.ctx.decode_s
         self.ctx.decode(toks, pos, [k for k, _, _ in rows], [True] * len(rows), read=False)
         took = self.ctx.decode_s - t0
+        self.prefill.stepped(took)
         mine = {}
         for r, (_, e, i) in enumerate(rows):
             mine.setdefault(e, ([], []))
