@@ -1,16 +1,25 @@
 """The prefix cache and fair prefill, measured (issue 32's benchmarks). Prints figures; asserts nothing.
 
     python experiments/prefix_cache.py batch      # 20 AlpacaFarm prompts behind one ~1,000-token block
-    python experiments/prefix_cache.py chat       # 6 chat turns growing to ~3,000 tokens, sent to `serve`
+    python experiments/prefix_cache.py chat [--server PATH]   # 6 chat turns growing to ~3,000 tokens
     python experiments/prefix_cache.py fairness   # a short request right after a ~3,000-token one, -c 2
     python experiments/prefix_cache.py all -o experiments/prefix-cache.json
 
-Each part runs with the cache and without it (`--no-prefix-cache`) in the same process, on the
-same prompts and seeds. The defaults are the issue's sizes; the size flags shrink them for a quick
-check. Each part prints one line per row and, with -o, writes every figure as JSON.
+batch and chat run with the cache and without it (`--no-prefix-cache`) in the same process, on the
+same prompts and seeds, `--repeats` times each, the order alternated (with, without, without,
+with, ...) so that a machine that slows down or speeds up during the run weighs on both alike;
+the figures compared are the medians. chat sends the same turns (fixed assistant replies, so every
+side reads the same conversation) to `serve`, and, with `--server` (experiments/build_llama_server.sh
+prints its path), to llama.cpp's own llama-server: one /completion per turn with `n_cmpl` = N and
+its prompt cache (`cache_prompt`, on by default). fairness runs `serve` as it ships (fair prefill,
+the cache off so that every request is read in full). The defaults are the issue's sizes; the
+size flags shrink them for a quick check. With -o every figure is written as JSON.
 """
 import argparse
 import json
+import math
+import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -18,7 +27,10 @@ import urllib.request
 from pathlib import Path
 
 from specrej_local import SpecRej
+from specrej_local.api import make_settings
+from specrej_local.schedule import Job
 from specrej_local.bench.local_server import OPENER, LocalServer
+from specrej_local.files import atomic_write_text
 from specrej_local.data import ALPACA_FARM_100 as ALPACA_FARM_FILE
 from specrej_local.llama.context import Model
 from specrej_local.models import registry
@@ -51,24 +63,39 @@ def instruction_block(model: Model, tokens: int) -> str:
     return "\n".join(lines) + "\n\nThe question:\n"
 
 
+def alternated(repeats: int, sides: list) -> list:
+    """The order the sides run in: rotated by one each repeat (A B, B A, A B, ...)."""
+    return [sides[r % len(sides):] + sides[:r % len(sides)] for r in range(repeats)]
+
+
+def median(xs):
+    return statistics.median(xs)
+
+
 def batch_part(args, model_path, block: str) -> dict:
     prompts = [block + item["prompt"] for item in ALPACA_FARM_100[:args.prompts]]
-    rows = {}
-    for cache in (False, True):
-        with SpecRej(model_path, n_threads=args.threads, prefix_cache=cache) as s:
-            t0 = time.perf_counter()
-            results = dict(s.generate_many(prompts, n=args.n, max_tokens=args.max_tokens, seed=0))
-            wall = time.perf_counter() - t0
-        bad = [k for k, r in results.items() if isinstance(r, Exception)]
-        rows["cache" if cache else "no_cache"] = row = dict(
-            prompts=len(prompts), failed=len(bad), wall_s=round(wall, 2), prompts_per_s=round(len(prompts) / wall, 4),
-            prompt_tokens=sum(r.stats["prompt_tokens"] for r in results.values() if not isinstance(r, Exception)),
-            cached_tokens=sum(r.stats["cached_tokens"] for r in results.values() if not isinstance(r, Exception)))
-        print(f"batch  cache={cache!s:5}  {row['prompts']} prompts in {wall:7.1f} s = {row['prompts_per_s']:.3f} "
-              f"prompts/s  ({row['cached_tokens']} of {row['prompt_tokens']} prompt tokens reused)", flush=True)
-    rows["speedup"] = round(rows["cache"]["prompts_per_s"] / rows["no_cache"]["prompts_per_s"], 3)
-    print(f"batch  prompts/s with the cache over without: {rows['speedup']:.2f}x", flush=True)
-    return rows
+    runs = {"cache": [], "no_cache": []}
+    for order in alternated(args.repeats, ["cache", "no_cache"]):
+        for side in order:
+            with SpecRej(model_path, n_threads=args.threads, prefix_cache=side == "cache") as s:
+                t0 = time.perf_counter()
+                results = dict(s.generate_many(prompts, n=args.n, max_tokens=args.max_tokens, seed=0))
+                wall = time.perf_counter() - t0
+            good = [r for r in results.values() if not isinstance(r, Exception)]
+            runs[side].append(row := dict(
+                prompts=len(prompts), failed=len(results) - len(good), wall_s=round(wall, 2),
+                prompts_per_s=round(len(prompts) / wall, 4),
+                prompt_tokens=sum(r.stats["prompt_tokens"] for r in good),
+                cached_tokens=sum(r.stats["cached_tokens"] for r in good),
+                generated_tokens=sum(r.stats["generated_tokens"] for r in good)))
+            print(f"batch  {side:8}  {row['prompts']} prompts in {wall:7.1f} s = {row['prompts_per_s']:.3f} "
+                  f"prompts/s  ({row['cached_tokens']} of {row['prompt_tokens']} prompt tokens reused, "
+                  f"{row['generated_tokens']} generated)", flush=True)
+    out = dict(runs, median_prompts_per_s={k: median([r["prompts_per_s"] for r in v]) for k, v in runs.items()})
+    out["speedup"] = round(out["median_prompts_per_s"]["cache"] / out["median_prompts_per_s"]["no_cache"], 3)
+    print(f"batch  prompts/s with the cache over without (medians of {args.repeats}): {out['speedup']:.2f}x",
+          flush=True)
+    return out
 
 
 def serve_args(args, model_path, cache: bool, concurrent: int) -> list:
@@ -104,30 +131,89 @@ def user_turns(model: Model, turns: int, tokens: int) -> list:
     return out
 
 
+def canned_reply(t: int) -> str:
+    """The assistant's reply to turn t, the same on every side, so every side reads one conversation."""
+    return (f"Here is my answer to request {t + 1}. First I read the request again and noted what it asks. "
+            "The main point takes two or three short sentences, then one example, then a one-line summary.")
+
+
+def serve_chat(args, model_path, asks, cache: bool, tmp: Path) -> list:
+    messages, turns = [], []
+    with LocalServer(serve_args(args, model_path, cache, 1), tmp / f"chat-{cache}.log") as server:
+        full_chat(server.url, body([{"role": "user", "content": "Say hello."}], args))  # warm-up, before the clock
+        for t, ask in enumerate(asks):
+            messages.append({"role": "user", "content": ask})
+            a = full_chat(server.url, body(messages, args, seed=t))
+            messages.append({"role": "assistant", "content": canned_reply(t)})
+            s = a["stats"]
+            turns.append(dict(turn=t + 1, prompt_tokens=s["prompt_tokens"], cached_tokens=s["cached_tokens"],
+                              prompt_s=round(s["prompt_s"], 3), latency_s=round(a["latency_s"], 3),
+                              generated_tokens=s["generated_tokens"]))
+    return turns
+
+
+def llama_server_chat(args, model_path, asks) -> list:
+    """The same turns sent to llama-server: one /completion with n_cmpl = N per turn, the prompt
+    rendered by its own chat template, its prompt cache on (its default)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from llama_server_peer import SAMPLING, Server
+
+    slot_ctx = 256 * math.ceil((args.turns * (args.turn_tokens + 120) + args.max_tokens + 256) / 256)
+    messages, turns = [], []
+    with Server(args.server, model_path, args.threads, args.n, slot_ctx) as srv:
+        def complete(text, n, seed):
+            return srv.post("/completion", dict(
+                prompt=text, n_cmpl=n, n_predict=args.max_tokens, seed=seed, stream=False, cache_prompt=True,
+                temperature=SAMPLING.temperature, top_k=SAMPLING.top_k, top_p=SAMPLING.top_p, min_p=SAMPLING.min_p,
+                samplers=["top_k", "top_p", "min_p", "temperature"]))
+
+        complete(srv.post("/apply-template", {"messages": [{"role": "user", "content": "Say hello."}]})["prompt"], 2, 0)
+        for t, ask in enumerate(asks):
+            messages.append({"role": "user", "content": ask})
+            text = srv.post("/apply-template", {"messages": messages})["prompt"]
+            t0 = time.perf_counter()
+            out = complete(text, args.n, t)
+            latency = time.perf_counter() - t0
+            out = out if isinstance(out, list) else [out]
+            messages.append({"role": "assistant", "content": canned_reply(t)})
+            timings = [r.get("timings", {}) for r in out]
+            prompt_tokens = max(r.get("tokens_evaluated", 0) for r in out)
+            read = max(x.get("prompt_n", 0) for x in timings)  # the completion that read the prompt
+            turns.append(dict(turn=t + 1, prompt_tokens=prompt_tokens, cached_tokens=prompt_tokens - read,
+                              prompt_s=round(max(x.get("prompt_ms", 0.0) for x in timings) / 1000, 3),
+                              latency_s=round(latency, 3), generated_tokens=sum(r["tokens_predicted"] for r in out)))
+    return turns
+
+
 def chat_part(args, model_path, model: Model, tmp: Path) -> dict:
     asks = user_turns(model, args.turns, args.turn_tokens)
-    rows = {}
-    for cache in (False, True):
-        messages, turns = [], []
-        with LocalServer(serve_args(args, model_path, cache, 1), tmp / f"chat-{cache}.log") as server:
-            for t, ask in enumerate(asks):
-                messages.append({"role": "user", "content": ask})
-                a = full_chat(server.url, body(messages, args, seed=t))
-                messages.append({"role": "assistant", "content": a["choices"][0]["message"]["content"]})
-                s = a["stats"]
-                turns.append(dict(turn=t + 1, prompt_tokens=s["prompt_tokens"], cached_tokens=s["cached_tokens"],
-                                  prompt_s=round(s["prompt_s"], 3), wall_s=round(s["wall_s"], 3),
-                                  latency_s=round(a["latency_s"], 3)))
-                print(f"chat   cache={cache!s:5}  turn {t + 1}: {s['prompt_tokens']:5} prompt tokens "
-                      f"({s['cached_tokens']:5} reused), prompt {s['prompt_s']:6.2f} s, total {a['latency_s']:6.2f} s",
-                      flush=True)
-        rows["cache" if cache else "no_cache"] = turns
-    last_with, last_without = rows["cache"][-1], rows["no_cache"][-1]
-    rows["last_turn_prompt_ratio"] = round(last_with["prompt_s"] / max(last_without["prompt_s"], 1e-9), 3)
-    rows["last_turn_total_ratio"] = round(last_with["latency_s"] / last_without["latency_s"], 3)
-    print(f"chat   turn {len(asks)}: prompt time with the cache {rows['last_turn_prompt_ratio']:.2f}x of without, "
-          f"total {rows['last_turn_total_ratio']:.2f}x", flush=True)
-    return rows
+    sides = ["cache", "no_cache"] + (["llama-server"] if args.server else [])
+    runs = {side: [] for side in sides}
+    for order in alternated(args.repeats, sides):
+        for side in order:
+            turns = llama_server_chat(args, model_path, asks) if side == "llama-server" else \
+                serve_chat(args, model_path, asks, side == "cache", tmp)
+            runs[side].append(turns)
+            for r in turns:
+                print(f"chat   {side:12}  turn {r['turn']}: {r['prompt_tokens']:5} prompt tokens "
+                      f"({r['cached_tokens']:5} reused), prompt {r['prompt_s']:6.2f} s, total {r['latency_s']:6.2f} s, "
+                      f"{r['generated_tokens']:3} tokens generated", flush=True)
+    last = {side: dict(prompt_s=median([t[-1]["prompt_s"] for t in v]), latency_s=median([t[-1]["latency_s"] for t in v]),
+                       mean_turn_s=median([statistics.mean(r["latency_s"] for r in t) for t in v]))
+            for side, v in runs.items()}
+    per_turn = {side: [median([t[k]["latency_s"] for t in v]) for k in range(len(asks))] for side, v in runs.items()}
+    print("chat   median total per turn: " + "; ".join(f"{side} " + " ".join(f"{x:.1f}" for x in xs)
+                                                    for side, xs in per_turn.items()), flush=True)
+    out = dict(runs=runs, last_turn=last, per_turn_latency_s=per_turn,
+               last_turn_prompt_ratio=round(last["cache"]["prompt_s"] / max(last["no_cache"]["prompt_s"], 1e-9), 3),
+               last_turn_total_ratio=round(last["cache"]["latency_s"] / last["no_cache"]["latency_s"], 3))
+    print(f"chat   turn {len(asks)} (medians of {args.repeats}): prompt time with the cache "
+          f"{out['last_turn_prompt_ratio']:.2f}x of without, total {out['last_turn_total_ratio']:.2f}x", flush=True)
+    if args.server:
+        out["mean_turn_vs_llama_server"] = round(last["cache"]["mean_turn_s"] / last["llama-server"]["mean_turn_s"], 3)
+        print(f"chat   mean time per turn: serve with the cache {last['cache']['mean_turn_s']:.2f} s, llama-server "
+              f"{last['llama-server']['mean_turn_s']:.2f} s = {out['mean_turn_vs_llama_server']:.2f}x", flush=True)
+    return out
 
 
 def fairness_part(args, model_path, model: Model, tmp: Path) -> dict:
@@ -136,21 +222,56 @@ def fairness_part(args, model_path, model: Model, tmp: Path) -> dict:
     # without the cache, so that the short request is read in full each time, alone or not
     with LocalServer(serve_args(args, model_path, False, 2), tmp / "fairness.log") as server:
         full_chat(server.url, body(short, args, seed=0))  # a first request sizes the context
-        alone = full_chat(server.url, body(short, args, seed=1))["latency_s"]
-        got = {}
-        long_thread = threading.Thread(target=lambda: got.update(long=full_chat(
-            server.url, body([{"role": "user", "content": long_text}], args, seed=2))))
-        long_thread.start()
-        while json.loads(OPENER.open(server.url + "/health").read())["running"] < 1:  # the long one is being read
-            time.sleep(0.01)
-        beside = full_chat(server.url, body(short, args, seed=1))["latency_s"]
-        long_thread.join()
-    row = dict(long_prompt_tokens=got["long"]["stats"]["prompt_tokens"], short_alone_s=round(alone, 3),
-               short_beside_long_s=round(beside, 3), ratio=round(beside / alone, 3),
-               long_latency_s=round(got["long"]["latency_s"], 3))
-    print(f"fair   a short request alone {alone:.2f} s, right after a {row['long_prompt_tokens']}-token one "
-          f"{beside:.2f} s = {row['ratio']:.2f}x (the long one took {row['long_latency_s']:.2f} s)", flush=True)
+        alone, beside, longs = [], [], []
+        for r in range(args.repeats):
+            alone.append(full_chat(server.url, body(short, args, seed=1))["latency_s"])
+            got = {}
+            long_thread = threading.Thread(target=lambda: got.update(long=full_chat(
+                server.url, body([{"role": "user", "content": long_text}], args, seed=2))))
+            long_thread.start()
+            while json.loads(OPENER.open(server.url + "/health").read())["running"] < 1:  # the long one is being read
+                time.sleep(0.01)
+            beside.append(full_chat(server.url, body(short, args, seed=1))["latency_s"])
+            long_thread.join()
+            longs.append(got["long"]["latency_s"])
+            print(f"fair   a short request alone {alone[-1]:.2f} s, right after a "
+                  f"{got['long']['stats']['prompt_tokens']}-token one {beside[-1]:.2f} s "
+                  f"(the long one took {longs[-1]:.2f} s)", flush=True)
+        alone.append(full_chat(server.url, body(short, args, seed=1))["latency_s"])
+    row = dict(long_prompt_tokens=got["long"]["stats"]["prompt_tokens"], short_alone_s=alone,
+               short_beside_long_s=beside, long_latency_s=longs,
+               ratio=round(median(beside) / median(alone), 3))
+    print(f"fair   medians: alone {median(alone):.2f} s, beside the long one {median(beside):.2f} s = "
+          f"{row['ratio']:.2f}x", flush=True)
+    row["in_process"] = fairness_in_process(args, model_path, long_text)
     return row
+
+
+def fairness_in_process(args, model_path, long_text) -> dict:
+    """The same two prompts started together on one SpecRej (`decode_jobs`, concurrent 2), read
+    fairly as serve reads them and a chunk per step as batch reads them, alternated."""
+    opts = make_settings(n=args.n, max_tokens=args.max_tokens, seed=1)
+    out = {"fair": [], "chunk_per_step": []}
+    with SpecRej(model_path, n_threads=args.threads, prefix_cache=False) as s:
+        s.generate("Name three colours.", n=args.n, max_tokens=args.max_tokens, seed=0)  # sizes the context
+        alone = []
+        for order in alternated(args.repeats, ["fair", "chunk_per_step"]):
+            for side in order:
+                t0, done = time.perf_counter(), {}
+                jobs = [Job("long", long_text, opts), Job("short", "Name three colours.", opts)]
+                for key, _ in s.decode_jobs(jobs, 2, fair_prefill=side == "fair"):
+                    done[key] = time.perf_counter() - t0
+                out[side].append(dict(short_s=round(done["short"], 3), long_s=round(done["long"], 3)))
+            t0 = time.perf_counter()
+            s.generate("Name three colours.", n=args.n, max_tokens=args.max_tokens, seed=1)
+            alone.append(time.perf_counter() - t0)
+    out["short_alone_s"] = [round(x, 3) for x in alone]
+    for side in ("fair", "chunk_per_step"):
+        out[side + "_ratio"] = round(median([r["short_s"] for r in out[side]]) / median(alone), 3)
+        print(f"fair   in process, {side:14}: the short prompt took {median([r['short_s'] for r in out[side]]):.2f} s "
+              f"= {out[side + '_ratio']:.2f}x alone, the long one {median([r['long_s'] for r in out[side]]):.2f} s",
+              flush=True)
+    return out
 
 
 def main():
@@ -165,11 +286,15 @@ def main():
     ap.add_argument("--turns", type=int, default=6, help="chat: turns")
     ap.add_argument("--turn-tokens", type=int, default=440, help="chat: tokens each user turn adds")
     ap.add_argument("--long-tokens", type=int, default=3000, help="fairness: the long prompt")
+    ap.add_argument("--repeats", type=int, default=2, help="runs of each side, alternated")
+    ap.add_argument("--server", help="chat: llama-server's binary, for the same turns on llama.cpp's own server")
     ap.add_argument("-o", "--output", type=Path, help="write the figures here as JSON")
     args = ap.parse_args()
     model_path = str(registry.resolve(args.generator))
     model = Model(model_path)
-    out = dict(settings={**vars(args), "output": str(args.output) if args.output else None})
+    # the file names alone: no machine's paths in a JSON that may be committed
+    out = dict(settings={**vars(args), "output": args.output.name if args.output else None,
+                         "server": Path(args.server).name if args.server else None})
     with tempfile.TemporaryDirectory() as logs:  # the servers' logs
         tmp = Path(logs)
         if args.part in ("batch", "all"):
@@ -179,7 +304,7 @@ def main():
         if args.part in ("fairness", "all"):
             out["fairness"] = fairness_part(args, model_path, model, tmp)
     if args.output:
-        args.output.write_text(json.dumps(out, indent=1) + "\n")
+        atomic_write_text(args.output, json.dumps(out, indent=1) + "\n")
 
 
 if __name__ == "__main__":

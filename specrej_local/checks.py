@@ -59,8 +59,9 @@ def text_or_none(name: str, value):
 
 def strings(name: str, value) -> tuple:
     """Stop strings: one string, or a list or tuple of strings."""
-    if isinstance(value, str):
-        return (value,)
+    value = (value,) if isinstance(value, str) else value
     if not isinstance(value, (list, tuple)) or not all(isinstance(s, str) for s in value):
         raise BadInput(f"{name} must be a string or a list of strings, got {_show(value)}")
+    if "" in value:  # it would match before the first token; ignoring it would hide the mistake
+        raise BadInput(f"{name} has an empty string: a stop string needs at least one character")
     return tuple(value)

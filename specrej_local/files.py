@@ -149,28 +149,43 @@ def check_output_dir(path) -> Path:
 MB = 1 << 20
 
 
+class NotRegularFile(OSError):
+    """`open_regular` found a FIFO, a device, a folder or a socket; `kind` says which."""
+
+    def __init__(self, mode: int):
+        self.kind = _kind(mode)
+        super().__init__(errno.EINVAL, f"{self.kind}, not a regular file")
+
+
+@contextlib.contextmanager
+def open_regular(path):
+    """`path` opened for reading in binary, when it is a regular file. Anything else is refused
+    (NotRegularFile) before a byte is read from it, and a FIFO is opened without waiting for a
+    writer. Other OSErrors (missing, no permission) come as they are."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFile(mode)
+        yield f
+
+
 def read_regular_file(path, what: str, max_bytes: int) -> bytes:
     """The bytes of a regular file of at most max_bytes; `what` names it in errors ("the prompts
-    file"). A FIFO, a device or a folder is refused without reading from it (a FIFO is opened
-    without waiting for a writer), and so is a file that is, or grows, larger than the bound.
-    Raises BadInput."""
+    file"). A FIFO, a device or a folder is refused without reading from it (`open_regular`),
+    and so is a file that is, or grows, larger than the bound. Raises BadInput."""
+    too_big = BadInput(f"{what} {path} is larger than {max_bytes / MB:g} MB, more than it can sensibly hold")
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with open_regular(path) as f:
+            if os.fstat(f.fileno()).st_size > max_bytes:
+                raise too_big
+            data = f.read(max_bytes + 1)
     except FileNotFoundError:
         raise BadInput(f"{what} {path} does not exist") from None
+    except NotRegularFile as exc:
+        raise BadInput(f"{what} {path} is {exc.kind}, not a regular file: give a file") from None
     except OSError as exc:
         raise BadInput(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-    with os.fdopen(fd, "rb") as f:
-        mode, size = os.fstat(fd).st_mode, os.fstat(fd).st_size
-        if not stat.S_ISREG(mode):
-            raise BadInput(f"{what} {path} is {_kind(mode)}, not a regular file: give a file")
-        too_big = BadInput(f"{what} {path} is larger than {max_bytes / MB:g} MB, more than it can sensibly hold")
-        if size > max_bytes:
-            raise too_big
-        try:
-            data = f.read(max_bytes + 1)
-        except OSError as exc:
-            raise BadInput(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     if len(data) > max_bytes:
         raise too_big
     return data

@@ -356,6 +356,8 @@ def test_a_callback_that_calls_its_own_specrej_is_refused_not_a_deadlock(default
     (dict(stop=5), "stop must be a string or a list of strings, got 5"),
     (dict(stop=["a", 3]), "stop must be a string or a list of strings, got ['a', 3]"),
     (dict(stop=None), "stop must be a string or a list of strings, got None"),
+    (dict(stop=""), "stop has an empty string: a stop string needs at least one character"),
+    (dict(stop=["END", ""]), "stop has an empty string: a stop string needs at least one character"),
     (dict(system=3), "system must be a string, got 3"),
     (dict(method=["bon"]), "method must be one of specrej, bon, got ['bon']"),
     (dict(seed="1"), "seed must be a whole number, got '1'"),

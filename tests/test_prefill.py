@@ -2,7 +2,7 @@
 is, and when it may be read beside other prompts' answers."""
 import pytest
 
-from specrej_local.llama.prefill import Prefill
+from specrej_local.llama.prefill import MIN_PIECE, Prefill
 from specrej_local.llama.prefix_cache import SAME_ROWS, small_tail
 
 
@@ -27,13 +27,14 @@ def test_by_default_a_prompt_is_read_in_whole_chunks_whenever_asked():
 
 def test_read_fairly_the_first_piece_is_small_then_pieces_take_about_piece_s():
     p = Prefill(fair=True, piece_s=0.5)
-    assert p.piece_end(0, 3000, 512) == SAME_ROWS  # no rate measured yet
-    p.read(SAME_ROWS, SAME_ROWS * 0.002)           # 2 ms a token: 250 tokens in half a second
-    assert p.piece_end(SAME_ROWS, 3000, 512) == SAME_ROWS + 192  # rounded down to whole SAME_ROWS
+    assert p.piece_end(0, 3000, 512) == MIN_PIECE  # no rate measured yet
+    p.read(MIN_PIECE, MIN_PIECE * 0.002)           # 2 ms a token: 250 tokens in half a second
+    assert p.piece_end(MIN_PIECE, 3000, 512) == MIN_PIECE + 192  # rounded down to whole SAME_ROWS
     p.read(64, 64 * 0.00001)                       # a fast machine: a whole chunk at most
     assert p.piece_end(512, 3000, 512) == 1024
-    p.read(64, 64 * 1.0)                           # a slow one: never under SAME_ROWS tokens
-    assert p.piece_end(1024, 3000, 512) == 1024 + SAME_ROWS
+    p.read(64, 64 * 1.0)                           # a slow one: never under MIN_PIECE tokens
+    assert p.piece_end(1024, 3000, 512) == 1024 + MIN_PIECE
+    assert p.piece_end(1024 + 340, 3000, 512) == 1536  # the rest of the chunk: no remainder under SAME_ROWS
 
 
 @pytest.mark.parametrize("length", [40, 64, 100, 511, 512, 530, 600, 1023, 1090, 3177])

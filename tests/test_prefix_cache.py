@@ -1,6 +1,8 @@
 """The prefix cache: prompts read recently stay in the KV cache, and a prompt that begins like one
 of them decodes only the rest. Real model, real llama.cpp calls; exact equality only where the
 split layout guarantees it (see prefix_cache.SAME_ROWS)."""
+import math
+
 import pytest
 
 from specrej_local import SpecRej
@@ -261,7 +263,7 @@ def logprob_run(engine, tokens, steps=8):
     return out
 
 
-@pytest.mark.parametrize("piece_s", [0.0, 0.02])  # 0: pieces of SAME_ROWS tokens; else sized by time
+@pytest.mark.parametrize("piece_s", [0.0, 0.02])  # 0: the smallest pieces (prefill.MIN_PIECE); else sized by time
 def test_a_prompt_read_fairly_in_pieces_gives_the_numbers_of_whole_chunks(model, piece_s):
     tokens = model.tokenize("Summarise: " + "the cat sat on the mat and looked at the dog. " * 60, add_special=True)
     pool = KvPool(model, LlamaEngine, n_threads=1, kv_layout="split", n_batch=256, prefix_cache=False)
@@ -281,16 +283,16 @@ def test_a_prompt_read_fairly_in_pieces_gives_the_numbers_of_whole_chunks(model,
 def test_a_server_reads_a_long_prompt_by_turns_with_a_short_ones_answers(plain, monkeypatch):
     # decode_jobs(fair_prefill=True), as serve calls it: the long prompt is read in pieces, and
     # while the short one's answers generate, a piece waits until the steps since the last piece
-    # took as long as it did (the time shared half and half). The books are fed set durations
-    # here (a piece 1 s, a step 0.25 s), so the order is the same on any machine under any load:
-    # four steps between two pieces. Both prompts' answers are those they get alone.
+    # took their share of the time (prefill.SHARE). The books are fed set durations here (a piece
+    # 1 s, a step 0.25 s), so the order is the same on any machine under any load: with a share of
+    # 0.4, six steps between two pieces. Both prompts' answers are those they get alone.
     long = "Count the foxes. " + "The quick brown fox jumps over the lazy dog near the river bank. " * 60
     short = "Name a colour."
-    opts = dict(n=2, max_tokens=12, seed=2, ignore_eos=True)
+    opts = dict(n=2, max_tokens=24, seed=2, ignore_eos=True)
     pool = plain.engine.pool
     books = pool.prefill
     events, read, step = [], LlamaEngine.read_prompt, pool.step
-    monkeypatch.setattr(books, "piece_s", 0.0)  # pieces of SAME_ROWS tokens
+    monkeypatch.setattr(books, "piece_s", 0.0)  # the smallest pieces: the most turns
     monkeypatch.setattr(books, "read", lambda n, s, read=books.read: read(n, 1.0))
     monkeypatch.setattr(books, "stepped", lambda s, stepped=books.stepped: stepped(0.25))
 
@@ -316,7 +318,8 @@ def test_a_server_reads_a_long_prompt_by_turns_with_a_short_ones_answers(plain, 
     assert len(pieces) > (P_long - 1) // pool.ctx.n_batch + 1  # in pieces, not chunks
     beside = [(a, b) for a, b in zip(pieces, pieces[1:]) if events[b][2]]  # read while the short one generated
     assert len(beside) >= 2
-    assert all(sum(e[0] == "step" for e in events[a + 1:b]) == 4 for a, b in beside)
+    steps = math.ceil((1 - books.share) / books.share / 0.25 - 1e-9)  # 1 s of reading is owed 1.5 s of steps
+    assert all(sum(e[0] == "step" for e in events[a + 1:b]) == steps for a, b in beside)
     assert [texts(got[k]) for k in (0, 1)] == [texts(plain.generate(p, **opts)) for p in (long, short)]
 
 

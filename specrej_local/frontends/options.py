@@ -68,6 +68,13 @@ def require_text(decoding: dict, prompt: Optional[str] = None):
             raise CliError(f"{name} {problem}")
 
 
+def check_stops(ctx, param, value):
+    """--stop values, checked while parsing: an empty one would match before the first token."""
+    if "" in value:
+        raise CliError("--stop is empty: a stop string needs at least one character")
+    return value
+
+
 def check_threads(ctx, param, value):
     """--threads within 1..usable_cpus(), checked while parsing, before any model is fetched or
     loaded: llama.cpp crashes on huge thread counts and crawls on oversubscribed ones."""
@@ -145,7 +152,8 @@ def decoding_options(f):
         click.option("-s", "--seed", type=int, callback=check_int, default=0, show_default=True,
                      help="Same seed and settings, same answers."),
         click.option("--system", default=None, help="System prompt."),
-        click.option("--stop", multiple=True, help="Stop string (repeatable); not part of the answer."),
+        click.option("--stop", multiple=True, callback=check_stops,
+                     help="Stop string (repeatable); not part of the answer."),
         click.option("--kv-budget", type=int, callback=check_int, default=None,
                      help="KV cells for all candidates together; a full cache triggers a cut (default: prompt + "
                           "n x max-tokens / 4). Best-of-N under a smaller budget than prompt + n x max-tokens runs "

@@ -82,10 +82,10 @@ class Worker(Feeder):
     engine has room for it; the queue holds only those that wait for room. A long prompt is
     read in pieces that take turns with the other requests' answers (llama/prefill.py), so a
     short request beside it is not held back until it is read."""
-    fair_prefill = True
 
     def __init__(self, specrej, queue_size: int, concurrent: int = 1):
         super().__init__(specrej, concurrent, queue_size, name="specrej-worker")
+        self.fair_prefill = concurrent > 1  # one at a time: nobody to take turns with, so whole chunks
         self.counts = dict(served=0, failed=0, cancelled=0, refused_busy=0)
         # requests answered in each KV layout: under the unified one an answer decoded beside
         # other requests can differ from the same seed alone (attention sums in another order)

@@ -18,16 +18,14 @@ one-line typed error (ModelFileError, AmbiguousModelError), never a guess.
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import AmbiguousModelError, BadInput, ModelFileError
-from ..files import read_regular_text
+from ..files import open_regular, read_regular_text
 
 GGUF_MAGIC = b"GGUF"
 MODEL_LAYER = "application/vnd.ollama.image.model"
@@ -58,15 +56,9 @@ class Found:
 
 
 def _first_bytes(path: Path, n: int = 4) -> bytes:
-    """The first bytes of a regular file. A FIFO, a device or a folder is refused (OSError) before
-    anything is read from it: a FIFO is opened without waiting for a writer."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file")
-        return os.read(fd, n)
-    finally:
-        os.close(fd)
+    """The first bytes of a regular file (a FIFO, a device or a folder: OSError, see open_regular)."""
+    with open_regular(path) as f:
+        return f.read(n)
 
 
 def is_gguf(path: Path) -> bool:
