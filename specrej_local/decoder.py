@@ -205,6 +205,12 @@ class Run:
             raise Interrupted(Result("", None, "interrupted", [], dict(n=s.n, alpha=s.alpha, method=s.method,
                                                                         prompt_tokens=P))) from None
 
+    def waited(self) -> "Result":
+        """The result of a run stopped after `start`, before its steps began (a scheduler held it
+        back for room): no answer, nothing decoded."""
+        return Result("", None, "interrupted", [], dict(n=self.s.n, alpha=self.s.alpha, method=self.s.method,
+                                                        prompt_tokens=self.engine.prompt_tokens))
+
     def steps(self):
         """The algorithm, after `start`. A generator: `finished = yield` wherever it needs one
         generation step (the engine's own when alone, one shared with other prompts' runs under
