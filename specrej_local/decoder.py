@@ -202,8 +202,17 @@ class Run:
             # before admission: the scorer tells the engine the room its probes borrow (the self-judge)
             self.scorer.begin(prompt, s.system, s.n, should_stop=self.should_stop)
         except (KeyboardInterrupt, Cancelled):  # no answer yet: an empty result
-            raise Interrupted(Result("", None, "interrupted", [], dict(n=s.n, alpha=s.alpha, method=s.method,
-                                                                        prompt_tokens=P))) from None
+            raise Interrupted(self._nothing(P)) from None
+
+    def waited(self) -> "Result":
+        """The result of a run stopped after `start`, before its steps began (a scheduler held it
+        back for room): no answer, nothing decoded."""
+        return self._nothing(self.engine.prompt_tokens)
+
+    def _nothing(self, prompt_tokens) -> "Result":
+        s = self.s
+        return Result("", None, "interrupted", [], dict(n=s.n, alpha=s.alpha, method=s.method,
+                                                        prompt_tokens=prompt_tokens))
 
     def steps(self):
         """The algorithm, after `start`. A generator: `finished = yield` wherever it needs one

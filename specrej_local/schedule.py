@@ -62,6 +62,13 @@ def decode_many(pool, make_scorer: Callable, jobs: Iterable[Job], concurrent: in
                         head = None
                         continue
                 job, run = head
+                if active and job.should_stop is not None and job.should_stop():
+                    # its caller left (or the server is stopping) while it waited for room: it ends
+                    # now, before it takes any, and the next one behind it may start
+                    head = None
+                    _done(run)
+                    yield job.key, Interrupted(run.waited())
+                    continue
                 if active and not run.engine.fits(run.s.n, run.at_once, run.budget, run.T):
                     break  # wait for room; the prompts running now free theirs as they finish
                 head = None

@@ -30,9 +30,9 @@ def test_read_fairly_the_first_piece_is_small_then_pieces_take_about_piece_s():
     assert p.piece_end(0, 3000, 512) == MIN_PIECE  # no rate measured yet
     p.read(MIN_PIECE, MIN_PIECE * 0.002)           # 2 ms a token: 250 tokens in half a second
     assert p.piece_end(MIN_PIECE, 3000, 512) == MIN_PIECE + 192  # rounded down to whole SAME_ROWS
-    p.read(64, 64 * 0.00001)                       # a fast machine: a whole chunk at most
+    p.read(MIN_PIECE, MIN_PIECE * 0.00001)         # a fast machine: a whole chunk at most
     assert p.piece_end(512, 3000, 512) == 1024
-    p.read(64, 64 * 1.0)                           # a slow one: never under MIN_PIECE tokens
+    p.read(MIN_PIECE, MIN_PIECE * 1.0)             # a slow one: never under MIN_PIECE tokens
     assert p.piece_end(1024, 3000, 512) == 1024 + MIN_PIECE
     assert p.piece_end(1024 + 340, 3000, 512) == 1536  # the rest of the chunk: no remainder under SAME_ROWS
 
@@ -56,6 +56,14 @@ def test_pieces_keep_every_row_in_the_kind_of_micro_batch_a_fresh_read_uses(leng
             assert (a, b) == (max(start, fresh_tail), length)  # the small tail, whole
         elif a % batch == 0 or a != start:  # the first piece after a prefix may be the prefix's remainder
             assert b - a >= SAME_ROWS
+
+
+def test_a_short_prompt_read_in_one_small_piece_does_not_set_the_rate():
+    p = Prefill(fair=True, piece_s=0.5)
+    p.read(MIN_PIECE, MIN_PIECE * 0.004)  # 4 ms a token: 125 tokens in half a second
+    p.read(6, 0.01)                      # 6 tokens in 10 ms: mostly the decode's fixed cost
+    assert p.piece_end(1024, 3000, 512) == 1024 + MIN_PIECE
+    assert p.owed > MIN_PIECE * 0.004     # though its time is still owed to the answers generating
 
 
 def test_beside_generating_answers_reading_takes_its_share_of_the_time():

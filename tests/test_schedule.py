@@ -122,6 +122,28 @@ def test_a_job_whose_client_left_ends_alone_and_frees_its_room():
     assert not pool.open
 
 
+def test_a_job_whose_client_left_while_it_waited_for_room_ends_at_once_and_lets_the_next_in():
+    # Room for one prompt at a time: "mixed" waits at the head for "long"'s room. Its client leaves
+    # after one step; it must end then (not once "long" is done), and "short" behind it starts.
+    s = settings()
+    pool = FakePool(LENGTHS, slots=9, cells=P + 8 * 16 + 5, prompt_tokens=P)
+    left = []
+
+    def gone():
+        return bool(pool.steps)  # the client left once a step has run
+
+    jobs = [Job(0, "long", s), Job(1, "mixed", s, should_stop=gone), Job(2, "short", s)]
+    for key, outcome in decode_many(pool, scorer, jobs, concurrent=4):
+        left.append((key, len(pool.steps)))
+        if key == 1:
+            assert isinstance(outcome, Interrupted) and outcome.partial.finish_reason == "interrupted"
+            assert outcome.partial.candidates == [] and outcome.partial.stats["prompt_tokens"] == P
+    assert [k for k, _ in left] == [1, 0, 2]
+    assert left[0][1] == 1  # ended after the first step, while "long" still ran
+    assert pool.admitted == ["long", "short"]  # it never took room
+    assert not pool.open
+
+
 def test_ctrl_c_in_the_shared_step_ends_everything_and_gives_the_room_back():
     pool = FakePool(LENGTHS, slots=64, cells=10_000, prompt_tokens=P)
     real_step, calls = pool.step, []

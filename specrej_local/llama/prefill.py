@@ -56,8 +56,10 @@ class Prefill:
         return chunk_end if chunk_end - end < SAME_ROWS else end  # never a remainder under SAME_ROWS
 
     def read(self, tokens: int, seconds: float):
-        """A piece of `tokens` tokens took `seconds`."""
-        if tokens > 0:
+        """A piece of `tokens` tokens took `seconds` (owed to the answers generating beside it,
+        whatever its size; the rate is taken only from pieces of MIN_PIECE tokens or more, since
+        a decode's fixed cost would make a few tokens look slow, and pieces after it too big)."""
+        if tokens >= MIN_PIECE:
             self.per_token_s = seconds / tokens
         self.owed += seconds * (1.0 - self.share) / self.share
 
