@@ -30,7 +30,8 @@ from specrej_local import SpecRej
 from specrej_local.api import make_settings
 from specrej_local.schedule import Job
 from specrej_local.bench.local_server import OPENER, LocalServer
-from specrej_local.files import atomic_write_text
+from specrej_local.errors import OutputFileError
+from specrej_local.files import atomic_write_text, check_output_path
 from specrej_local.data import ALPACA_FARM_100 as ALPACA_FARM_FILE
 from specrej_local.llama.context import Model
 from specrej_local.models import registry
@@ -227,9 +228,10 @@ def fairness_part(args, model_path, model: Model, tmp: Path) -> dict:
             alone.append(full_chat(server.url, body(short, args, seed=1))["latency_s"])
             got = {}
             long_thread = threading.Thread(target=lambda: got.update(long=full_chat(
-                server.url, body([{"role": "user", "content": long_text}], args, seed=2))))
+                server.url, body([{"role": "user", "content": long_text}], args, seed=2))), daemon=True)
             long_thread.start()
-            while json.loads(OPENER.open(server.url + "/health").read())["running"] < 1:  # the long one is being read
+            while long_thread.is_alive() and \
+                    json.loads(OPENER.open(server.url + "/health").read())["running"] < 1:  # the long one is being read
                 time.sleep(0.01)
             beside.append(full_chat(server.url, body(short, args, seed=1))["latency_s"])
             long_thread.join()
@@ -274,22 +276,43 @@ def fairness_in_process(args, model_path, long_text) -> dict:
     return out
 
 
-def main():
+def positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (a zero would leave a median of nothing)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("part", choices=["batch", "chat", "fairness", "all"])
     ap.add_argument("-g", "--generator", default="smollm2-135m")
-    ap.add_argument("-t", "--threads", type=int, default=2)
-    ap.add_argument("-n", type=int, default=8, help="best-of N")
-    ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--prompts", type=int, default=20, help="batch: prompts")
-    ap.add_argument("--block-tokens", type=int, default=1000, help="batch: the shared instruction block")
-    ap.add_argument("--turns", type=int, default=6, help="chat: turns")
-    ap.add_argument("--turn-tokens", type=int, default=440, help="chat: tokens each user turn adds")
-    ap.add_argument("--long-tokens", type=int, default=3000, help="fairness: the long prompt")
-    ap.add_argument("--repeats", type=int, default=2, help="runs of each side, alternated")
+    ap.add_argument("-t", "--threads", type=positive, default=2)
+    ap.add_argument("-n", type=positive, default=8, help="best-of N")
+    ap.add_argument("--max-tokens", type=positive, default=64)
+    ap.add_argument("--prompts", type=positive, default=20, help="batch: prompts")
+    ap.add_argument("--block-tokens", type=positive, default=1000, help="batch: the shared instruction block")
+    ap.add_argument("--turns", type=positive, default=6, help="chat: turns")
+    ap.add_argument("--turn-tokens", type=positive, default=440, help="chat: tokens each user turn adds")
+    ap.add_argument("--long-tokens", type=positive, default=3000, help="fairness: the long prompt")
+    ap.add_argument("--repeats", type=positive, default=2, help="runs of each side, alternated")
     ap.add_argument("--server", help="chat: llama-server's binary, for the same turns on llama.cpp's own server")
     ap.add_argument("-o", "--output", type=Path, help="write the figures here as JSON")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    if args.output is not None:
+        try:  # before the minutes of work, not after them
+            check_output_path(args.output)
+        except OutputFileError as e:
+            ap.error(str(e))
+    return args
+
+
+def main(argv=None):
+    args = parse(argv)
     model_path = str(registry.resolve(args.generator))
     model = Model(model_path)
     # the file names alone: no machine's paths in a JSON that may be committed
@@ -304,8 +327,19 @@ def main():
         if args.part in ("fairness", "all"):
             out["fairness"] = fairness_part(args, model_path, model, tmp)
     if args.output:
-        atomic_write_text(args.output, json.dumps(out, indent=1) + "\n")
+        try:
+            atomic_write_text(args.output, json.dumps(out, indent=1) + "\n")
+        except OutputFileError as e:  # the folder changed during the run: the figures above stay printed
+            sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":
-    main()
+    from specrej_local import interrupts
+    from specrej_local.decoder import Interrupted
+
+    interrupts.stop_on_sigterm()  # SIGTERM as Ctrl-C: the servers are stopped on the way out
+    try:
+        main()
+    except (KeyboardInterrupt, Interrupted):
+        print("Interrupted.", file=sys.stderr)
+        sys.exit(143 if interrupts.terminated() else 130)

@@ -259,3 +259,70 @@ def test_ctrl_c_after_a_row_of_the_load_keeps_that_row_and_stops_the_server(defa
     assert _gone(pid)  # stopped (and reaped) before the rows were written
     data = json.loads((out / "serve_load.json").read_text())
     assert data["interrupted"] and [r["clients"] for r in data["rows"]] == [1]
+
+
+@pytest.mark.parametrize("mode, args, message", [
+    ("--continuous", ["--temperature", "-1"], "temperature must be between 0 and 100, got -1.0"),
+    ("--continuous", ["--max-tokens", "99999999999"], "max-tokens must be between 1 and 16,777,216 (more than any "
+                                                      "model's context), got 99999999999"),
+    ("--serve-load", ["-s", "-1"], "seed must be between 0 and 4294967295, got -1"),
+    ("--serve-load", ["--top-p", "5"], "top-p must be in (0, 1], got 5.0")])
+def test_bad_decoding_values_are_refused_before_any_model_or_server(tmp_path, mode, args, message):
+    """Before: the model loaded (or the server started) first, and a bad seed came back from the
+    server as 'the warm-up request failed: 400: ...'. A missing model proves nothing was loaded."""
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["bench", mode, *args, "-g", str(tmp_path / "missing.gguf"), "-o", str(out)])
+    assert res.exit_code == 2 and res.output.strip().splitlines() == [f"Error: {message}"], res.output
+    assert not out.exists()
+
+
+def test_the_load_wraps_its_seeds_within_what_llama_cpp_takes(monkeypatch):
+    """seed + i past 2**32 - 1 was refused by the server (400), and the bench stopped."""
+    from specrej_local.bench import serve_load
+
+    sent = []
+    monkeypatch.setattr(serve_load, "chat", lambda url, body: sent.append(body["seed"]) or Outcome(200, 0.1, 4, 0.1))
+    rows = serve_load.measure("http://unused", ["a prompt"], ["specrej"], [2], [1], 3, 4, 2**32 - 2, lambda line: None)
+    assert len(rows) == 1 and sent == [2**32 - 2, 2**32 - 2, 2**32 - 1, 0]  # the warm-up, then requests 0, 1, 2
+
+
+def _sigint_while_writing(monkeypatch):
+    """Ctrl-C lands while bench writes a JSON file (raised in the writer, before the real write)."""
+    from specrej_local.bench import command
+
+    real, written = command.atomic_write_text, []
+
+    def write_after_ctrl_c(path, text):
+        signal.raise_signal(signal.SIGINT)
+        real(path, text)
+        written.append(path)
+    monkeypatch.setattr(command, "atomic_write_text", write_after_ctrl_c)
+    return written
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_while_the_rows_are_kept_waits_for_them(default_model, tmp_path, ctrl_c_at, monkeypatch):
+    """Before: the second Ctrl-C cut the write of the rows the first one kept, and they were lost."""
+    from specrej_local.bench import continuous
+
+    ctrl_c_at(continuous, "timed", 3)  # the first Ctrl-C: after the first row
+    written = _sigint_while_writing(monkeypatch)  # the second: while that row is written
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["bench", "--continuous", "-g", str(default_model), "-t", "1", "-k", "1",
+                                   "-N", "2,3", "--methods", "specrej", "--max-tokens", "2", "-c", "1", "-o", str(out)])
+    assert res.exit_code == 130 and written == [out / "continuous.json"], res.output
+    data = json.loads((out / "continuous.json").read_text())
+    assert data["interrupted"] and [(r["method"], r["n"]) for r in data["rows"]] == [("specrej", 2)]
+    assert "Kept the 1 row measured before the interrupt." in res.output
+    assert [p.name for p in out.iterdir()] == ["continuous.json"]  # no temporary file left
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_the_finished_study_is_written_keeps_every_row(default_model, tmp_path, monkeypatch):
+    written = _sigint_while_writing(monkeypatch)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["bench", "--continuous", "-g", str(default_model), "-t", "1", "-k", "1",
+                                   "-N", "2", "--methods", "specrej", "--max-tokens", "2", "-c", "1", "-o", str(out)])
+    assert res.exit_code == 130 and written == [out / "continuous.json"], res.output
+    data = json.loads((out / "continuous.json").read_text())
+    assert "interrupted" not in data and [(r["method"], r["n"]) for r in data["rows"]] == [("specrej", 2)]

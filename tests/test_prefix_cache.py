@@ -357,3 +357,26 @@ def test_ctrl_c_at_any_decode_leaves_the_kept_prompts_whole_and_the_specrej_answ
         calls["at"] = None
         r = s.generate(SYSTEM + " Say maybe.", n=2, max_tokens=2)
         assert r.stats["cached_tokens"] > 0 and len(r.candidates) == 2
+
+
+# -- experiments/prefix_cache.py's arguments, refused before any model loads ------------------------
+@pytest.mark.parametrize("args, words", [(["--repeats", "0"], "argument --repeats: must be at least 1, got 0"),
+                                         (["-n", "-2"], "argument -n: must be at least 1, got -2"),
+                                         (["--turns", "x"], "argument --turns: not a whole number: 'x'")])
+def test_the_benchmark_script_refuses_counts_under_one(args, words, capsys):
+    """Before: --repeats 0 ran the model, then ended in a traceback (no median of nothing)."""
+    from experiment_scripts import load
+
+    with pytest.raises(SystemExit) as exit_:
+        load("prefix_cache").parse(["batch", *args])
+    assert exit_.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_the_benchmark_script_refuses_an_output_it_cannot_write_before_the_work(tmp_path, capsys):
+    from experiment_scripts import load
+
+    with pytest.raises(SystemExit) as exit_:
+        load("prefix_cache").parse(["batch", "-o", str(tmp_path)])
+    assert exit_.value.code == 2 and f"{tmp_path} is a folder, not a regular file" in capsys.readouterr().err
+    args = load("prefix_cache").parse(["batch", "-o", str(tmp_path / "new" / "out.json")])  # a folder to make: fine
+    assert args.output == tmp_path / "new" / "out.json"

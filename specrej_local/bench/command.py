@@ -7,12 +7,13 @@ from pathlib import Path
 
 import click
 
-from ..api import MAX_CONCURRENT
+from ..api import MAX_CONCURRENT, make_settings
 from ..engine import MAX_SEQUENCES
 from ..frontends.options import friendly_errors, load, model_options
 from ..frontends.progress import bar, on_terminal
 from ..data import ALPACA_FARM_100
 from ..decoder import Interrupted
+from ..interrupts import held_back
 from ..errors import BadInput
 from ..files import MB, atomic_write_text, check_output_dir, check_output_path, read_regular_text
 from ..models.random_model import LAYOUTS, QTYPES, write_random_gguf
@@ -80,8 +81,11 @@ def parse_list(text, cast, what) -> tuple:
 
 
 def write_json(path: Path, data: dict):
-    """Whole or not at all: a temporary file in the same folder, renamed onto path."""
-    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
+    """Whole or not at all: a temporary file in the same folder, renamed onto path. A Ctrl-C or
+    SIGTERM that lands while it is written (a second one, while the rows finished before a first
+    are being kept) waits until the file is there: an interrupt cannot lose what was measured."""
+    with held_back():
+        atomic_write_text(path, json.dumps(data, indent=1) + "\n")
 
 
 def progress(total: int):
@@ -211,6 +215,8 @@ def bench_command(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_
         decoding = dict(alpha=alpha, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
         if ignore_eos:  # serve-load was refused above: the server has no such setting
             decoding["ignore_eos"] = True
+        # a bad sampling value, seed or --max-tokens: refused now, not after the models load or the server starts
+        make_settings(n=2, max_tokens=max_tokens or p["max_tokens"], **decoding)
         prompts = read_prompts(prompts_file or ALPACA_FARM_100, limit or (p["limit"] if continuous else None))
         source = prompts_file or "the paper's 100 AlpacaFarm prompts"
         common = (mode_ns(ns, continuous), mode_methods(methods, continuous), max_tokens or p["max_tokens"],
@@ -240,12 +246,13 @@ def bench_command(generator, reward, n_gpu_layers, threads, flash_attn, no_chat_
         data = run(opts, settings, prompts, Sampling(**settings["sampling"]), engine=not no_engine or engine_only,
                    records=records)
     except (KeyboardInterrupt, Interrupted):
-        if records:  # every prompt finished, without the engine table
-            write_json(out / "bench.json", dict(schema=SCHEMA, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                                interrupted=True, settings=settings, honesty_note=HONESTY,
-                                                summary=summarize(records), engine=None, prompts=records))
-            click.echo(f"Kept the {len(records)} prompt run{'s' if len(records) > 1 else ''} finished before the "
-                       f"interrupt in {out / 'bench.json'}.", err=True)
+        if records:  # every prompt finished, without the engine table (a second Ctrl-C waits for it)
+            with held_back():
+                write_json(out / "bench.json", dict(schema=SCHEMA, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                                    interrupted=True, settings=settings, honesty_note=HONESTY,
+                                                    summary=summarize(records), engine=None, prompts=records))
+                click.echo(f"Kept the {len(records)} prompt run{'s' if len(records) > 1 else ''} finished before "
+                           f"the interrupt in {out / 'bench.json'}.", err=True)
         raise
     msg = None
     if data["summary"]:
@@ -329,6 +336,11 @@ def keep_recorded(data: dict, out: Path):
     written, so `--compute-from` can analyse them instead of an hour's work being lost."""
     if not data.get("pools"):
         return
+    with held_back():  # a second Ctrl-C waits for the pools to be kept
+        _keep_recorded(data, out)
+
+
+def _keep_recorded(data: dict, out: Path):
     data["interrupted"] = True
     data["settings"]["prompts"] = len(data["pools"])
     write_json(out / "compute.json", data)
@@ -441,19 +453,22 @@ def keeping_rows(path: Path, schema: str, t0: float, settings: dict, model: dict
         yield
     except (KeyboardInterrupt, Interrupted):
         if rows:
-            write_mode_json(path, schema, t0, settings, model, rows, interrupted=True)
-            click.echo(f"Kept the {len(rows)} row{'s' if len(rows) > 1 else ''} measured before the interrupt.",
-                       err=True)
+            with held_back():  # a second Ctrl-C waits for the rows to be kept
+                write_mode_json(path, schema, t0, settings, model, rows, interrupted=True)
+                click.echo(f"Kept the {len(rows)} row{'s' if len(rows) > 1 else ''} measured before the interrupt.",
+                           err=True)
         raise
 
 
 def write_mode_json(path: Path, schema: str, t0: float, settings: dict, model: dict, rows: list,
                     interrupted: bool = False):
-    data = dict(schema=schema, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), total_wall_s=time.perf_counter() - t0,
-                settings=settings, hardware=hardware(model["n_gpu_layers"], model["threads"]), rows=rows,
-                **(dict(interrupted=True) if interrupted else {}))
-    write_json(path, data)
-    click.echo(f"Wrote {path}", err=True)
+    with held_back():  # an interrupt while the rows are written comes once they are
+        data = dict(schema=schema, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    total_wall_s=time.perf_counter() - t0, settings=settings,
+                    hardware=hardware(model["n_gpu_layers"], model["threads"]), rows=rows,
+                    **(dict(interrupted=True) if interrupted else {}))
+        write_json(path, data)
+        click.echo(f"Wrote {path}", err=True)
 
 
 def random_model_file(spec: str, generator: str, out: Path) -> Path:

@@ -4,11 +4,11 @@ The server (`local_server.LocalServer`) is started and ready before any clock, a
 warm-up request is answered first. Then, for each method, best_of and client count (fewest
 clients first), a bounded number of chat requests is sent, `clients` at a time from as many
 threads, with the standard library's HTTP client. Request i of every row asks the i-th prompt
-with seed + i, so the rows share their first prompts. The clock of a row runs from its first
-request sent to its last answer read; a request's latency is its client's wait, queueing in the
-server included. Every row is also put against the row with the fewest clients of its method
-and best_of: its requests/s over that row's, and its p95 latency over that row's median (with
-one client: one request alone).
+with seed + i (modulo 2**32, the seeds llama.cpp takes), so the rows share their first prompts.
+The clock of a row runs from its first request sent to its last answer read; a request's
+latency is its client's wait, queueing in the server included. Every row is also put against
+the row with the fewest clients of its method and best_of: its requests/s over that row's, and
+its p95 latency over that row's median (with one client: one request alone).
 """
 import concurrent.futures
 import json
@@ -22,6 +22,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..checks import SEED_RANGE
 from ..errors import SpecRejError
 from .local_server import OPENER
 
@@ -121,8 +122,8 @@ def measure(url: str, prompts: list, methods, best_ofs, clients_list, requests: 
         for best_of in best_ofs:
             base = None
             for clients in sorted(set(clients_list)):
-                bodies = [dict(messages=[{"role": "user", "content": prompts[i % len(prompts)]}], seed=seed + i,
-                               best_of=best_of, method=method, max_tokens=max_tokens)
+                bodies = [dict(messages=[{"role": "user", "content": prompts[i % len(prompts)]}],
+                               seed=(seed + i) % SEED_RANGE, best_of=best_of, method=method, max_tokens=max_tokens)
                           for i in range(requests_for(clients, requests))]
                 outcomes, wall = drive(url, bodies, clients)
                 row = row_of(method, best_of, clients, max_tokens, outcomes, wall)
