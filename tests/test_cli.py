@@ -187,7 +187,7 @@ def test_the_stdin_cap_is_16_mib_exactly():
     (["caf\udcff"], "the prompt is not valid UTF-8 text (character 4)"),
     (["--system", "\udcff", "hi"], "--system is not valid UTF-8 text (character 1)"),
     (["--stop", "ok", "--stop", "a\udcfe", "hi"], "--stop is not valid UTF-8 text (character 2)"),
-    (["--stop", "", "hi"], "--stop is empty: a stop string needs at least one character"),
+    (["--stop", "", "hi"], "--stop has an empty string: a stop string needs at least one character"),
 ])
 def test_command_line_text_that_is_not_utf8_or_empty(model, args, message):
     assert_one_line_error(specrej("-g", model, "-t", "1", *args), message)

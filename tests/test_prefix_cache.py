@@ -250,17 +250,8 @@ def logprob_run(engine, tokens, steps=8):
     """Read `tokens` as the prompt and return two greedy candidates' tokens and the log-probability
     of each token (the numbers the prompt's KV gives, to the last bit)."""
     engine.track_logprob = True
-    engine.load_prompt("x")
-    engine.prompt_ids, engine.prompt_tokens = list(tokens), len(tokens)
-    engine.open(2, 2, len(tokens) + 2 * steps, steps, GREEDY)
-    while engine.read_prompt():
-        pass
-    engine.spawn([0, 1])
-    while engine.live():
-        engine.release(engine.step())
-    out = [(engine.sequences[i].tokens, engine.sequences[i].token_logprobs) for i in (0, 1)]
-    engine.finish()
-    return out
+    greedy_run(engine, tokens, steps)  # the candidates' records stay readable after it
+    return [(engine.sequences[i].tokens, engine.sequences[i].token_logprobs) for i in (0, 1)]
 
 
 @pytest.mark.parametrize("piece_s", [0.0, 0.02])  # 0: the smallest pieces (prefill.MIN_PIECE); else sized by time

@@ -11,6 +11,7 @@ import click
 from ..models import registry
 from ..api import (DEFAULT_GENERATOR, DEFAULT_REWARD, SpecRej, check_gpu_layers, make_settings,
                    check_threads as check_threads_setting)
+from .. import checks
 from ..engine import KV_LAYOUTS
 from ..rewards import parse_reward
 from ..decoder import Interrupted
@@ -69,9 +70,12 @@ def require_text(decoding: dict, prompt: Optional[str] = None):
 
 
 def check_stops(ctx, param, value):
-    """--stop values, checked while parsing: an empty one would match before the first token."""
-    if "" in value:
-        raise CliError("--stop is empty: a stop string needs at least one character")
+    """--stop values, checked while parsing by the API's own rule (checks.strings), under the
+    option's name."""
+    try:
+        checks.strings("--stop", value)
+    except BadInput as e:
+        raise CliError(str(e)) from None
     return value
 
 
